@@ -1,0 +1,41 @@
+"""CIFAR-100, 10 tasks × 10 classes, ResNet-32: the paper settings of spec §1.1 and §3.1.
+
+Needs prepared TFDS data (see README, "Datasets"). Meant for a GPU/TPU: 200 epochs per task.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.method = "finetune"  # finetune | joint
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = "cifar100"
+  config.data.data_dir = ""  # TFDS data_dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  config.data.num_tasks = 10
+  config.data.class_order = "seed1"  # RFD's order (first class 53); R-DFCIL used seed0
+  config.data.task_split = "equal"  # equal | rdfcil (R-DFCIL's split_task)
+  config.data.image_size = 32
+  config.data.batch_size = 128  # real batch (synthetic and inversion batches match it)
+  config.data.eval_batch_size = 500
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "resnet32"
+  config.model.head = "rfd"  # rfd: Linear(F→F)→Linear(F→n_t) per task; linear: one Linear
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.lr = 0.1
+  config.optim.momentum = 0.9
+  config.optim.weight_decay = 5e-4
+  config.optim.epochs = 200  # E per task, including the head fine-tuning epochs
+  config.optim.ft_epochs = 40  # E_ft: head fine-tuning, tasks >= 1 of methods that have it
+  config.optim.milestones = (80, 120)  # main-phase epochs where lr is multiplied by lr_decay
+  config.optim.lr_decay = 0.1
+  config.optim.ft_lr = 0.005  # constant; higher than the last main-phase lr, as in the paper code
+
+  config.log = ml_collections.ConfigDict()
+  config.log.progress = True  # a line per epoch; False for quiet runs (CI)
+  config.log.every_steps = 50  # metrics.jsonl interval
+  return config

@@ -1,0 +1,63 @@
+"""One-shot validation of a run config: fail fast with a message that names the field."""
+
+from __future__ import annotations
+
+from rfd_jax import input_pipeline, tasks
+
+METHODS = ("finetune", "joint")
+MODELS = ("resnet32",)
+HEADS = ("rfd", "linear")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field and the fix."""
+
+
+def _require(condition: bool, message: str) -> None:
+  if not condition:
+    raise ConfigError(message)
+
+
+def validate(config) -> tasks.TaskSpec:
+  """Checks `config` and returns the run's TaskSpec.
+
+  Raises:
+    ConfigError: naming the first offending field.
+  """
+  _require(config.method in METHODS,
+           f"config.method={config.method!r} is unknown; expected one of {METHODS}.")
+  try:
+    info = input_pipeline.dataset_info(config.data.dataset)
+    spec = tasks.make_task_spec(num_classes=info.num_classes, num_tasks=config.data.num_tasks,
+                                order=config.data.class_order, split=config.data.task_split)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _require(config.model.name in MODELS,
+           f"config.model.name={config.model.name!r} is unknown; expected one of {MODELS}.")
+  _require(config.model.head in HEADS,
+           f"config.model.head={config.model.head!r} is unknown; expected one of {HEADS}.")
+  data, optim = config.data, config.optim
+  _require(data.batch_size >= 1, f"config.data.batch_size={data.batch_size} must be >= 1.")
+  _require(data.eval_batch_size >= 1,
+           f"config.data.eval_batch_size={data.eval_batch_size} must be >= 1.")
+  _require(data.image_size >= 8 and data.image_size % 4 == 0,
+           f"config.data.image_size={data.image_size} must be a multiple of 4 and >= 8.")
+  if data.dataset != "digits":
+    _require(data.image_size == info.image_size,
+             f"config.data.image_size={data.image_size} must be {info.image_size} for "
+             f"{data.dataset} (only digits is resized).")
+  _require(optim.lr > 0, f"config.optim.lr={optim.lr} must be > 0.")
+  _require(optim.ft_lr >= 0, f"config.optim.ft_lr={optim.ft_lr} must be >= 0.")
+  _require(0 <= optim.momentum < 1, f"config.optim.momentum={optim.momentum} must be in [0, 1).")
+  _require(optim.weight_decay >= 0,
+           f"config.optim.weight_decay={optim.weight_decay} must be >= 0.")
+  _require(0 <= optim.ft_epochs < optim.epochs,
+           f"config.optim.ft_epochs={optim.ft_epochs} must be in [0, config.optim.epochs="
+           f"{optim.epochs}): the main phase needs at least one epoch.")
+  milestones = list(optim.milestones)
+  _require(milestones == sorted(milestones) and all(m > 0 for m in milestones),
+           f"config.optim.milestones={tuple(milestones)} must be increasing positive epochs.")
+  _require(0 < optim.lr_decay <= 1, f"config.optim.lr_decay={optim.lr_decay} must be in (0, 1].")
+  _require(config.log.every_steps >= 1,
+           f"config.log.every_steps={config.log.every_steps} must be >= 1.")
+  return spec

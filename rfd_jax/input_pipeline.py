@@ -1,0 +1,143 @@
+"""Datasets as in-memory uint8 arrays, deterministic epoch batching, and on-device augmentation.
+
+Images stay uint8 NHWC on the host; a train/eval step receives a uint8 batch and normalises (and, in
+training, augments) it on the device, so that work fuses into the step. Augmentation follows spec §1.2:
+normalise first, then a random 32×32 crop of the image zero-padded by 4 (zero in normalised space)
+and a horizontal flip with probability 1/2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """Static facts about a dataset, known without loading it."""
+  num_classes: int
+  image_size: int  # native side length after the dataset's own resizing
+  mean: tuple[float, float, float] | None  # None: computed from the training set
+  std: tuple[float, float, float] | None
+
+
+DATASETS = {
+    "digits": DatasetInfo(10, 32, None, None),
+    "cifar10": DatasetInfo(10, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": DatasetInfo(100, 32, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+}
+
+DIGITS_TEST_FRACTION = 0.3  # fixed stratified split of sklearn's 1797 digits: 1257 train / 540 test
+DIGITS_SPLIT_SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A whole dataset in host memory.
+
+  Attributes:
+    train_images, test_images: uint8 (N, H, W, 3).
+    train_labels, test_labels: int64 (N,), original dataset class ids.
+    mean, std: float32 (3,), per-channel normalisation of images scaled to [0, 1].
+  """
+  name: str
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  mean: np.ndarray
+  std: np.ndarray
+
+  @property
+  def num_classes(self) -> int:
+    return DATASETS[self.name].num_classes
+
+
+def dataset_info(name: str) -> DatasetInfo:
+  if name not in DATASETS:
+    raise ValueError(f"config.data.dataset={name!r} is unknown; expected one of {sorted(DATASETS)}.")
+  return DATASETS[name]
+
+
+def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
+  """Bilinear resize of uint8 (N, h, w) or (N, h, w, 3) images to (N, size, size, ...)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if images.shape[1] == size and images.shape[2] == size:
+    return images
+  return np.stack([np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+                   for img in images])
+
+
+def load_digits(image_size: int = 32) -> Dataset:
+  """scikit-learn's 8×8 digits (ships with the wheel, no download) as grey-on-RGB uint8 images.
+
+  Pixel values 0..16 are scaled to 0..255 and resized bilinearly to image_size; the grey channel is
+  repeated three times. The 70/30 train/test split is stratified and fixed (seed 0).
+  """
+  from sklearn import datasets, model_selection  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  grey = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+  grey = _resize_uint8(grey, image_size)
+  images = np.repeat(grey[..., None], 3, axis=-1)
+  labels = digits.target.astype(np.int64)
+  tr_x, te_x, tr_y, te_y = model_selection.train_test_split(
+      images, labels, test_size=DIGITS_TEST_FRACTION, stratify=labels,
+      random_state=DIGITS_SPLIT_SEED)
+  scaled = tr_x[..., 0].astype(np.float64) / 255.0
+  mean = np.full(3, scaled.mean(), np.float32)
+  std = np.full(3, scaled.std(), np.float32)
+  return Dataset("digits", tr_x, tr_y, te_x, te_y, mean, std)
+
+
+def load_dataset(data_config) -> Dataset:
+  """Loads `data_config.dataset` fully into host memory.
+
+  Raises:
+    ValueError: unknown dataset.
+    FileNotFoundError: prepared TFDS data missing; the message says what to put where.
+  """
+  info = dataset_info(data_config.dataset)
+  if data_config.dataset == "digits":
+    return load_digits(data_config.image_size)
+  from rfd_jax import tfds_data  # pylint: disable=g-import-not-at-top
+  data_dir = data_config.data_dir or None
+  tr_x, tr_y = tfds_data.load_split(data_config.dataset, "train", data_dir)
+  te_x, te_y = tfds_data.load_split(data_config.dataset, "test", data_dir)
+  return Dataset(data_config.dataset, tr_x, tr_y, te_x, te_y,
+                 np.asarray(info.mean, np.float32), np.asarray(info.std, np.float32))
+
+
+def epoch_batches(num_examples: int, batch_size: int, *, seed: int, task: int,
+                  epoch: int) -> np.ndarray:
+  """Shuffled batch indices for one epoch, dropping the last partial batch.
+
+  A pure function of (seed, task, epoch), so a resumed run sees the same stream.
+  Returns int64 (num_examples // batch_size, batch_size) indices into the task's examples.
+  """
+  perm = np.random.default_rng([seed, task, epoch]).permutation(num_examples)
+  steps = num_examples // batch_size
+  return perm[:steps * batch_size].reshape(steps, batch_size)
+
+
+def normalize(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+  """uint8 (B, H, W, 3) → float32 (B, H, W, 3), (x / 255 − mean) / std."""
+  return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
+def random_crop_flip(rng: jax.Array, images: jax.Array, *, pad: int = 4) -> jax.Array:
+  """Per-sample random crop of the zero-padded image and horizontal flip (p = 1/2).
+
+  images: float (B, H, W, C), already normalised → (B, H, W, C).
+  """
+  batch, height, width, channels = images.shape
+  rng_y, rng_x, rng_flip = jax.random.split(rng, 3)
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  top = jax.random.randint(rng_y, (batch,), 0, 2 * pad + 1)
+  left = jax.random.randint(rng_x, (batch,), 0, 2 * pad + 1)
+  crop = jax.vmap(lambda img, y, x: jax.lax.dynamic_slice(
+      img, (y, x, 0), (height, width, channels)))(padded, top, left)
+  flip = jax.random.bernoulli(rng_flip, 0.5, (batch,))
+  return jnp.where(flip[:, None, None, None], crop[:, :, ::-1, :], crop)

@@ -1,0 +1,49 @@
+r"""Entry point: `python -m rfd_jax.main --config configs/digits.py [--workdir DIR] [--config.x=y]`.
+
+Runs the class-incremental experiment of the config, writes config.json, metrics.jsonl and
+results.json under the workdir and prints the results table. Config errors exit with status 2.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+
+from rfd_jax import config_validation, metrics, train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output directory (default: runs/<dataset>-<method>-<class_order>).")
+flags.mark_flags_as_required(["config"])
+
+
+def default_workdir(config) -> str:
+  order = config.data.class_order
+  order = order if isinstance(order, str) and "," not in order else "custom"
+  return os.path.join("runs", f"{config.data.dataset}-{config.method}-{order}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or default_workdir(config)
+  logging.info("JAX %s: %d process(es), devices %s", jax.__version__, jax.process_count(),
+               jax.devices())
+  logging.info("workdir %s", os.path.abspath(workdir))
+  try:
+    results = train.train_and_evaluate(config, workdir)
+  except (config_validation.ConfigError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"\n{results['method']} on {results['dataset']}, {results['num_tasks']} tasks "
+        f"(results in {os.path.join(workdir, 'results.json')})\n")
+  print(metrics.format_table(results))
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.INFO)
+  app.run(main)

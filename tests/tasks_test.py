@@ -1,0 +1,67 @@
+"""Tests for rfd_jax.tasks: pinned class orders, task splits, label remapping."""
+
+import random
+
+import numpy as np
+import pytest
+
+from rfd_jax import tasks
+
+
+@pytest.mark.parametrize("name, num_classes, first", [
+    ("seed0", 100, 23), ("seed1", 100, 53), ("seed2", 100, 0),
+    ("imagenet1993", 100, 68), ("seed0", 200, 131)])
+def test_named_orders_match_the_published_protocols(name, num_classes, first):
+  order = tasks.class_order(name, num_classes)
+  assert order[0] == first
+  assert sorted(order) == list(range(num_classes))
+
+
+def test_seed_order_is_python_random_shuffle():
+  expected = list(range(100))
+  random.seed(1)
+  random.shuffle(expected)
+  assert tasks.class_order("seed1", 100) == expected
+
+
+def test_explicit_orders_from_string_and_list():
+  assert tasks.class_order("2, 0,1", 3) == [2, 0, 1]
+  assert tasks.class_order((1, 0), 2) == [1, 0]
+  assert tasks.class_order("identity", 4) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("spec", ["0,1,2", "0,1,1,2", "banana", "0,1,2,4"])
+def test_bad_orders_name_the_field(spec):
+  with pytest.raises(ValueError, match="config.data.class_order"):
+    tasks.class_order(spec, 4)
+
+
+@pytest.mark.parametrize("num_classes, num_tasks, split, sizes", [
+    (10, 5, "equal", [2] * 5),
+    (100, 10, "equal", [10] * 10),
+    (10, 6, "rdfcil", [5, 1, 1, 1, 1, 1]),   # RFD's CIFAR-10 config
+    (100, 10, "rdfcil", [10] * 10),           # equal when T divides C
+    (10, 4, "rdfcil", [4, 2, 2, 2]),
+    (10, 1, "equal", [10]),
+])
+def test_split_sizes(num_classes, num_tasks, split, sizes):
+  assert tasks.split_sizes(num_classes, num_tasks, split) == sizes
+
+
+@pytest.mark.parametrize("num_tasks", [3, 0, 11])
+def test_bad_num_tasks_names_the_field(num_tasks):
+  with pytest.raises(ValueError, match="config.data.num_tasks"):
+    tasks.split_sizes(10, num_tasks, "equal")
+
+
+def test_task_spec_offsets_and_label_remapping():
+  spec = tasks.make_task_spec(num_classes=6, num_tasks=3, order="5,3,1,0,2,4")
+  np.testing.assert_array_equal(spec.offsets, [0, 2, 4, 6])
+  assert spec.num_seen(0) == 2 and spec.num_seen(2) == 6
+  np.testing.assert_array_equal(spec.task_of_label(), [0, 0, 1, 1, 2, 2])
+  # original class 5 is model label 0, class 4 is model label 5
+  np.testing.assert_array_equal(spec.to_model_labels(np.array([5, 4, 3, 0])), [0, 5, 1, 3])
+  np.testing.assert_array_equal(spec.task_classes(1), [2, 3])
+  # the remapping is the inverse of the order
+  np.testing.assert_array_equal(np.asarray(spec.class_order)[spec.to_model_labels(np.arange(6))],
+                                np.arange(6))

@@ -1,0 +1,111 @@
+"""End-to-end: a tiny digits run in a temp dir, in-process and through the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import digits
+from rfd_jax import tasks, train
+
+TINY_OVERRIDES = ["--config.data.image_size=8", "--config.data.batch_size=64",
+                  "--config.optim.epochs=3", "--config.optim.ft_epochs=1",
+                  "--config.optim.milestones=(1,)", "--config.log.progress=False"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config():
+  config = digits.get_config()
+  config.data.image_size = 8
+  config.data.batch_size = 64
+  config.optim.epochs = 3
+  config.optim.ft_epochs = 1
+  config.optim.milestones = (1,)
+  config.log.progress = False
+  return config
+
+
+def _without_timing(results):
+  return {k: v for k, v in results.items() if "seconds" not in k}
+
+
+@pytest.fixture(scope="module", name="tiny_run")
+def _tiny_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("digits"))
+  return workdir, train.train_and_evaluate(tiny_config(), workdir)
+
+
+def test_results_json_has_the_documented_keys(tiny_run):
+  workdir, results = tiny_run
+  with open(os.path.join(workdir, "results.json")) as f:
+    on_disk = json.load(f)
+  assert _without_timing(on_disk) == _without_timing(results)
+  assert results["method"] == "finetune" and results["dataset"] == "digits"
+  assert results["num_tasks"] == 5
+  assert results["class_order"] == tasks.class_order("seed0", 10)
+  matrix = results["acc_matrix"]
+  assert len(matrix) == 5 and all(len(row) == 5 for row in matrix)
+  for l, row in enumerate(matrix):
+    assert all(v is None for v in row[l + 1:]) and all(0 <= v <= 100 for v in row[:l + 1])
+  assert results["final_acc"] == results["acc_seen"][-1]
+  assert results["avg_inc_acc"] == pytest.approx(np.mean(results["acc_seen"]))
+  last = matrix[-1]
+  expected_forgetting = np.mean([max(matrix[l][j] for l in range(j, 4)) - last[j]
+                                 for j in range(4)])
+  assert results["forgetting"] == pytest.approx(expected_forgetting)
+  assert results["old_acc"][0] is None and len(results["new_acc"]) == 5
+
+
+def test_config_and_metrics_files(tiny_run):
+  workdir, _ = tiny_run
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["data"]["image_size"] == 8
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    lines = [json.loads(line) for line in f]
+  train_lines = [l for l in lines if "train/loss" in l]
+  eval_lines = [l for l in lines if "eval/acc_seen" in l]
+  assert train_lines and all(np.isfinite(l["train/loss"]) for l in train_lines)
+  assert [l["task"] for l in eval_lines] == [0, 1, 2, 3, 4]
+  assert [l["step"] for l in train_lines] == sorted(l["step"] for l in train_lines)
+
+
+def test_cli_run_reproduces_in_process_results(tiny_run, tmp_path):
+  """Same config + seed → same metrics, through a separate process."""
+  _, results = tiny_run
+  proc = subprocess.run(
+      [sys.executable, "-m", "rfd_jax.main", "--config", "configs/digits.py",
+       "--workdir", str(tmp_path), *TINY_OVERRIDES],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "final accuracy A_T" in proc.stdout
+  with open(tmp_path / "results.json") as f:
+    assert _without_timing(json.load(f)) == _without_timing(results)
+
+
+def test_task_train_indices_finetune_vs_joint():
+  spec = tasks.make_task_spec(num_classes=6, num_tasks=3, order="identity")
+  labels = np.array([0, 1, 2, 3, 4, 5, 2, 0])
+  np.testing.assert_array_equal(train.task_train_indices("finetune", labels, spec, 1), [2, 3, 6])
+  np.testing.assert_array_equal(train.task_train_indices("joint", labels, spec, 1),
+                                [0, 1, 2, 3, 6, 7])
+
+
+@pytest.mark.parametrize("override, field", [
+    ("--config.data.dataset=imagenet7", "config.data.dataset"),
+    ("--config.method=icarl", "config.method"),
+    ("--config.data.num_tasks=3", "config.data.num_tasks"),
+    ("--config.data.class_order=0,1,2", "config.data.class_order"),
+    ("--config.optim.ft_epochs=30", "config.optim.ft_epochs"),
+    ("--config.data.batch_size=4096", "config.data.batch_size"),
+])
+def test_bad_config_exits_2_naming_the_field(override, field, tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "rfd_jax.main", "--config", "configs/digits.py",
+       "--workdir", str(tmp_path), override],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  error_lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(error_lines) == 1 and field in error_lines[0]
