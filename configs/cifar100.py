@@ -8,7 +8,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.method = "finetune"  # finetune | joint
+  config.method = "rdfcil"  # finetune | joint | deepinversion | abd | rdfcil
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
@@ -34,6 +34,30 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.milestones = (80, 120)  # main-phase epochs where lr is multiplied by lr_decay
   config.optim.lr_decay = 0.1
   config.optim.ft_lr = 0.005  # constant; higher than the last main-phase lr, as in the paper code
+
+  # Model inversion of the previous model, before each task >= 1 (spec §4).
+  config.inversion = ml_collections.ConfigDict()
+  config.inversion.iterations = 5000
+  config.inversion.chunk_steps = 100  # iterations per chunk: progress line / checkpoint granularity
+  config.inversion.loop = "auto"  # scan | host | auto (host loop on CPU, where XLA's scan is slow)
+  config.inversion.batch_size = 128
+  config.inversion.lr = 1e-3  # Adam, default betas
+  config.inversion.generator = "auto"  # auto (abd: one generator for all tasks; else fresh) | fresh | reuse
+  config.inversion.ce_weight = 1.0
+  config.inversion.ce_temperature = 1000.0
+  config.inversion.balance_weight = 1.0
+  config.inversion.smoothness_weight = 1e-3
+  config.inversion.bn_weight = 50.0
+
+  # Student losses of the distillation learners (spec §5, §6).
+  config.distill = ml_collections.ConfigDict()
+  config.distill.lambda_ce = 0.5  # rdfcil: w_ce = λ(1 + 1/α)/β
+  config.distill.lambda_hkd = 0.15  # rdfcil: L1 hard KD on synthetic old logits, × αβ
+  config.distill.lambda_rkd = 0.5  # rdfcil: RKD angle on real features, × αβ
+  config.distill.lambda_ft_ce = 0.5  # head fine-tuning: class-weighted global CE
+  config.distill.abd_mu = 0.1  # abd: feature distillation weight
+  config.distill.lwf_mu = 1.0  # deepinversion: LwF KD weight
+  config.distill.lwf_temperature = 2.0
 
   config.log = ml_collections.ConfigDict()
   config.log.progress = True  # a line per epoch; False for quiet runs (CI)

@@ -20,5 +20,8 @@ def get_config():
   config.optim.epochs = 20
   config.optim.ft_epochs = 4
   config.optim.milestones = (10, 14)
+  config.inversion.iterations = 400
+  config.inversion.chunk_steps = 50
+  config.inversion.batch_size = 32
   config.log.every_steps = 10
   return config

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from rfd_jax import input_pipeline, tasks
 
-METHODS = ("finetune", "joint")
+METHODS = ("finetune", "joint", "deepinversion", "abd", "rdfcil")
+GENERATOR_POLICIES = ("auto", "fresh", "reuse")
 MODELS = ("resnet32",)
 HEADS = ("rfd", "linear")
 
@@ -58,6 +59,22 @@ def validate(config) -> tasks.TaskSpec:
   _require(milestones == sorted(milestones) and all(m > 0 for m in milestones),
            f"config.optim.milestones={tuple(milestones)} must be increasing positive epochs.")
   _require(0 < optim.lr_decay <= 1, f"config.optim.lr_decay={optim.lr_decay} must be in (0, 1].")
+  inv = config.inversion
+  _require(inv.iterations >= 1, f"config.inversion.iterations={inv.iterations} must be >= 1.")
+  _require(inv.chunk_steps >= 1 and inv.iterations % inv.chunk_steps == 0,
+           f"config.inversion.chunk_steps={inv.chunk_steps} must be >= 1 and divide "
+           f"config.inversion.iterations={inv.iterations}.")
+  _require(inv.batch_size >= 2, f"config.inversion.batch_size={inv.batch_size} must be >= 2 "
+           "(batch statistics).")
+  _require(inv.lr > 0, f"config.inversion.lr={inv.lr} must be > 0.")
+  _require(inv.loop in ("auto", "scan", "host"),
+           f"config.inversion.loop={inv.loop!r}: expected 'auto', 'scan' or 'host'.")
+  _require(inv.generator in GENERATOR_POLICIES,
+           f"config.inversion.generator={inv.generator!r}: expected one of {GENERATOR_POLICIES}.")
+  for name in ("ce_weight", "balance_weight", "smoothness_weight", "bn_weight"):
+    _require(inv[name] >= 0, f"config.inversion.{name}={inv[name]} must be >= 0.")
+  _require(inv.ce_temperature > 0,
+           f"config.inversion.ce_temperature={inv.ce_temperature} must be > 0.")
   _require(config.log.every_steps >= 1,
            f"config.log.every_steps={config.log.every_steps} must be >= 1.")
   return spec

@@ -1,13 +1,15 @@
 """Pure, jittable train and eval steps. No I/O, no globals.
 
-Static pieces (the model, the optimizer transform, normalisation constants) are bound with
-`functools.partial` where the loop builds the jitted functions; everything that changes during a run
-(learning rate, number of seen classes, trainable mask) is passed as data, so each step compiles
-once per run.
+Static pieces (the model, the generator, the optimizer transform, the learner's loss,
+normalisation constants) are bound with `functools.partial` where the loop builds the jitted
+functions; everything that changes during a run (learning rate, numbers of old and seen classes,
+loss weights, class weights, trainable mask, teacher and generator variables) is passed as data,
+so each step compiles once per run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -16,16 +18,37 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rfd_jax import input_pipeline, losses, optim
+from rfd_jax import input_pipeline, inversion, losses, optim
+from rfd_jax.learners import DistillInputs
 from rfd_jax.models.resnet import mask_unseen
 from rfd_jax.state import TrainState
+
+
+def _update(state: TrainState, grads: dict[str, Any], batch_stats: Any, hparams: dict[str, Any],
+            *, tx: optax.GradientTransformation, weight_decay: float) -> TrainState:
+  trainable, opt_state = optim.sgd_update(
+      params=state.trainable, grads=grads, opt_state=state.opt_state,
+      trainable=hparams["trainable"], lr=hparams["lr"], weight_decay=weight_decay, tx=tx)
+  return state.replace(step=state.step + 1, params=trainable["model"],
+                       aux_params=trainable["aux"], batch_stats=batch_stats, opt_state=opt_state)
+
+
+def _count_labels(counts: jax.Array, *labels: jax.Array) -> jax.Array:
+  for y in labels:
+    counts = counts + jnp.zeros_like(counts).at[y].add(1.0)
+  return counts
+
+
+def _real_images(batch, rng, mean, std, augment):
+  images = input_pipeline.normalize(batch["images"], mean, std)
+  return input_pipeline.random_crop_flip(rng, images) if augment else images
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
                hparams: dict[str, Any], *, model: nn.Module, tx: optax.GradientTransformation,
                weight_decay: float, mean: np.ndarray, std: np.ndarray,
                augment: bool = True) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step of cross-entropy over the seen classes (the finetune / joint learners).
+  """One SGD step of cross-entropy over the seen classes (finetune, joint, and every task 0).
 
   Args:
     state: the student.
@@ -36,9 +59,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   Returns:
     (new_state, metrics) with metrics "train/loss", "train/acc" (batch means).
   """
-  images = input_pipeline.normalize(batch["images"], mean, std)
-  if augment:
-    images = input_pipeline.random_crop_flip(rng, images)
+  images = _real_images(batch, rng, mean, std, augment)
   labels = batch["labels"]
 
   def loss_fn(params):
@@ -50,14 +71,52 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
     return loss, (new_vars["batch_stats"], logits)
 
   (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  params, opt_state = optim.sgd_update(
-      params=state.params, grads=grads, opt_state=state.opt_state, trainable=hparams["trainable"],
-      lr=hparams["lr"], weight_decay=weight_decay, tx=tx)
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state)
+  grads = {"model": grads, "aux": jax.tree.map(jnp.zeros_like, state.aux_params)}
+  new_state = _update(state, grads, batch_stats, hparams, tx=tx, weight_decay=weight_decay)
+  new_state = new_state.replace(class_counts=_count_labels(state.class_counts, labels))
   metrics = {"train/loss": loss,
              "train/acc": jnp.mean(losses.accuracy(logits=logits, labels=labels))}
   return new_state, metrics
+
+
+def distill_train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
+                       hparams: dict[str, Any], teacher_vars: dict[str, Any],
+                       gen_vars: dict[str, Any], *, loss_fn: Callable, model: nn.Module,
+                       generator: nn.Module, tx: optax.GradientTransformation,
+                       weight_decay: float, mean: np.ndarray, std: np.ndarray,
+                       augment: bool = True) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One step of a data-free distillation learner (task >= 1).
+
+  Draws a fresh synthetic batch of the real batch's size from the frozen generator, runs the frozen
+  teacher once (eval mode) over real ∪ synthetic, labels the synthetic images with the teacher's
+  argmax over the old classes, then applies the learner's `loss_fn` (see rfd_jax.learners).
+
+  hparams: as `train_step` plus "num_old" int32, "weights" (dict of f32 loss weights) and
+    "class_weights" f32 (C,). teacher_vars / gen_vars: frozen variables, never differentiated.
+  """
+  rng_aug, rng_syn = jax.random.split(rng)
+  real = _real_images(batch, rng_aug, mean, std, augment)
+  syn = inversion.generate(gen_vars, rng_syn, generator=generator, batch_size=real.shape[0])
+  teacher_vars = jax.lax.stop_gradient(teacher_vars)
+  t_logits, t_feats = model.apply(teacher_vars, jnp.concatenate([real, syn]), train=False)
+  t_logits = mask_unseen(t_logits, hparams["num_old"])
+  t_real_logits, t_syn_logits = jnp.split(t_logits, 2)
+  t_real_pooled, t_syn_pooled = jnp.split(t_feats["pooled"], 2)
+  syn_labels = jnp.argmax(t_syn_logits, axis=-1).astype(jnp.int32)
+  inputs = DistillInputs(real=real, labels=batch["labels"], syn=syn, syn_labels=syn_labels,
+                         t_real_logits=t_real_logits, t_syn_logits=t_syn_logits,
+                         t_real_pooled=t_real_pooled, t_syn_pooled=t_syn_pooled)
+
+  def objective(trainable):
+    return loss_fn(trainable["model"], trainable["aux"], state.batch_stats, inputs, hparams,
+                   model=model, teacher_vars=teacher_vars)
+
+  (loss, (batch_stats, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(
+      state.trainable)
+  new_state = _update(state, grads, batch_stats, hparams, tx=tx, weight_decay=weight_decay)
+  new_state = new_state.replace(
+      class_counts=_count_labels(state.class_counts, batch["labels"], syn_labels))
+  return new_state, {"train/loss": loss, **metrics}
 
 
 def eval_step(variables: dict[str, Any], images: jax.Array, num_seen: jax.Array, *,

@@ -10,13 +10,18 @@ import dataclasses
 import functools
 import os
 import time
+from typing import Any
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfd_jax import config_validation, input_pipeline, metrics, optim, steps, tasks, writers
+import optax
+
+from rfd_jax import (config_validation, input_pipeline, inversion, learners, losses, metrics, optim,
+                     steps, tasks, writers)
+from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import build_model
 from rfd_jax.state import create_train_state, trainable_mask
 
@@ -29,11 +34,51 @@ class Phase:
   num_epochs: int
 
 
-def task_phases(config, task: int) -> list[Phase]:
+def task_phases(config, learner: learners.Learner, task: int) -> list[Phase]:
   """Epoch blocks of task `task`. Every learner trains E − E_ft main-phase epochs; learners with a
-  head fine-tuning phase (added by the distillation methods) append E_ft epochs for task >= 1."""
+  head fine-tuning phase (rdfcil, rfd) append E_ft epochs for task >= 1 (spec §3)."""
   main_epochs = config.optim.epochs - config.optim.ft_epochs
-  return [Phase("main", 0, main_epochs)]
+  phases = [Phase("main", 0, main_epochs)]
+  if learner.has_finetune_phase and task > 0 and config.optim.ft_epochs > 0:
+    phases.append(Phase("finetune", main_epochs, config.optim.ft_epochs))
+  return phases
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFns:
+  """The run's jitted functions, each compiled once per run whatever the number of tasks."""
+  ce_step: Any
+  distill_main_step: Any
+  distill_finetune_step: Any
+  eval_step: Any
+  inversion_chunk: Any
+  class_weights: Any
+
+
+def build_step_fns(config, learner: learners.Learner, model, generator, tx, data) -> StepFns:
+  """Binds the static arguments and jits every step of the run (the state is donated)."""
+  common = dict(model=model, tx=tx, weight_decay=config.optim.weight_decay, mean=data.mean,
+                std=data.std)
+  distill = lambda loss_fn: None if loss_fn is None else jax.jit(functools.partial(
+      steps.distill_train_step, loss_fn=loss_fn, generator=generator, **common),
+      donate_argnums=(0,))
+  inv = config.inversion
+  return StepFns(
+      ce_step=jax.jit(functools.partial(steps.train_step, **common), donate_argnums=(0,)),
+      distill_main_step=distill(learner.main_loss),
+      distill_finetune_step=distill(learner.finetune_loss),
+      eval_step=jax.jit(functools.partial(steps.eval_step, model=model, mean=data.mean,
+                                          std=data.std)),
+      inversion_chunk=inversion.make_inversion_chunk_fn(
+          generator=generator, teacher=model, tx=optax.adam(inv.lr), batch_size=inv.batch_size,
+          chunk_steps=inv.chunk_steps, weights=inversion_weights(inv), loop=inv.loop),
+      class_weights=jax.jit(losses.class_balance_weights))
+
+
+def inversion_weights(inversion_config) -> dict[str, float]:
+  return {"ce": inversion_config.ce_weight, "balance": inversion_config.balance_weight,
+          "smoothness": inversion_config.smoothness_weight, "bn": inversion_config.bn_weight,
+          "ce_temperature": inversion_config.ce_temperature}
 
 
 def task_train_indices(method: str, labels: np.ndarray, spec: tasks.TaskSpec,
@@ -91,18 +136,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
           f"{t}; lower it.")
 
   # ---- Model, optimizer, jitted steps (built once).
+  learner = learners.get_learner(config)
   model = build_model(config.model, spec.sizes)
+  generator = generator_for(config.data.image_size)
   tx = optim.momentum_transform(config.optim.momentum)
   root_key = jax.random.key(config.seed)
+  aux_init = lambda task: (learners.init_rkd_projections(
+      jax.random.fold_in(root_key, 10_000 + task), model.num_features)
+      if config.method == "rdfcil" else {})
   state = create_train_state(model=model, rng=jax.random.fold_in(root_key, 0),
-                             image_size=config.data.image_size, tx=tx)
-  train_fn = jax.jit(functools.partial(
-      steps.train_step, model=model, tx=tx, weight_decay=config.optim.weight_decay,
-      mean=data.mean, std=data.std), donate_argnums=(0,))
-  eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, mean=data.mean, std=data.std))
+                             image_size=config.data.image_size, num_classes=spec.num_classes,
+                             tx=tx, aux_params=aux_init(0))
+  fns = build_step_fns(config, learner, model, generator, tx, data)
+  gen_tx = optax.adam(config.inversion.lr)
+  gen_state, teacher_vars = None, None
 
   total_steps = sum(
-      sum(p.num_epochs for p in task_phases(config, t)) * (len(task_indices[t]) // batch_size)
+      sum(p.num_epochs for p in task_phases(config, learner, t)) * (len(task_indices[t]) // batch_size)
       for t in range(spec.num_tasks))
   done_steps, steady_start = 0, 0.0  # steady_start: wall time when the first (compiling) step ended
   writer = writers.MetricWriter(workdir)
@@ -113,15 +163,48 @@ def train_and_evaluate(config, workdir: str) -> dict:
     task_start = time.time()
     num_seen = spec.num_seen(task)
     idx = task_indices[task]
+    num_old = int(spec.offsets[task])
     task_key = jax.random.fold_in(root_key, task + 1)
+    distilling = learner.uses_inversion and task > 0
+
+    # ---- Model inversion of the previous model (frozen teacher), before any student training.
+    if distilling:
+      teacher_vars = jax.tree.map(jnp.copy, state.variables)  # the state's buffers get donated
+      if gen_state is None or not learner.reuse_generator:
+        gen_state = inversion.create_generator_state(
+            generator=generator, rng=jax.random.fold_in(root_key, 20_000 + task), tx=gen_tx)
+      inversion_start = time.time()
+      gen_state = inversion.synthesize(
+          gen_state, teacher_vars, chunk_fn=fns.inversion_chunk,
+          rng=jax.random.fold_in(root_key, 30_000 + task), num_old=num_old,
+          iterations=config.inversion.iterations, chunk_steps=config.inversion.chunk_steps,
+          progress=config.log.progress, label=f"task {task + 1}/{spec.num_tasks} ",
+          on_chunk=lambda _, done, m, task=task: writer.write(
+              done_steps, {"task": task, "inversion/iteration": done, **m}))
+      logging.info("task %d/%d: inverted the previous model (%d old classes) in %.0fs", task + 1,
+                   spec.num_tasks, num_old, time.time() - inversion_start)
+
     # A fresh optimizer per task (spec §3.1); momentum carries over between phases of a task.
-    state = state.replace(opt_state=tx.init(state.params))
+    # Class counts (for the fine-tuning class weights) restart every task.
+    state = state.replace(aux_params=aux_init(task)) if config.method == "rdfcil" else state
+    state = state.replace(opt_state=tx.init(state.trainable),
+                          class_counts=jnp.zeros_like(state.class_counts))
+    weights = {k: jnp.float32(v) for k, v in learners.loss_weights(
+        config.distill, config.method, num_old=num_old, num_new=num_seen - num_old).items()}
+    class_weights = jnp.ones((spec.num_classes,), jnp.float32)
     step_in_task = 0
-    for phase in task_phases(config, task):
-      mask = trainable_mask(state.params, tasks_seen=task + 1, backbone=phase.name == "main")
+    for phase in task_phases(config, learner, task):
+      mask = trainable_mask(state, tasks_seen=task + 1, backbone=phase.name == "main")
+      step_fn = fns.ce_step
+      if distilling:
+        step_fn = fns.distill_main_step if phase.name == "main" else fns.distill_finetune_step
       for epoch in range(phase.first_epoch, phase.first_epoch + phase.num_epochs):
         lr = optim.learning_rate(config.optim, epoch=epoch, finetune=phase.name == "finetune")
         hparams = {"lr": jnp.float32(lr), "num_seen": jnp.int32(num_seen), "trainable": mask}
+        extra = ()
+        if distilling:
+          hparams.update(num_old=jnp.int32(num_old), weights=weights, class_weights=class_weights)
+          extra = (teacher_vars, gen_state.variables)
         batches = input_pipeline.epoch_batches(len(idx), batch_size, seed=config.seed,
                                                task=task, epoch=epoch)
         epoch_start, epoch_metrics, interval = time.time(), [], []
@@ -129,8 +212,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
           sel = idx[batch_idx]
           batch = {"images": data.train_images[sel], "labels": train_labels[sel]}
           step_start = time.time()
-          state, step_metrics = train_fn(state, batch, jax.random.fold_in(task_key, step_in_task),
-                                         hparams)
+          state, step_metrics = step_fn(state, batch, jax.random.fold_in(task_key, step_in_task),
+                                        hparams, *extra)
           if done_steps == 0:
             jax.block_until_ready(state)
             steady_start = time.time()
@@ -146,6 +229,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
             interval = []
         epoch_means = jax.device_get(jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)),
                                                   *epoch_metrics))
+        # R-DFCIL: class weights from this task's cumulative counts, refreshed every epoch end.
+        class_weights = fns.class_weights(state.class_counts, jnp.int32(num_seen))
         if config.log.progress:  # device_get above synchronised, so wall times are real
           elapsed = time.time() - epoch_start
           per_step = (time.time() - steady_start) / max(done_steps - 1, 1)
@@ -158,7 +243,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     # ---- Evaluate on the union of the seen classes' test sets.
     seen = test_labels < num_seen
-    preds = predict(eval_fn, state.variables, data.test_images[seen], num_seen,
+    preds = predict(fns.eval_step, state.variables, data.test_images[seen], num_seen,
                     config.data.eval_batch_size)
     row = metrics.evaluate_predictions(predictions=preds, labels=test_labels[seen],
                                        task_of_label=spec.task_of_label(), task=task)

@@ -34,7 +34,8 @@ def _cifar_batch(tmp_path_factory):
 def _setup(data):
   model = resnet.CifarResNet(task_sizes=(2,) * 5)
   tx = optim.momentum_transform(0.9)
-  state = create_train_state(model=model, rng=jax.random.key(0), image_size=32, tx=tx)
+  state = create_train_state(model=model, rng=jax.random.key(0), image_size=32, num_classes=10,
+                             tx=tx)
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, weight_decay=5e-4,
                                    mean=data.mean, std=data.std, augment=False))
   return model, state, step
@@ -44,7 +45,7 @@ def test_one_train_step_on_mock_cifar(cifar_batch):
   data, batch = cifar_batch
   model, state, step = _setup(data)
   hparams = {"lr": jnp.float32(0.1), "num_seen": jnp.int32(4),
-             "trainable": trainable_mask(state.params, tasks_seen=2, backbone=True)}
+             "trainable": trainable_mask(state, tasks_seen=2, backbone=True)}
   new_state, metrics = step(state, batch, jax.random.key(1), hparams)
 
   # the reported loss is the CE over the 4 seen classes, recomputed here in numpy
@@ -66,13 +67,16 @@ def test_one_train_step_on_mock_cifar(cifar_batch):
   assert changed["stem_conv"]["kernel"] and changed["stage3"]["block2"]["conv_a"]["kernel"]
   assert not np.allclose(new_state.batch_stats["stem_bn"]["mean"],
                          state.batch_stats["stem_bn"]["mean"])
+  # class counts feed R-DFCIL's class-balanced fine-tuning CE
+  np.testing.assert_array_equal(new_state.class_counts,
+                                np.bincount(batch["labels"], minlength=10))
 
 
 def test_frozen_backbone_mask_only_moves_heads(cifar_batch):
   data, batch = cifar_batch
   _, state, step = _setup(data)
   hparams = {"lr": jnp.float32(0.1), "num_seen": jnp.int32(4),
-             "trainable": trainable_mask(state.params, tasks_seen=2, backbone=False)}
+             "trainable": trainable_mask(state, tasks_seen=2, backbone=False)}
   new_state, _ = step(state, batch, jax.random.key(1), hparams)
   changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params)
   assert not any(jax.tree.leaves({k: v for k, v in changed.items() if k != "head"}))

@@ -11,19 +11,22 @@ import pytest
 from configs import digits
 from rfd_jax import tasks, train
 
-TINY_OVERRIDES = ["--config.data.image_size=8", "--config.data.batch_size=64",
+TINY_OVERRIDES = ["--config.method=finetune", "--config.data.image_size=8", "--config.data.batch_size=64",
                   "--config.optim.epochs=3", "--config.optim.ft_epochs=1",
                   "--config.optim.milestones=(1,)", "--config.log.progress=False"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config():
+def tiny_config(method="finetune"):
   config = digits.get_config()
+  config.method = method
   config.data.image_size = 8
   config.data.batch_size = 64
   config.optim.epochs = 3
   config.optim.ft_epochs = 1
   config.optim.milestones = (1,)
+  config.inversion.iterations = 2
+  config.inversion.chunk_steps = 1
   config.log.progress = False
   return config
 

@@ -34,8 +34,29 @@ def _conv3x3(features: int, stride: int, name: str) -> nn.Conv:
                  use_bias=False, kernel_init=conv_init, name=name)
 
 
+class BatchNorm(nn.BatchNorm):
+  """nn.BatchNorm that can also report the batch statistics of its *input*.
+
+  When the "bn_stats" collection is mutable (`apply(..., mutable=["bn_stats"])`), it sows the
+  per-channel mean and biased variance over all but the last axis as "input_mean"/"input_var"
+  (C,), next to the layer's running statistics; model inversion matches the two. Otherwise it is
+  exactly nn.BatchNorm (same parameters, same outputs, no extra work).
+  """
+
+  def __call__(self, x, use_running_average=None, **kwargs):
+    if self.is_mutable_collection("bn_stats"):
+      axes = tuple(range(x.ndim - 1))
+      x32 = x.astype(jnp.float32)
+      keep_last = lambda _, new: new
+      self.sow("bn_stats", "input_mean", jnp.mean(x32, axes), reduce_fn=keep_last,
+               init_fn=lambda: None)
+      self.sow("bn_stats", "input_var", jnp.var(x32, axes), reduce_fn=keep_last,
+               init_fn=lambda: None)
+    return super().__call__(x, use_running_average=use_running_average, **kwargs)
+
+
 def _batch_norm(train: bool, name: str, zero_scale: bool = False) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                       scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
                       name=name)
 
@@ -115,7 +136,7 @@ class CifarResNet(nn.Module):
 
   def setup(self):
     self.stem_conv = _conv3x3(self.widths[0], 1, "stem_conv")
-    self.stem_bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5, name="stem_bn")  # mode set per call
+    self.stem_bn = BatchNorm(momentum=0.9, epsilon=1e-5, name="stem_bn")  # mode set per call
     strides = [1] + [2 if self.widths[i] != self.widths[i - 1] else 1
                      for i in range(1, len(self.widths))]
     self.stages = [Stage(w, n, s, name=f"stage{i + 1}")
@@ -147,6 +168,10 @@ class CifarResNet(nn.Module):
     features["pooled"] = jnp.mean(x, axis=(1, 2))
     return self.classifier(features["pooled"]), features
 
+  def head_logits(self, pooled: jax.Array) -> jax.Array:
+    """The classifier alone: pooled features (B, F) → logits (B, C)."""
+    return self.classifier(pooled)
+
   def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, Any]]:
     """x: (B, H, W, 3) normalised images → (logits (B, C), features).
 
@@ -158,14 +183,19 @@ class CifarResNet(nn.Module):
     return logits, {"stem": stem, "stage1": f1, **features}
 
 
-def mask_unseen(logits: jax.Array, num_seen: jax.Array | int) -> jax.Array:
-  """Replaces logits of classes >= num_seen by a large negative constant.
+def mask_classes(logits: jax.Array, first: jax.Array | int, stop: jax.Array | int) -> jax.Array:
+  """Keeps the logits of classes in [first, stop); the others become a large negative constant.
 
-  num_seen may be traced, so the task index is data, not shape: one compile per run.
-  logits: (B, C) → (B, C).
+  The bounds may be traced, so the task index is data, not shape: one compile per run. A softmax
+  / CE over the result equals one over the slice `logits[:, first:stop]`. (B, C) → (B, C).
   """
-  seen = jnp.arange(logits.shape[-1]) < num_seen
-  return jnp.where(seen, logits, MASKED_LOGIT)
+  ids = jnp.arange(logits.shape[-1])
+  return jnp.where((ids >= first) & (ids < stop), logits, MASKED_LOGIT)
+
+
+def mask_unseen(logits: jax.Array, num_seen: jax.Array | int) -> jax.Array:
+  """Masks the classes >= num_seen (see `mask_classes`). (B, C) → (B, C)."""
+  return mask_classes(logits, 0, num_seen)
 
 
 def build_model(model_config, task_sizes: Sequence[int]) -> nn.Module:

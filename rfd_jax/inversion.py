@@ -1,0 +1,184 @@
+"""Data-free model inversion (spec §4): train a generator so the frozen previous model sees its
+old classes in the generator's images, then sample replay batches from it.
+
+The inversion loop runs as a jitted `lax.scan` over chunks of iterations (one compile per run: the
+number of old classes and the teacher are data), with a progress line and a checkpoint
+opportunity between chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import functools
+import time
+from typing import Any
+
+from absl import logging
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from rfd_jax import losses
+from rfd_jax.models.resnet import mask_unseen
+
+
+@flax.struct.dataclass
+class GeneratorState:
+  """Generator parameters, its BatchNorm running statistics and Adam state."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def create_generator_state(*, generator: nn.Module, rng: jax.Array,
+                           tx: optax.GradientTransformation) -> GeneratorState:
+  """A freshly initialised generator (PyTorch default init) and optimizer."""
+  variables = generator.init(rng, jnp.zeros((2, generator.z_dim), jnp.float32), train=False)
+  return GeneratorState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                        batch_stats=variables["batch_stats"],
+                        opt_state=tx.init(variables["params"]))
+
+
+def inversion_loss(gen_params: Any, gen_batch_stats: Any, teacher_vars: dict[str, Any],
+                   z: jax.Array, num_old: jax.Array, *, generator: nn.Module, teacher: nn.Module,
+                   weights: dict[str, float]) -> tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]:
+  """L = w_ce·CE(o/τ, argmax o) + w_bal·L_balance + w_smooth·L_smooth + w_bn·L_bn (spec §4).
+
+  The generator runs in train mode (batch BN statistics, running stats updated); the teacher in
+  eval mode, reporting the input statistics of each of its BN layers. Teacher logits of classes
+  >= num_old are masked. z: (B, z_dim). Returns (loss, (new generator batch_stats, metrics)).
+  """
+  images, gen_updates = generator.apply({"params": gen_params, "batch_stats": gen_batch_stats}, z,
+                                        train=True, mutable=["batch_stats"])
+  (logits, _), teacher_out = teacher.apply(teacher_vars, images, train=False, mutable=["bn_stats"])
+  logits = mask_unseen(logits, num_old)
+  targets = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
+  loss_ce = jnp.mean(losses.cross_entropy(logits=logits / weights["ce_temperature"],
+                                          labels=targets))
+  loss_balance = losses.class_balance_loss(logits=logits, num_classes=num_old)
+  loss_smooth = losses.smoothness_prior(images=images)
+  loss_bn = losses.bn_statistics_kl(input_stats=teacher_out["bn_stats"],
+                                    running_stats=teacher_vars["batch_stats"])
+  loss = (weights["ce"] * loss_ce + weights["balance"] * loss_balance
+          + weights["smoothness"] * loss_smooth + weights["bn"] * loss_bn)
+  metrics = {"inversion/loss": loss, "inversion/loss_ce": loss_ce,
+             "inversion/loss_balance": loss_balance, "inversion/loss_smooth": loss_smooth,
+             "inversion/loss_bn": loss_bn}
+  return loss, (gen_updates["batch_stats"], metrics)
+
+
+def generator_step(gen_state: GeneratorState, teacher_vars: dict[str, Any], rng: jax.Array,
+                   num_old: jax.Array, *, generator: nn.Module, teacher: nn.Module,
+                   tx: optax.GradientTransformation, batch_size: int,
+                   weights: dict[str, float]) -> tuple[GeneratorState, dict[str, jax.Array]]:
+  """One Adam step of the generator on a fresh z ~ N(0, I) batch. Pure; the teacher is data."""
+  z = jax.random.normal(rng, (batch_size, generator.z_dim), jnp.float32)
+  teacher_vars = jax.lax.stop_gradient(teacher_vars)
+  grad_fn = jax.value_and_grad(inversion_loss, has_aux=True)
+  (_, (batch_stats, metrics)), grads = grad_fn(
+      gen_state.params, gen_state.batch_stats, teacher_vars, z, num_old, generator=generator,
+      teacher=teacher, weights=weights)
+  updates, opt_state = tx.update(grads, gen_state.opt_state, gen_state.params)
+  new_state = gen_state.replace(step=gen_state.step + 1,
+                                params=optax.apply_updates(gen_state.params, updates),
+                                batch_stats=batch_stats, opt_state=opt_state)
+  return new_state, metrics
+
+
+def inversion_chunk(gen_state: GeneratorState, teacher_vars: dict[str, Any], rng: jax.Array,
+                    num_old: jax.Array, first_iteration: jax.Array, *, num_steps: int,
+                    **step_kwargs) -> tuple[GeneratorState, dict[str, jax.Array]]:
+  """`num_steps` generator steps under lax.scan; iteration i uses fold_in(rng, i).
+
+  Returns the new state and the metrics averaged over the chunk.
+  """
+  def body(state, i):
+    return generator_step(state, teacher_vars, jax.random.fold_in(rng, i), num_old, **step_kwargs)
+  gen_state, metrics = jax.lax.scan(body, gen_state, first_iteration + jnp.arange(num_steps))
+  return gen_state, jax.tree.map(jnp.mean, metrics)
+
+
+def resolve_loop(loop: str) -> str:
+  """"auto" → "host" on CPU, "scan" elsewhere.
+
+  XLA:CPU runs this conv-heavy step ~20× slower inside a rolled while loop than as a top-level
+  jitted call (measured: 4.1 s vs 0.2 s per iteration, 16 px, batch 32, jax 0.10.2), so on CPU a
+  chunk is a host loop over one jitted step; accelerators get the lax.scan chunk.
+  """
+  if loop == "auto":
+    return "host" if jax.default_backend() == "cpu" else "scan"
+  return loop
+
+
+def make_inversion_chunk_fn(*, generator: nn.Module, teacher: nn.Module,
+                            tx: optax.GradientTransformation, batch_size: int, chunk_steps: int,
+                            weights: dict[str, float], loop: str = "auto") -> Callable:
+  """The chunk function `(gen_state, teacher_vars, rng, num_old, first_iteration) -> (gen_state,
+  mean metrics)`, built once per run (one compile; the generator state is donated).
+
+  loop: "scan" (one jitted lax.scan over the chunk), "host" (a Python loop over one jitted
+  generator_step; same keys, same result up to float reassociation) or "auto" (see resolve_loop).
+  """
+  kwargs = dict(generator=generator, teacher=teacher, tx=tx, batch_size=batch_size,
+                weights=weights)
+  if resolve_loop(loop) == "scan":
+    return jax.jit(functools.partial(inversion_chunk, num_steps=chunk_steps, **kwargs),
+                   donate_argnums=(0,))
+  step = jax.jit(functools.partial(generator_step, **kwargs), donate_argnums=(0,))
+
+  def host_chunk(gen_state, teacher_vars, rng, num_old, first_iteration):
+    history = []
+    for i in range(int(first_iteration), int(first_iteration) + chunk_steps):
+      gen_state, metrics = step(gen_state, teacher_vars, jax.random.fold_in(rng, i), num_old)
+      history.append(metrics)
+    return gen_state, jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *history)
+
+  host_chunk.step = step  # exposed so tests can count its compilations
+  return host_chunk
+
+
+def synthesize(gen_state: GeneratorState, teacher_vars: dict[str, Any], *, chunk_fn: Callable,
+               rng: jax.Array, num_old: int, iterations: int, chunk_steps: int,
+               start_iteration: int = 0, progress: bool = True,
+               on_chunk: Callable[[GeneratorState, int, dict], None] | None = None,
+               label: str = "") -> GeneratorState:
+  """Runs `iterations` inversion steps against the frozen teacher, chunk by chunk.
+
+  After each chunk: a progress line (losses, it/s, ETA) when `progress`, and
+  `on_chunk(gen_state, iterations_done, metrics)` (metrics logging, checkpointing).
+  `start_iteration` resumes a partly done inversion (must be a multiple of chunk_steps).
+  """
+  start = time.time()
+  done = start_iteration
+  while done < iterations:
+    gen_state, metrics = chunk_fn(gen_state, teacher_vars, rng, jnp.int32(num_old),
+                                  jnp.int32(done))
+    metrics = jax.device_get(metrics)
+    done += chunk_steps
+    if progress:
+      rate = (done - start_iteration) / max(time.time() - start, 1e-9)
+      logging.info("%sinversion %5d/%d  loss %.4f (ce %.4f bal %.4f smooth %.4f bn %.4f)  "
+                   "%.1f it/s  ETA %.0fs", label, done, iterations, metrics["inversion/loss"],
+                   metrics["inversion/loss_ce"], metrics["inversion/loss_balance"],
+                   metrics["inversion/loss_smooth"], metrics["inversion/loss_bn"], rate,
+                   (iterations - done) / rate)
+    if on_chunk is not None:
+      on_chunk(gen_state, done, metrics)
+  return gen_state
+
+
+def generate(gen_vars: dict[str, Any], rng: jax.Array, *, generator: nn.Module,
+             batch_size: int) -> jax.Array:
+  """A fresh synthetic batch (B, S, S, 3) from the frozen generator, BN on running statistics.
+
+  No augmentation (spec §4); labels come from the teacher in the train step.
+  """
+  z = jax.random.normal(rng, (batch_size, generator.z_dim), jnp.float32)
+  return jax.lax.stop_gradient(generator.apply(gen_vars, z, train=False))

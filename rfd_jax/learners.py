@@ -1,0 +1,218 @@
+"""The data-free class-incremental learners: which data they see and the losses they optimise.
+
+Every learner trains task 0 with plain cross-entropy. For tasks >= 1 the distillation learners
+get, per step, a real batch, a fresh synthetic batch from the frozen generator and the frozen
+teacher's outputs on both (see `steps.distill_train_step`), and combine them here:
+
+  rdfcil         (spec §6.1) main: local CE + L1 hard KD on synthetic old logits + RKD-angle on
+                 projected real features; then head fine-tuning: class-weighted global CE + hard KD.
+  abd            (spec §6.2) local CE + global CE on detached features + feature distillation
+                 through the teacher's head; real and synthetic in one forward pass.
+  deepinversion  (spec §6.3) global CE on real ∪ synthetic + LwF KD (T = 2).
+
+Loss functions are pure: (params, aux, batch_stats, inputs, hparams) → (loss, (batch_stats, metrics)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rfd_jax import losses
+from rfd_jax.models.resnet import mask_classes, mask_unseen
+
+
+class DistillInputs(NamedTuple):
+  """What a distillation loss sees in one step (teacher outputs already masked to old classes).
+
+  real, syn: normalised images (B, H, W, 3); labels, syn_labels: int32 (B,) (syn_labels = teacher
+  argmax); t_real_logits, t_syn_logits: (B, C); t_real_pooled, t_syn_pooled: (B, F).
+  """
+  real: jax.Array
+  labels: jax.Array
+  syn: jax.Array
+  syn_labels: jax.Array
+  t_real_logits: jax.Array
+  t_syn_logits: jax.Array
+  t_real_pooled: jax.Array
+  t_syn_pooled: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Learner:
+  """A method: whether it inverts the teacher, has a head fine-tuning phase, and its losses."""
+  name: str
+  uses_inversion: bool
+  has_finetune_phase: bool
+  reuse_generator: bool  # ABD keeps one generator (and its Adam state) across tasks
+  main_loss: Callable | None = None
+  finetune_loss: Callable | None = None
+
+
+def _apply(model: nn.Module, params, batch_stats, x, *, train: bool):
+  """Student forward; in train mode BN uses batch statistics and its running stats are updated.
+
+  Returns (logits, features, new batch_stats).
+  """
+  variables = {"params": params, "batch_stats": batch_stats}
+  if train:
+    (logits, feats), updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    return logits, feats, updates["batch_stats"]
+  logits, feats = model.apply(variables, x, train=False)
+  return logits, feats, batch_stats
+
+
+def _local_ce(logits, labels, num_old, num_seen):
+  """CE over the new classes only: logits[:, n_old:n_seen] against y − n_old. (B,)"""
+  return losses.cross_entropy(logits=mask_classes(logits, num_old, num_seen), labels=labels)
+
+
+def loss_weights(distill_config, method: str, *, num_old: int, num_new: int) -> dict[str, float]:
+  """Task-dependent loss weights (R-DFCIL's adaptive scheme for rdfcil and rfd):
+  α = log2(n_new/2 + 1), β = √(n_old/n_new); w_ce = λ_ce(1 + 1/α)/β, KD terms λ·α·β (rfd: see §5)."""
+  if method not in ("rdfcil", "rfd") or num_old == 0:
+    return {}
+  alpha = math.log2(num_new / 2 + 1)
+  beta = math.sqrt(num_old / num_new)
+  return {"ce": distill_config.lambda_ce * (1 + 1 / alpha) / beta,
+          "hkd": distill_config.lambda_hkd * alpha * beta,
+          "rkd": distill_config.lambda_rkd * alpha * beta,
+          "ft_ce": distill_config.lambda_ft_ce}
+
+
+# ---- R-DFCIL -------------------------------------------------------------------------------
+
+
+def init_rkd_projections(rng: jax.Array, num_features: int) -> dict[str, Any]:
+  """Student and teacher Linear(F → 2F) projections for the RKD loss, PyTorch default init
+  (weights and biases U(±1/√F)); fresh every task and trained with the student."""
+  bound = 1.0 / np.sqrt(num_features)
+  keys = jax.random.split(rng, 4)
+  uniform = lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+  return {name: {"kernel": uniform(keys[2 * i], (num_features, 2 * num_features)),
+                 "bias": uniform(keys[2 * i + 1], (2 * num_features,))}
+          for i, name in enumerate(("student_proj", "teacher_proj"))}
+
+
+def _project(proj, x):
+  return x @ proj["kernel"] + proj["bias"]
+
+
+def rdfcil_main_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *, model,
+                     teacher_vars):
+  """w_ce·local CE(real) + w_hkd·L1(student, teacher old logits on syn) + w_rkd·RKD-angle."""
+  del teacher_vars
+  w, num_old, num_seen = hparams["weights"], hparams["num_old"], hparams["num_seen"]
+  z_real, f_real, batch_stats = _apply(model, params, batch_stats, inputs.real, train=True)
+  z_syn, _, batch_stats = _apply(model, params, batch_stats, inputs.syn, train=True)
+  loss_ce = jnp.mean(_local_ce(z_real, inputs.labels, num_old, num_seen))
+  loss_hkd = losses.masked_l1(student=z_syn, teacher=inputs.t_syn_logits, num_classes=num_old)
+  loss_rkd = losses.rkd_angle(student=_project(aux["student_proj"], f_real["pooled"]),
+                              teacher=_project(aux["teacher_proj"], inputs.t_real_pooled))
+  loss = w["ce"] * loss_ce + w["hkd"] * loss_hkd + w["rkd"] * loss_rkd
+  metrics = {"train/loss_ce": loss_ce, "train/loss_hkd": loss_hkd, "train/loss_rkd": loss_rkd,
+             "train/acc": jnp.mean(losses.accuracy(logits=mask_unseen(z_real, num_seen),
+                                                   labels=inputs.labels))}
+  return loss, (batch_stats, metrics)
+
+
+def _class_weighted_global_ce(z_real, z_syn, inputs: DistillInputs, hparams):
+  logits = mask_unseen(jnp.concatenate([z_real, z_syn]), hparams["num_seen"])
+  labels = jnp.concatenate([inputs.labels, inputs.syn_labels])
+  return losses.weighted_cross_entropy(logits=logits, labels=labels,
+                                       class_weights=hparams["class_weights"])
+
+
+def rdfcil_finetune_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *, model,
+                         teacher_vars):
+  """Head fine-tuning (backbone frozen, BN on running stats): λ·class-weighted global CE on
+  real ∪ synthetic + w_hkd·L1 hard KD."""
+  del aux, teacher_vars
+  w, num_old = hparams["weights"], hparams["num_old"]
+  z_real, _, _ = _apply(model, params, batch_stats, inputs.real, train=False)
+  z_syn, _, _ = _apply(model, params, batch_stats, inputs.syn, train=False)
+  loss_ce = _class_weighted_global_ce(z_real, z_syn, inputs, hparams)
+  loss_hkd = losses.masked_l1(student=z_syn, teacher=inputs.t_syn_logits, num_classes=num_old)
+  loss = w["ft_ce"] * loss_ce + w["hkd"] * loss_hkd
+  metrics = {"train/loss_wce": loss_ce, "train/loss_hkd": loss_hkd,
+             "train/acc": jnp.mean(losses.accuracy(logits=mask_unseen(z_real, hparams["num_seen"]),
+                                                   labels=inputs.labels))}
+  return loss, (batch_stats, metrics)
+
+
+# ---- ABD and DeepInversion: one forward pass over real ∪ synthetic ----------------------------
+
+
+def abd_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *, model, teacher_vars,
+             mu: float):
+  """Local CE (real) + global CE on detached features (real ∪ syn), both weighted per example by
+  old/new class balance (old: n_old/n_seen, new: 1 − that), + μ·feature distillation through the
+  teacher's head: mean_i Σ_{c<n_old} (head_T(h_S(x_i)) − z_T(x_i))²_c / n_old."""
+  del aux
+  num_old, num_seen = hparams["num_old"], hparams["num_seen"]
+  x = jnp.concatenate([inputs.real, inputs.syn])
+  labels = jnp.concatenate([inputs.labels, inputs.syn_labels])
+  z, feats, batch_stats = _apply(model, params, batch_stats, x, train=True)
+  old_share = num_old / num_seen
+  weight = jnp.where(labels < num_old, old_share, 1.0 - old_share)
+  batch = inputs.real.shape[0]
+  loss_local = jnp.mean(weight[:batch] * _local_ce(z[:batch], inputs.labels, num_old, num_seen))
+  head_only = model.apply({"params": params}, jax.lax.stop_gradient(feats["pooled"]),
+                          method=model.head_logits)
+  loss_global = jnp.mean(weight * losses.cross_entropy(logits=mask_unseen(head_only, num_seen),
+                                                       labels=labels))
+  through_teacher_head = model.apply({"params": teacher_vars["params"]}, feats["pooled"],
+                                     method=model.head_logits)
+  teacher_logits = jnp.concatenate([inputs.t_real_logits, inputs.t_syn_logits])
+  loss_kd = losses.masked_squared_error(student=through_teacher_head, teacher=teacher_logits,
+                                        num_classes=num_old)
+  loss = loss_local + loss_global + mu * loss_kd
+  metrics = {"train/loss_ce": loss_local, "train/loss_global_ce": loss_global,
+             "train/loss_kd": loss_kd,
+             "train/acc": jnp.mean(losses.accuracy(logits=mask_unseen(z[:batch], num_seen),
+                                                   labels=inputs.labels))}
+  return loss, (batch_stats, metrics)
+
+
+def deepinversion_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *, model,
+                       teacher_vars, mu: float, temperature: float):
+  """Global CE over the seen classes on real ∪ synthetic + μ·LwF KD (T²-scaled soft CE at
+  temperature T on the old-class logits of both)."""
+  del aux, teacher_vars
+  num_old, num_seen = hparams["num_old"], hparams["num_seen"]
+  x = jnp.concatenate([inputs.real, inputs.syn])
+  labels = jnp.concatenate([inputs.labels, inputs.syn_labels])
+  z, _, batch_stats = _apply(model, params, batch_stats, x, train=True)
+  loss_ce = jnp.mean(losses.cross_entropy(logits=mask_unseen(z, num_seen), labels=labels))
+  teacher_logits = jnp.concatenate([inputs.t_real_logits, inputs.t_syn_logits])
+  loss_kd = losses.soft_cross_entropy(student=z, teacher=teacher_logits, num_classes=num_old,
+                                      temperature=temperature)
+  batch = inputs.real.shape[0]
+  metrics = {"train/loss_ce": loss_ce, "train/loss_kd": loss_kd,
+             "train/acc": jnp.mean(losses.accuracy(logits=mask_unseen(z[:batch], num_seen),
+                                                   labels=inputs.labels))}
+  return loss_ce + mu * loss_kd, (batch_stats, metrics)
+
+
+def get_learner(config) -> Learner:
+  """The Learner of `config.method`, its static hyperparameters bound from `config.distill`."""
+  method, distill = config.method, config.distill
+  reuse = {"auto": method == "abd", "fresh": False, "reuse": True}[config.inversion.generator]
+  if method in ("finetune", "joint"):
+    return Learner(method, False, False, False)
+  if method == "rdfcil":
+    return Learner(method, True, True, reuse, rdfcil_main_loss, rdfcil_finetune_loss)
+  if method == "abd":
+    return Learner(method, True, False, reuse, functools.partial(abd_loss, mu=distill.abd_mu))
+  if method == "deepinversion":
+    return Learner(method, True, False, reuse, functools.partial(
+        deepinversion_loss, mu=distill.lwf_mu, temperature=distill.lwf_temperature))
+  raise ValueError(f"config.method={method!r} is unknown")
