@@ -158,6 +158,113 @@ class CifarResNet(nn.Module):
     return logits, {"stem": stem, "stage1": f1, **features}
 
 
+class PodnetBlock(nn.Module):
+  """ResNet-18 BasicBlock of PODNet / cl_lite `backbone/resnet.py` (its PyTorch names in brackets).
+
+  conv_a: conv3×3(stride) [conv1] → bn_a [bn1] → ReLU → conv_b: conv3×3 [conv2] → bn_b, γ=0 [bn2]
+  → + shortcut → ReLU iff `last_relu`. The shortcut is the identity, or shortcut_conv: conv1×1
+  (stride) + shortcut_bn [downsample.0, downsample.1] when the stride or width changes.
+  """
+  features: int
+  stride: int = 1
+  last_relu: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    y = _conv3x3(self.features, self.stride, "conv_a")(x)
+    y = nn.relu(_batch_norm(train, "bn_a")(y))
+    y = _conv3x3(self.features, 1, "conv_b")(y)
+    y = _batch_norm(train, "bn_b", zero_scale=True)(y)
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != self.features:
+      shortcut = nn.Conv(self.features, (1, 1), strides=(self.stride, self.stride),
+                         padding="VALID", use_bias=False, kernel_init=conv_init,
+                         name="shortcut_conv")(x)
+      shortcut = _batch_norm(train, "shortcut_bn")(shortcut)
+    y = y + shortcut
+    return nn.relu(y) if self.last_relu else y
+
+
+class PodnetLayer(nn.Module):
+  """A ResNet-18 layer: only the first block ends with ReLU (PODNet's `_make_layer` with its default
+  last_relu=False), so the layer output, that of the last block, is pre-activation."""
+  features: int
+  num_blocks: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    for i in range(self.num_blocks):
+      x = PodnetBlock(self.features, self.stride if i == 0 else 1,
+                      last_relu=i == 0, name=f"block{i}")(x, train=train)
+    return x
+
+
+class ResNet18(nn.Module):
+  """ResNet-18 of PODNet / cl_lite for ImageNet-100 and ImageNet-R (spec §2.1), same interface as
+  `CifarResNet`.
+
+  stem: conv3×3(3→64, stride 1) → BN → ReLU → maxpool 3×3/2 (pad 1); layers (`stage1`..`stage4`):
+  2 `PodnetBlock`s at 64, 128, 256, 512 channels, strides 1, 2, 2, 2; no ReLU after the last block
+  of a layer nor between layers. Convs use kaiming-normal(fan_out), every block's second BN starts
+  at γ = 0. A 224-px input gives stage1 112×112×64 and stage4 14×14×512; stage 1 (layer1) is RFD's
+  shallow feature.
+
+  Attributes:
+    task_sizes: classes per task; the head has sum(task_sizes) outputs.
+    head: "rfd" (two linears per task) or "linear".
+    stage_blocks: blocks per layer; (2, 2, 2, 2) is ResNet-18.
+    widths: channels per layer.
+  """
+  task_sizes: Sequence[int]
+  head: str = "rfd"
+  stage_blocks: Sequence[int] = (2, 2, 2, 2)
+  widths: Sequence[int] = (64, 128, 256, 512)
+
+  def setup(self):
+    self.stem_conv = _conv3x3(self.widths[0], 1, "stem_conv")
+    self.stem_bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5, name="stem_bn")  # mode set per call
+    self.stages = [PodnetLayer(w, n, 1 if i == 0 else 2, name=f"stage{i + 1}")
+                   for i, (w, n) in enumerate(zip(self.widths, self.stage_blocks))]
+    self.classifier = TaskHeads(tuple(self.task_sizes), self.head, name="head")
+
+  @property
+  def num_features(self) -> int:
+    return self.widths[-1]
+
+  def stage1(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Stem + layer1. x: (B, H, W, 3) normalised images → (B, ⌈H/2⌉, ⌈W/2⌉, 64) shallow map."""
+    return self._stem_and_stage1(x, train=train)[1]
+
+  def _stem_and_stage1(self, x, *, train):
+    stem = nn.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
+    stem = nn.max_pool(stem, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # -inf padding
+    return stem, self.stages[0](stem, train=train)
+
+  def from_stage1(self, f1: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Layers 2–4, global average pool and head on a given stage-1 map.
+
+    Returns (logits (B, C), features) with features "stage2".."stage4" and "pooled" (B, 512).
+    """
+    features = {}
+    x = f1
+    for i, stage in enumerate(self.stages[1:], start=2):
+      x = stage(x, train=train)
+      features[f"stage{i}"] = x
+    features["pooled"] = jnp.mean(x, axis=(1, 2))
+    return self.classifier(features["pooled"]), features
+
+  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, Any]]:
+    """x: (B, H, W, 3) normalised images → (logits (B, C), features).
+
+    features: "stem" (after the maxpool), "stage1".."stage4" (NHWC; a 224-px input gives
+    112, 112, 56, 28, 14 spatial) and "pooled" (B, 512).
+    """
+    stem, f1 = self._stem_and_stage1(x, train=train)
+    logits, features = self.from_stage1(f1, train=train)
+    return logits, {"stem": stem, "stage1": f1, **features}
+
+
 def mask_unseen(logits: jax.Array, num_seen: jax.Array | int) -> jax.Array:
   """Replaces logits of classes >= num_seen by a large negative constant.
 
@@ -172,4 +279,7 @@ def build_model(model_config, task_sizes: Sequence[int]) -> nn.Module:
   """The backbone named by `model_config.name` with a head for `task_sizes`."""
   if model_config.name == "resnet32":
     return CifarResNet(task_sizes=tuple(task_sizes), head=model_config.head)
-  raise ValueError(f"config.model.name={model_config.name!r}: expected one of ('resnet32',)")
+  if model_config.name == "resnet18":
+    return ResNet18(task_sizes=tuple(task_sizes), head=model_config.head)
+  raise ValueError(
+      f"config.model.name={model_config.name!r}: expected one of ('resnet32', 'resnet18')")
