@@ -54,8 +54,8 @@ TINY_LAYOUT = """\
 IMAGENET100_LAYOUT = """\
   <data_dir>/imagenet100/              (or <data_dir> itself; R-DFCIL's layout)
     train_100.txt, val_100.txt         PODNet's lists: "<relative/path.JPEG> <label>" per line
-    train/<wnid>/*.JPEG                ImageNet-1k train images named by the lists
-    val/<wnid>/*.JPEG                  ImageNet-1k val images named by the lists"""
+    train/..., val/...                 the ImageNet-1k images the lists name, at the paths they
+                                       give relative to this folder"""
 
 IMAGENET_R_LAYOUT = """\
   <data_dir>/
@@ -115,12 +115,14 @@ def decode_all(paths: Sequence[str], *, resize: int, crop: int, num_threads: int
                what: str = "images") -> np.ndarray:
   """Decodes every path on a thread pool into one uint8 (N, crop, crop, 3) array, in order."""
   out = np.empty((len(paths), crop, crop, 3), np.uint8)
+
+  def decode_into(i):
+    out[i] = load_image(paths[i], resize=resize, crop=crop)  # no decoded copy waits in a future
+
   with concurrent.futures.ThreadPoolExecutor(_num_threads(num_threads)) as pool:
-    futures = [pool.submit(load_image, p, resize=resize, crop=crop) for p in paths]
-    for i, future in enumerate(futures):
-      out[i] = future.result()
-      if (i + 1) % 20000 == 0:
-        logging.info("decoded %d/%d %s", i + 1, len(paths), what)
+    for done, _ in enumerate(pool.map(decode_into, range(len(paths))), start=1):
+      if done % 20000 == 0:
+        logging.info("decoded %d/%d %s", done, len(paths), what)
   return out
 
 
@@ -261,7 +263,7 @@ def prefetch_rows(images, index_batches: Iterable[np.ndarray], *, depth: int = 2
 def _check_files_exist(paths: Sequence[str], *, what: str, layout: str, dataset: str,
                        num_threads: int) -> None:
   with concurrent.futures.ThreadPoolExecutor(_num_threads(num_threads)) as pool:
-    exists = list(pool.map(os.path.isfile, paths, chunksize=256))
+    exists = list(pool.map(os.path.isfile, paths))
   missing = [p for p, ok in zip(paths, exists) if not ok]
   if missing:
     raise FileNotFoundError(_missing(
