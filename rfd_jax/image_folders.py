@@ -69,7 +69,7 @@ def _missing(what: str, layout: str, dataset: str, *, looked: Sequence[str] = ()
   if looked:
     lines.append("Looked in: " + ", ".join(looked))
   lines += [f"Expected layout for {dataset}:", layout,
-            f"Fix: pass --config.data.data_dir=/path/to/<data_dir> (nothing is downloaded)."]
+            "Fix: pass --config.data.data_dir=/path/to/<data_dir> (nothing is downloaded)."]
   return "\n".join(lines)
 
 
