@@ -6,7 +6,7 @@ from rfd_jax import input_pipeline, tasks
 
 METHODS = ("finetune", "joint", "deepinversion", "abd", "rdfcil")
 GENERATOR_POLICIES = ("auto", "fresh", "reuse")
-MODELS = ("resnet32",)
+MODELS = ("resnet32", "resnet18")
 HEADS = ("rfd", "linear")
 
 
@@ -43,10 +43,15 @@ def validate(config) -> tasks.TaskSpec:
            f"config.data.eval_batch_size={data.eval_batch_size} must be >= 1.")
   _require(data.image_size >= 8 and data.image_size % 4 == 0,
            f"config.data.image_size={data.image_size} must be a multiple of 4 and >= 8.")
-  if data.dataset != "digits":
+  if not info.resized:  # digits and the folder datasets resize to any size (tests shrink them)
     _require(data.image_size == info.image_size,
              f"config.data.image_size={data.image_size} must be {info.image_size} for "
-             f"{data.dataset} (only digits is resized).")
+             f"{data.dataset} (it is not resized).")
+  _require(data.get("decode_threads", 0) >= 0,
+           f"config.data.decode_threads={data.get('decode_threads')} must be >= 0 (0: one per "
+           "CPU core).")
+  _require(data.get("cache_gb", 0.0) >= 0,
+           f"config.data.cache_gb={data.get('cache_gb')} must be >= 0.")
   _require(optim.lr > 0, f"config.optim.lr={optim.lr} must be > 0.")
   _require(optim.ft_lr >= 0, f"config.optim.ft_lr={optim.ft_lr} must be >= 0.")
   _require(0 <= optim.momentum < 1, f"config.optim.momentum={optim.momentum} must be in [0, 1).")

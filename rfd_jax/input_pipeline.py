@@ -22,12 +22,19 @@ class DatasetInfo:
   image_size: int  # native side length after the dataset's own resizing
   mean: tuple[float, float, float] | None  # None: computed from the training set
   std: tuple[float, float, float] | None
+  resized: bool = False  # the loader resizes to any config.data.image_size
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DATASETS = {
-    "digits": DatasetInfo(10, 32, None, None),
+    "digits": DatasetInfo(10, 32, None, None, resized=True),
     "cifar10": DatasetInfo(10, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": DatasetInfo(100, 32, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    # Folder datasets (rfd_jax/image_folders.py).
+    "tiny_imagenet": DatasetInfo(200, 64, (0.4803, 0.4481, 0.3976), (0.2764, 0.2688, 0.2816),
+                                 resized=True),
+    "imagenet100": DatasetInfo(100, 224, IMAGENET_MEAN, IMAGENET_STD, resized=True),
+    "imagenet_r": DatasetInfo(200, 224, IMAGENET_MEAN, IMAGENET_STD, resized=True),
 }
 
 DIGITS_TEST_FRACTION = 0.3  # fixed stratified split of sklearn's 1797 digits: 1257 train / 540 test
@@ -39,7 +46,8 @@ class Dataset:
   """A whole dataset in host memory.
 
   Attributes:
-    train_images, test_images: uint8 (N, H, W, 3).
+    train_images, test_images: uint8 (N, H, W, 3); for imagenet100 / imagenet_r an
+      `image_folders.LazyImages` that decodes the rows it is indexed with (same contract).
     train_labels, test_labels: int64 (N,), original dataset class ids.
     mean, std: float32 (3,), per-channel normalisation of images scaled to [0, 1].
   """
@@ -93,15 +101,19 @@ def load_digits(image_size: int = 32) -> Dataset:
 
 
 def load_dataset(data_config) -> Dataset:
-  """Loads `data_config.dataset` fully into host memory.
+  """Loads `data_config.dataset` into host memory (the ImageNet-sized sets lazily).
 
   Raises:
     ValueError: unknown dataset.
-    FileNotFoundError: prepared TFDS data missing; the message says what to put where.
+    FileNotFoundError: prepared TFDS data or image files missing; the message says what to put
+      where.
   """
   info = dataset_info(data_config.dataset)
   if data_config.dataset == "digits":
     return load_digits(data_config.image_size)
+  from rfd_jax import image_folders  # pylint: disable=g-import-not-at-top
+  if data_config.dataset in image_folders.FOLDER_DATASETS:
+    return image_folders.load(data_config)
   from rfd_jax import tfds_data  # pylint: disable=g-import-not-at-top
   data_dir = data_config.data_dir or None
   tr_x, tr_y = tfds_data.load_split(data_config.dataset, "train", data_dir)

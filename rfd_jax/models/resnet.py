@@ -120,39 +120,20 @@ class TaskHeads(nn.Module):
     return jnp.concatenate(logits, axis=-1)
 
 
-class CifarResNet(nn.Module):
-  """ResNet-32 (cl_lite `resnet_cifar`), exposing stage features and a stage-1 split.
-
-  Attributes:
-    task_sizes: classes per task; the head has sum(task_sizes) outputs.
-    head: "rfd" (two linears per task) or "linear".
-    stage_blocks: blocks per stage; (5, 5, 4, 1) is ResNet-32.
-    widths: channels per stage.
-  """
-  task_sizes: Sequence[int]
-  head: str = "rfd"
-  stage_blocks: Sequence[int] = (5, 5, 4, 1)
-  widths: Sequence[int] = (16, 32, 64, 64)
-
-  def setup(self):
-    self.stem_conv = _conv3x3(self.widths[0], 1, "stem_conv")
-    self.stem_bn = BatchNorm(momentum=0.9, epsilon=1e-5, name="stem_bn")  # mode set per call
-    strides = [1] + [2 if self.widths[i] != self.widths[i - 1] else 1
-                     for i in range(1, len(self.widths))]
-    self.stages = [Stage(w, n, s, name=f"stage{i + 1}")
-                   for i, (w, n, s) in enumerate(zip(self.widths, self.stage_blocks, strides))]
-    self.classifier = TaskHeads(tuple(self.task_sizes), self.head, name="head")
+class _StagedResNet(nn.Module):
+  """Shared interface of the backbones: subclasses set up `stem_conv`, `stem_bn`, `stages`
+  (stage1..stage4), `classifier`, `widths`, and define `_stem(x, *, train)`."""
 
   @property
   def num_features(self) -> int:
     return self.widths[-1]
 
   def stage1(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """Stem + stage 1. x: (B, H, W, 3) normalised images → (B, H, W, 16) shallow map."""
+    """Stem + stage 1: normalised images (B, H, W, 3) → the shallow map RFD distils."""
     return self._stem_and_stage1(x, train=train)[1]
 
   def _stem_and_stage1(self, x, *, train):
-    stem = nn.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
+    stem = self._stem(x, train=train)
     return stem, self.stages[0](stem, train=train)
 
   def from_stage1(self, f1: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -175,12 +156,112 @@ class CifarResNet(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, Any]]:
     """x: (B, H, W, 3) normalised images → (logits (B, C), features).
 
-    features: "stem", "stage1".."stage4" (NHWC maps; 32-px input gives 32,32,16,8,8 spatial) and
-    "pooled" (B, 64).
+    features: "stem", "stage1".."stage4" (NHWC maps) and "pooled" (B, F).
     """
     stem, f1 = self._stem_and_stage1(x, train=train)
     logits, features = self.from_stage1(f1, train=train)
     return logits, {"stem": stem, "stage1": f1, **features}
+
+
+class CifarResNet(_StagedResNet):
+  """ResNet-32 (cl_lite `resnet_cifar`), exposing stage features and a stage-1 split.
+
+  Attributes:
+    task_sizes: classes per task; the head has sum(task_sizes) outputs.
+    head: "rfd" (two linears per task) or "linear".
+    stage_blocks: blocks per stage; (5, 5, 4, 1) is ResNet-32.
+    widths: channels per stage.
+  """
+  task_sizes: Sequence[int]
+  head: str = "rfd"
+  stage_blocks: Sequence[int] = (5, 5, 4, 1)
+  widths: Sequence[int] = (16, 32, 64, 64)
+
+  def setup(self):
+    self.stem_conv = _conv3x3(self.widths[0], 1, "stem_conv")
+    self.stem_bn = BatchNorm(momentum=0.9, epsilon=1e-5, name="stem_bn")  # mode set per call
+    strides = [1] + [2 if self.widths[i] != self.widths[i - 1] else 1
+                     for i in range(1, len(self.widths))]
+    self.stages = [Stage(w, n, s, name=f"stage{i + 1}")
+                   for i, (w, n, s) in enumerate(zip(self.widths, self.stage_blocks, strides))]
+    self.classifier = TaskHeads(tuple(self.task_sizes), self.head, name="head")
+
+  def _stem(self, x, *, train):
+    return nn.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
+
+class PodnetBlock(nn.Module):
+  """ResNet-18 BasicBlock of PODNet / cl_lite `backbone/resnet.py` (its PyTorch names in brackets).
+
+  conv_a: conv3×3(stride) [conv1] → bn_a [bn1] → ReLU → conv_b: conv3×3 [conv2] → bn_b, γ=0 [bn2]
+  → + shortcut → ReLU iff `last_relu`. The shortcut is the identity, or shortcut_conv: conv1×1
+  (stride) + shortcut_bn [downsample.0, downsample.1] when the stride or width changes.
+  """
+  features: int
+  stride: int = 1
+  last_relu: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    y = _conv3x3(self.features, self.stride, "conv_a")(x)
+    y = nn.relu(_batch_norm(train, "bn_a")(y))
+    y = _conv3x3(self.features, 1, "conv_b")(y)
+    y = _batch_norm(train, "bn_b", zero_scale=True)(y)
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != self.features:
+      shortcut = nn.Conv(self.features, (1, 1), strides=(self.stride, self.stride),
+                         padding="VALID", use_bias=False, kernel_init=conv_init,
+                         name="shortcut_conv")(x)
+      shortcut = _batch_norm(train, "shortcut_bn")(shortcut)
+    y = y + shortcut
+    return nn.relu(y) if self.last_relu else y
+
+
+class PodnetLayer(nn.Module):
+  """A ResNet-18 layer: only the first block ends with ReLU (PODNet's `_make_layer` with its default
+  last_relu=False), so the layer output, that of the last block, is pre-activation."""
+  features: int
+  num_blocks: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    for i in range(self.num_blocks):
+      x = PodnetBlock(self.features, self.stride if i == 0 else 1,
+                      last_relu=i == 0, name=f"block{i}")(x, train=train)
+    return x
+
+
+class ResNet18(_StagedResNet):
+  """ResNet-18 of PODNet / cl_lite for ImageNet-100 and ImageNet-R (spec §2.1), same interface as
+  `CifarResNet`.
+
+  stem: conv3×3(3→64, stride 1) → BN → ReLU → maxpool 3×3/2 (pad 1); layers (`stage1`..`stage4`):
+  2 `PodnetBlock`s at 64, 128, 256, 512 channels, strides 1, 2, 2, 2; no ReLU after the last block
+  of a layer nor between layers. Convs use kaiming-normal(fan_out), every block's second BN starts
+  at γ = 0. A 224-px input gives stage1 112×112×64 and stage4 14×14×512; stage 1 (layer1) is RFD's
+  shallow feature.
+
+  Attributes:
+    task_sizes: classes per task; the head has sum(task_sizes) outputs.
+    head: "rfd" (two linears per task) or "linear".
+    stage_blocks: blocks per layer; (2, 2, 2, 2) is ResNet-18.
+    widths: channels per layer.
+  """
+  task_sizes: Sequence[int]
+  head: str = "rfd"
+  stage_blocks: Sequence[int] = (2, 2, 2, 2)
+  widths: Sequence[int] = (64, 128, 256, 512)
+
+  def setup(self):
+    self.stem_conv = _conv3x3(self.widths[0], 1, "stem_conv")
+    self.stem_bn = BatchNorm(momentum=0.9, epsilon=1e-5, name="stem_bn")  # mode set per call
+    self.stages = [PodnetLayer(w, n, 1 if i == 0 else 2, name=f"stage{i + 1}")
+                   for i, (w, n) in enumerate(zip(self.widths, self.stage_blocks))]
+    self.classifier = TaskHeads(tuple(self.task_sizes), self.head, name="head")
+
+  def _stem(self, x, *, train):
+    stem = nn.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
+    return nn.max_pool(stem, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # -inf padding
 
 
 def mask_classes(logits: jax.Array, first: jax.Array | int, stop: jax.Array | int) -> jax.Array:
@@ -202,4 +283,7 @@ def build_model(model_config, task_sizes: Sequence[int]) -> nn.Module:
   """The backbone named by `model_config.name` with a head for `task_sizes`."""
   if model_config.name == "resnet32":
     return CifarResNet(task_sizes=tuple(task_sizes), head=model_config.head)
-  raise ValueError(f"config.model.name={model_config.name!r}: expected one of ('resnet32',)")
+  if model_config.name == "resnet18":
+    return ResNet18(task_sizes=tuple(task_sizes), head=model_config.head)
+  raise ValueError(
+      f"config.model.name={model_config.name!r}: expected one of ('resnet32', 'resnet18')")
