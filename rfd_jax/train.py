@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfd_jax import config_validation, input_pipeline, metrics, optim, steps, tasks, writers
+from rfd_jax import (config_validation, input_pipeline, metrics, optim, parallel, steps, tasks,
+                     writers)
 from rfd_jax.models.resnet import build_model
 from rfd_jax.state import create_train_state, trainable_mask
 
@@ -50,15 +51,20 @@ def task_train_indices(method: str, labels: np.ndarray, spec: tasks.TaskSpec,
   return np.flatnonzero(keep)
 
 
-def predict(eval_fn, variables, images: np.ndarray, num_seen: int,
-            batch_size: int) -> np.ndarray:
-  """Predictions for all `images` (N, H, W, 3) in fixed-size batches (last one zero-padded)."""
+def predict(eval_fn, variables, images: np.ndarray, num_seen: int, batch_size: int,
+            mesh) -> np.ndarray:
+  """Predictions for all `images` (N, H, W, 3) in fixed-size batches (last one zero-padded).
+
+  Each batch is a global array sharded over `mesh`: every process feeds its rows of it and gets all
+  the predictions back (replicated).
+  """
   num = len(images)
   padded_num = -(-num // batch_size) * batch_size
   padded = np.concatenate([images, np.zeros((padded_num - num,) + images.shape[1:], images.dtype)])
-  preds = [eval_fn(variables, padded[i:i + batch_size], jnp.int32(num_seen))
+  rows = parallel.process_batch_indices(np.arange(batch_size), mesh)
+  preds = [eval_fn(variables, parallel.global_batch(padded[i + rows], mesh), jnp.int32(num_seen))
            for i in range(0, padded_num, batch_size)]
-  return np.asarray(jnp.concatenate(preds))[:num]
+  return np.concatenate([np.asarray(p) for p in preds])[:num]
 
 
 def _format_duration(seconds: float) -> str:
@@ -69,8 +75,13 @@ def _format_duration(seconds: float) -> str:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs the whole class-incremental experiment described by `config`; returns results.json."""
   spec = config_validation.validate(config)
+  mesh = parallel.make_mesh()  # every device of every process; batches split on its "data" axis
+  parallel.check_batch_size(config.data.batch_size, mesh)
+  parallel.check_batch_size(config.data.eval_batch_size, mesh, field="config.data.eval_batch_size")
+  is_main = parallel.is_main_process()  # only process 0 writes files
   os.makedirs(workdir, exist_ok=True)
-  writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  if is_main:
+    writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   run_start = time.time()
 
   # ---- Data: whole dataset in host memory, labels remapped to model labels by class order.
@@ -94,18 +105,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
   model = build_model(config.model, spec.sizes)
   tx = optim.momentum_transform(config.optim.momentum)
   root_key = jax.random.key(config.seed)
-  state = create_train_state(model=model, rng=jax.random.fold_in(root_key, 0),
-                             image_size=config.data.image_size, tx=tx)
+  state = parallel.replicate(create_train_state(model=model, rng=jax.random.fold_in(root_key, 0),
+                                                image_size=config.data.image_size, tx=tx), mesh)
+  # State, key and hparams replicated, batches split on "data" (BatchNorm sees the global batch).
+  replicated, batch_sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   train_fn = jax.jit(functools.partial(
       steps.train_step, model=model, tx=tx, weight_decay=config.optim.weight_decay,
-      mean=data.mean, std=data.std), donate_argnums=(0,))
-  eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, mean=data.mean, std=data.std))
+      mean=data.mean, std=data.std), donate_argnums=(0,),
+      in_shardings=(replicated, batch_sharded, replicated, replicated), out_shardings=replicated)
+  eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, mean=data.mean, std=data.std),
+                    in_shardings=(replicated, batch_sharded, replicated), out_shardings=replicated)
 
   total_steps = sum(
       sum(p.num_epochs for p in task_phases(config, t)) * (len(task_indices[t]) // batch_size)
       for t in range(spec.num_tasks))
   done_steps, steady_start = 0, 0.0  # steady_start: wall time when the first (compiling) step ended
-  writer = writers.MetricWriter(workdir)
+  writer = writers.MetricWriter(workdir, enabled=is_main)
   rows: list[metrics.EvalRow] = []
   task_seconds = []
 
@@ -126,8 +141,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                task=task, epoch=epoch)
         epoch_start, epoch_metrics, interval = time.time(), [], []
         for batch_idx in batches:
-          sel = idx[batch_idx]
-          batch = {"images": data.train_images[sel], "labels": train_labels[sel]}
+          sel = idx[parallel.process_batch_indices(batch_idx, mesh)]  # this process's rows
+          batch = parallel.global_batch(
+              {"images": data.train_images[sel], "labels": train_labels[sel]}, mesh)
           step_start = time.time()
           state, step_metrics = train_fn(state, batch, jax.random.fold_in(task_key, step_in_task),
                                          hparams)
@@ -159,7 +175,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # ---- Evaluate on the union of the seen classes' test sets.
     seen = test_labels < num_seen
     preds = predict(eval_fn, state.variables, data.test_images[seen], num_seen,
-                    config.data.eval_batch_size)
+                    config.data.eval_batch_size, mesh)
     row = metrics.evaluate_predictions(predictions=preds, labels=test_labels[seen],
                                        task_of_label=spec.task_of_label(), task=task)
     rows.append(row)
@@ -186,5 +202,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "task_seconds": task_seconds,
       "wall_seconds": time.time() - run_start,
   }
-  writers.write_json(os.path.join(workdir, "results.json"), results)
+  if is_main:
+    writers.write_json(os.path.join(workdir, "results.json"), results)
   return results
