@@ -10,6 +10,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.method = "finetune"  # finetune | joint
   config.seed = 0
+  config.dtype = "float32"  # activations: float32 | bfloat16 (params, BN statistics, logits: f32)
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = "cifar100"

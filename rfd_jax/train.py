@@ -102,7 +102,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           f"{t}; lower it.")
 
   # ---- Model, optimizer, jitted steps (built once).
-  model = build_model(config.model, spec.sizes)
+  model = build_model(config.model, spec.sizes, dtype=config.dtype)
   tx = optim.momentum_transform(config.optim.momentum)
   root_key = jax.random.key(config.seed)
   state = parallel.replicate(create_train_state(model=model, rng=jax.random.fold_in(root_key, 0),
