@@ -1,4 +1,4 @@
-"""Data parallelism over every device of every process: Mesh, shardings, global batches, multi-host init.
+"""Data parallelism over all devices of all processes: mesh, shardings, global batches, multi-host.
 
 One 1-D `Mesh` over all devices with axis "data". The train state is replicated; each batch is a
 global `jax.Array` sharded on its leading axis. Steps are plain `jax.jit` functions with these
@@ -152,24 +152,27 @@ def _process_rows(batch_size: int, device_processes: list[int], process_index: i
 
 
 def process_batch_indices(global_indices: np.ndarray, mesh: Mesh,
-                          process_index: int | None = None) -> np.ndarray:
+                          process_index: int | None = None, *,
+                          field: str = "config.data.batch_size") -> np.ndarray:
   """This process's contiguous slice of one global batch's example indices.
 
   Every process draws the same global batch (a pure function of seed, task, epoch) and keeps the
   rows its devices hold: process p of P with equal device counts gets rows [p·B/P, (p+1)·B/P).
   global_indices: (B, ...) with B divisible by the device count → (B_local, ...).
+  field: the config field that set B, named in the error when the device count does not divide B.
   """
-  check_batch_size(len(global_indices), mesh)
+  check_batch_size(len(global_indices), mesh, field=field)
   process_index = jax.process_index() if process_index is None else process_index
   device_processes = [d.process_index for d in mesh.devices.flat]
   return global_indices[_process_rows(len(global_indices), device_processes, process_index)]
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def global_batch(local_batch: Any, mesh: Mesh) -> Any:
   """Assembles each process's rows into global arrays sharded on "data" along axis 0.
 
-  local_batch: arrays (B_local, ...), this process's slice from `process_batch_indices`.
-  Returns arrays of shape (B_local · process_count, ...) (for equal local device counts).
+  local_batch: a pytree (e.g. {"images", "labels"}) of numpy arrays (B_local, ...), this process's
+  rows from `process_batch_indices`. Returns the same pytree of global jax.Arrays
+  (B_local · process_count, ...) (for equal local device counts).
   """
   sharding = batch_sharded(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)

@@ -61,7 +61,8 @@ def predict(eval_fn, variables, images: np.ndarray, num_seen: int, batch_size: i
   num = len(images)
   padded_num = -(-num // batch_size) * batch_size
   padded = np.concatenate([images, np.zeros((padded_num - num,) + images.shape[1:], images.dtype)])
-  rows = parallel.process_batch_indices(np.arange(batch_size), mesh)
+  rows = parallel.process_batch_indices(np.arange(batch_size), mesh,
+                                       field="config.data.eval_batch_size")
   preds = [eval_fn(variables, parallel.global_batch(padded[i + rows], mesh), jnp.int32(num_seen))
            for i in range(0, padded_num, batch_size)]
   return np.concatenate([np.asarray(p) for p in preds])[:num]

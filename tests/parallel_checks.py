@@ -74,7 +74,8 @@ def random_train_state(model, tx, seed=0):
 def check_train_step() -> dict:
   """rfd_jax.steps.train_step: one local device vs every device of every process, same global
   batch of 16, two steps."""
-  model = resnet.CifarResNet(task_sizes=(2,) * 5, stage_blocks=(1, 1, 1, 1))  # every layer kind, fast
+  # one block per stage: every layer kind of ResNet-32, a fraction of its compile time
+  model = resnet.CifarResNet(task_sizes=(2,) * 5, stage_blocks=(1, 1, 1, 1))
   tx = optim.momentum_transform(0.9)
   state = random_train_state(model, tx)
   rng = np.random.default_rng(0)
@@ -82,8 +83,9 @@ def check_train_step() -> dict:
            "labels": rng.integers(0, 4, (BATCH,)).astype(np.int32)}
   hparams = {"lr": np.float32(0.1), "num_seen": np.int32(4),
              "trainable": trainable_mask(state.params, tasks_seen=2, backbone=True)}
+  # with augmentation: the random crops and flips must not depend on the sharding
   step = functools.partial(steps.train_step, model=model, tx=tx, weight_decay=5e-4, mean=MEAN,
-                           std=STD)  # with augmentation: the random crops must not depend on sharding
+                           std=STD)
   results = {}
   for name, devices in (("one", jax.local_devices()[:1]), ("all", jax.devices())):
     mesh = parallel.make_mesh(devices)

@@ -112,7 +112,7 @@ def test_mask_unseen_blocks_probability_and_gradient():
 
 
 def test_bfloat16_activations_keep_params_statistics_and_logits_float32():
-  """config.dtype=bfloat16: backbone activations in bf16; params, BN statistics, logits, grads f32."""
+  """config.dtype=bfloat16: activations in bf16; params, BN statistics, logits, grads in f32."""
   config = type("ModelConfig", (), {"name": "resnet32", "head": "rfd"})
   model = resnet.build_model(config, TASK_SIZES, dtype="bfloat16")
   assert model.dtype == jnp.bfloat16

@@ -179,7 +179,10 @@ def mask_unseen(logits: jax.Array, num_seen: jax.Array | int) -> jax.Array:
 
 
 def build_model(model_config, task_sizes: Sequence[int], *, dtype: str = "float32") -> nn.Module:
-  """The backbone named by `model_config.name` with a head for `task_sizes`; `dtype`: activations."""
+  """The backbone named by `model_config.name` with a head for `task_sizes`.
+
+  dtype: of the activations (config.dtype), "float32" or "bfloat16".
+  """
   if model_config.name == "resnet32":
     return CifarResNet(task_sizes=tuple(task_sizes), head=model_config.head,
                        dtype=jnp.dtype(dtype))
