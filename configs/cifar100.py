@@ -10,6 +10,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.method = "rdfcil"  # finetune | joint | deepinversion | abd | rdfcil
   config.seed = 0
+  config.dtype = "float32"  # activations: float32 | bfloat16 (params, BN statistics, logits: f32)
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = "cifar100"
@@ -19,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.task_split = "equal"  # equal | rdfcil (R-DFCIL's split_task)
   config.data.image_size = 32
   config.data.batch_size = 128  # real batch (synthetic and inversion batches match it)
-  config.data.eval_batch_size = 500
+  config.data.eval_batch_size = 512  # a multiple of the device count (the last batch is padded)
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "resnet32"

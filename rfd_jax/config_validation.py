@@ -8,6 +8,7 @@ METHODS = ("finetune", "joint", "deepinversion", "abd", "rdfcil")
 GENERATOR_POLICIES = ("auto", "fresh", "reuse")
 MODELS = ("resnet32", "resnet18")
 HEADS = ("rfd", "linear")
+DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -33,6 +34,8 @@ def validate(config) -> tasks.TaskSpec:
                                 order=config.data.class_order, split=config.data.task_split)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  _require(config.dtype in DTYPES,
+           f"config.dtype={config.dtype!r} is unknown; expected one of {DTYPES}.")
   _require(config.model.name in MODELS,
            f"config.model.name={config.model.name!r} is unknown; expected one of {MODELS}.")
   _require(config.model.head in HEADS,

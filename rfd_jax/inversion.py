@@ -74,12 +74,21 @@ def inversion_loss(gen_params: Any, gen_batch_stats: Any, teacher_vars: dict[str
   return loss, (gen_updates["batch_stats"], metrics)
 
 
+def sample_latents(rng: jax.Array, batch_size: int, z_dim: int, batch_sharding=None) -> jax.Array:
+  """z ~ N(0, I) of shape (B, z_dim), split over the devices by `batch_sharding` if given, so the
+  generator and teacher passes run data-parallel (BN statistics over the global batch)."""
+  z = jax.random.normal(rng, (batch_size, z_dim), jnp.float32)
+  return z if batch_sharding is None else jax.lax.with_sharding_constraint(z, batch_sharding)
+
+
 def generator_step(gen_state: GeneratorState, teacher_vars: dict[str, Any], rng: jax.Array,
                    num_old: jax.Array, *, generator: nn.Module, teacher: nn.Module,
                    tx: optax.GradientTransformation, batch_size: int,
-                   weights: dict[str, float]) -> tuple[GeneratorState, dict[str, jax.Array]]:
-  """One Adam step of the generator on a fresh z ~ N(0, I) batch. Pure; the teacher is data."""
-  z = jax.random.normal(rng, (batch_size, generator.z_dim), jnp.float32)
+                   weights: dict[str, float],
+                   batch_sharding=None) -> tuple[GeneratorState, dict[str, jax.Array]]:
+  """One optimizer (Adam) step of the generator on a fresh z ~ N(0, I) batch. Pure; the teacher
+  is data. `batch_sharding` splits the batch over the devices (see `sample_latents`)."""
+  z = sample_latents(rng, batch_size, generator.z_dim, batch_sharding)
   teacher_vars = jax.lax.stop_gradient(teacher_vars)
   grad_fn = jax.value_and_grad(inversion_loss, has_aux=True)
   (_, (batch_stats, metrics)), grads = grad_fn(
@@ -119,7 +128,8 @@ def resolve_loop(loop: str) -> str:
 
 def make_inversion_chunk_fn(*, generator: nn.Module, teacher: nn.Module,
                             tx: optax.GradientTransformation, batch_size: int, chunk_steps: int,
-                            weights: dict[str, float], loop: str = "auto") -> Callable:
+                            weights: dict[str, float], loop: str = "auto",
+                            batch_sharding=None) -> Callable:
   """The chunk function `(gen_state, teacher_vars, rng, num_old, first_iteration) -> (gen_state,
   mean metrics)`, built once per run (one compile; the generator state is donated).
 
@@ -127,7 +137,7 @@ def make_inversion_chunk_fn(*, generator: nn.Module, teacher: nn.Module,
   generator_step; same keys, same result up to float reassociation) or "auto" (see resolve_loop).
   """
   kwargs = dict(generator=generator, teacher=teacher, tx=tx, batch_size=batch_size,
-                weights=weights)
+                weights=weights, batch_sharding=batch_sharding)
   if resolve_loop(loop) == "scan":
     return jax.jit(functools.partial(inversion_chunk, num_steps=chunk_steps, **kwargs),
                    donate_argnums=(0,))
@@ -175,10 +185,10 @@ def synthesize(gen_state: GeneratorState, teacher_vars: dict[str, Any], *, chunk
 
 
 def generate(gen_vars: dict[str, Any], rng: jax.Array, *, generator: nn.Module,
-             batch_size: int) -> jax.Array:
+             batch_size: int, batch_sharding=None) -> jax.Array:
   """A fresh synthetic batch (B, S, S, 3) from the frozen generator, BN on running statistics.
 
   No augmentation (spec §4); labels come from the teacher in the train step.
   """
-  z = jax.random.normal(rng, (batch_size, generator.z_dim), jnp.float32)
+  z = sample_latents(rng, batch_size, generator.z_dim, batch_sharding)
   return jax.lax.stop_gradient(generator.apply(gen_vars, z, train=False))

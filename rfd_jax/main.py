@@ -11,7 +11,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from rfd_jax import config_validation, metrics, train
+from rfd_jax import config_validation, metrics, parallel, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
@@ -29,16 +29,20 @@ def default_workdir(config) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  parallel.maybe_initialize_distributed()  # first JAX call: multi-host runs join their cluster here
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(config)
-  logging.info("JAX %s: %d process(es), devices %s", jax.__version__, jax.process_count(),
-               jax.devices())
+  logging.info("JAX %s: process %d of %d, %d local / %d global devices: %s", jax.__version__,
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), jax.devices())
   logging.info("workdir %s", os.path.abspath(workdir))
   try:
     results = train.train_and_evaluate(config, workdir)
   except (config_validation.ConfigError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  if not parallel.is_main_process():
+    return
   print(f"\n{results['method']} on {results['dataset']}, {results['num_tasks']} tasks "
         f"(results in {os.path.join(workdir, 'results.json')})\n")
   print(metrics.format_table(results))

@@ -84,7 +84,8 @@ def distill_train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.
                        gen_vars: dict[str, Any], *, loss_fn: Callable, model: nn.Module,
                        generator: nn.Module, tx: optax.GradientTransformation,
                        weight_decay: float, mean: np.ndarray, std: np.ndarray,
-                       augment: bool = True) -> tuple[TrainState, dict[str, jax.Array]]:
+                       augment: bool = True,
+                       batch_sharding=None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One step of a data-free distillation learner (task >= 1).
 
   Draws a fresh synthetic batch of the real batch's size from the frozen generator, runs the frozen
@@ -96,7 +97,8 @@ def distill_train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.
   """
   rng_aug, rng_syn = jax.random.split(rng)
   real = _real_images(batch, rng_aug, mean, std, augment)
-  syn = inversion.generate(gen_vars, rng_syn, generator=generator, batch_size=real.shape[0])
+  syn = inversion.generate(gen_vars, rng_syn, generator=generator, batch_size=real.shape[0],
+                           batch_sharding=batch_sharding)
   teacher_vars = jax.lax.stop_gradient(teacher_vars)
   t_logits, t_feats = model.apply(teacher_vars, jnp.concatenate([real, syn]), train=False)
   t_logits = mask_unseen(t_logits, hparams["num_old"])

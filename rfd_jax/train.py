@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from rfd_jax import (config_validation, input_pipeline, inversion, learners, losses, metrics, optim,
-                     steps, tasks, writers)
+                     parallel, steps, tasks, writers)
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import build_model
 from rfd_jax.state import create_train_state, trainable_mask
@@ -55,23 +55,33 @@ class StepFns:
   class_weights: Any
 
 
-def build_step_fns(config, learner: learners.Learner, model, generator, tx, data) -> StepFns:
-  """Binds the static arguments and jits every step of the run (the state is donated)."""
+def build_step_fns(config, learner: learners.Learner, model, generator, tx, data,
+                   mesh) -> StepFns:
+  """Binds the static arguments and jits every step of the run (the state is donated).
+
+  State, keys, hparams, teacher and generator are replicated; real batches are split on the mesh's
+  "data" axis, so BatchNorm sees the global batch.
+  """
+  rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   common = dict(model=model, tx=tx, weight_decay=config.optim.weight_decay, mean=data.mean,
                 std=data.std)
-  distill = lambda loss_fn: None if loss_fn is None else jax.jit(functools.partial(
-      steps.distill_train_step, loss_fn=loss_fn, generator=generator, **common),
-      donate_argnums=(0,))
+  distill = lambda loss_fn: None if loss_fn is None else jax.jit(
+      functools.partial(steps.distill_train_step, loss_fn=loss_fn, generator=generator,
+                        batch_sharding=batch, **common),
+      donate_argnums=(0,), in_shardings=(rep, batch, rep, rep, rep, rep), out_shardings=rep)
   inv = config.inversion
   return StepFns(
-      ce_step=jax.jit(functools.partial(steps.train_step, **common), donate_argnums=(0,)),
+      ce_step=jax.jit(functools.partial(steps.train_step, **common), donate_argnums=(0,),
+                      in_shardings=(rep, batch, rep, rep), out_shardings=rep),
       distill_main_step=distill(learner.main_loss),
       distill_finetune_step=distill(learner.finetune_loss),
       eval_step=jax.jit(functools.partial(steps.eval_step, model=model, mean=data.mean,
-                                          std=data.std)),
+                                          std=data.std),
+                        in_shardings=(rep, batch, rep), out_shardings=rep),
       inversion_chunk=inversion.make_inversion_chunk_fn(
           generator=generator, teacher=model, tx=optax.adam(inv.lr), batch_size=inv.batch_size,
-          chunk_steps=inv.chunk_steps, weights=inversion_weights(inv), loop=inv.loop),
+          chunk_steps=inv.chunk_steps, weights=inversion_weights(inv), loop=inv.loop,
+          batch_sharding=batch),
       class_weights=jax.jit(losses.class_balance_weights))
 
 
@@ -95,15 +105,21 @@ def task_train_indices(method: str, labels: np.ndarray, spec: tasks.TaskSpec,
   return np.flatnonzero(keep)
 
 
-def predict(eval_fn, variables, images: np.ndarray, num_seen: int,
-            batch_size: int) -> np.ndarray:
-  """Predictions for all `images` (N, H, W, 3) in fixed-size batches (last one zero-padded)."""
+def predict(eval_fn, variables, images: np.ndarray, num_seen: int, batch_size: int,
+            mesh) -> np.ndarray:
+  """Predictions for all `images` (N, H, W, 3) in fixed-size batches (last one zero-padded).
+
+  Each batch is a global array sharded over `mesh`: every process feeds its rows of it and gets all
+  the predictions back (replicated).
+  """
   num = len(images)
   padded_num = -(-num // batch_size) * batch_size
   padded = np.concatenate([images, np.zeros((padded_num - num,) + images.shape[1:], images.dtype)])
-  preds = [eval_fn(variables, padded[i:i + batch_size], jnp.int32(num_seen))
+  rows = parallel.process_batch_indices(np.arange(batch_size), mesh,
+                                       field="config.data.eval_batch_size")
+  preds = [eval_fn(variables, parallel.global_batch(padded[i + rows], mesh), jnp.int32(num_seen))
            for i in range(0, padded_num, batch_size)]
-  return np.asarray(jnp.concatenate(preds))[:num]
+  return np.concatenate([np.asarray(p) for p in preds])[:num]
 
 
 def _format_duration(seconds: float) -> str:
@@ -114,8 +130,13 @@ def _format_duration(seconds: float) -> str:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs the whole class-incremental experiment described by `config`; returns results.json."""
   spec = config_validation.validate(config)
+  mesh = parallel.make_mesh()  # every device of every process; batches split on its "data" axis
+  parallel.check_batch_size(config.data.batch_size, mesh)
+  parallel.check_batch_size(config.data.eval_batch_size, mesh, field="config.data.eval_batch_size")
+  is_main = parallel.is_main_process()  # only process 0 writes files
   os.makedirs(workdir, exist_ok=True)
-  writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  if is_main:
+    writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   run_start = time.time()
 
   # ---- Data: whole dataset in host memory, labels remapped to model labels by class order.
@@ -137,17 +158,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # ---- Model, optimizer, jitted steps (built once).
   learner = learners.get_learner(config)
-  model = build_model(config.model, spec.sizes)
+  model = build_model(config.model, spec.sizes, dtype=config.dtype)
   generator = generator_for(config.data.image_size)
   tx = optim.momentum_transform(config.optim.momentum)
   root_key = jax.random.key(config.seed)
-  aux_init = lambda task: (learners.init_rkd_projections(
-      jax.random.fold_in(root_key, 10_000 + task), model.num_features)
-      if config.method == "rdfcil" else {})
-  state = create_train_state(model=model, rng=jax.random.fold_in(root_key, 0),
-                             image_size=config.data.image_size, num_classes=spec.num_classes,
-                             tx=tx, aux_params=aux_init(0))
-  fns = build_step_fns(config, learner, model, generator, tx, data)
+  aux_init = lambda task: parallel.replicate(learners.init_rkd_projections(
+      jax.random.fold_in(root_key, 10_000 + task), model.num_features), mesh
+  ) if config.method == "rdfcil" else {}
+  state = parallel.replicate(create_train_state(
+      model=model, rng=jax.random.fold_in(root_key, 0), image_size=config.data.image_size,
+      num_classes=spec.num_classes, tx=tx, aux_params=aux_init(0)), mesh)
+  fns = build_step_fns(config, learner, model, generator, tx, data, mesh)
   gen_tx = optax.adam(config.inversion.lr)
   gen_state, teacher_vars = None, None
 
@@ -155,7 +176,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       sum(p.num_epochs for p in task_phases(config, learner, t)) * (len(task_indices[t]) // batch_size)
       for t in range(spec.num_tasks))
   done_steps, steady_start = 0, 0.0  # steady_start: wall time when the first (compiling) step ended
-  writer = writers.MetricWriter(workdir)
+  writer = writers.MetricWriter(workdir, enabled=is_main)
   rows: list[metrics.EvalRow] = []
   task_seconds = []
 
@@ -171,8 +192,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if distilling:
       teacher_vars = jax.tree.map(jnp.copy, state.variables)  # the state's buffers get donated
       if gen_state is None or not learner.reuse_generator:
-        gen_state = inversion.create_generator_state(
-            generator=generator, rng=jax.random.fold_in(root_key, 20_000 + task), tx=gen_tx)
+        gen_state = parallel.replicate(inversion.create_generator_state(
+            generator=generator, rng=jax.random.fold_in(root_key, 20_000 + task), tx=gen_tx), mesh)
       inversion_start = time.time()
       gen_state = inversion.synthesize(
           gen_state, teacher_vars, chunk_fn=fns.inversion_chunk,
@@ -209,8 +230,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                task=task, epoch=epoch)
         epoch_start, epoch_metrics, interval = time.time(), [], []
         for batch_idx in batches:
-          sel = idx[batch_idx]
-          batch = {"images": data.train_images[sel], "labels": train_labels[sel]}
+          sel = idx[parallel.process_batch_indices(batch_idx, mesh)]  # this process's rows
+          batch = parallel.global_batch(
+              {"images": data.train_images[sel], "labels": train_labels[sel]}, mesh)
           step_start = time.time()
           state, step_metrics = step_fn(state, batch, jax.random.fold_in(task_key, step_in_task),
                                         hparams, *extra)
@@ -244,7 +266,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # ---- Evaluate on the union of the seen classes' test sets.
     seen = test_labels < num_seen
     preds = predict(fns.eval_step, state.variables, data.test_images[seen], num_seen,
-                    config.data.eval_batch_size)
+                    config.data.eval_batch_size, mesh)
     row = metrics.evaluate_predictions(predictions=preds, labels=test_labels[seen],
                                        task_of_label=spec.task_of_label(), task=task)
     rows.append(row)
@@ -271,5 +293,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "task_seconds": task_seconds,
       "wall_seconds": time.time() - run_start,
   }
-  writers.write_json(os.path.join(workdir, "results.json"), results)
+  if is_main:
+    writers.write_json(os.path.join(workdir, "results.json"), results)
   return results

@@ -1,19 +1,23 @@
 """The Tiny-ImageNet, ImageNet-100 and ImageNet-R configs: spec values, validation, and one train
-step each on a fake dataset in the benchmark's on-disk layout, shrunk to 16 px."""
+step and one inversion step each on a fake dataset in the benchmark's on-disk layout, shrunk
+to 16 px."""
 
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import imagenet100, imagenet_r, tiny_imagenet
-from rfd_jax import config_validation, input_pipeline, optim, steps
+from rfd_jax import config_validation, input_pipeline, inversion, optim, steps, train
+from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import build_model
-from rfd_jax.state import TrainState, trainable_mask
+from rfd_jax.state import trainable_mask
 
 from fake_folders import make_imagenet100, make_imagenet_r, make_tiny_imagenet
+from random_states import random_train_state
 
 CONFIGS = {"tiny_imagenet": tiny_imagenet, "imagenet100": imagenet100, "imagenet_r": imagenet_r}
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -23,25 +27,6 @@ def _compile_fast(fn, *args):
   """Runs jit(fn)(*args) compiled without LLVM optimisations: the same computation, compiled ~3×
   faster on CPU (these tests run a step once)."""
   return jax.jit(fn).lower(*args).compile(compiler_options=FAST_COMPILE)(*args)
-
-
-def _random_state(model, tx) -> TrainState:
-  """A TrainState of the model's shapes with N(0, 0.05²) parameters and unit BN statistics.
-
-  Initialising ResNet-18 for real takes ~7 s on 2 CPU cores; its init is tested in
-  resnet18_test.py.
-  """
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
-                                             train=False))
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: 0.05 * rng.standard_normal(s.shape, np.float32),
-                        shapes["params"])
-  batch_stats = jax.tree_util.tree_map_with_path(
-      lambda path, s: np.full(s.shape, "var" in jax.tree_util.keystr(path), np.float32),
-      shapes["batch_stats"])
-  opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(tx.init, params))
-  return TrainState(step=np.zeros((), np.int32), params=params, batch_stats=batch_stats,
-                    opt_state=opt_state)
 
 
 @pytest.mark.parametrize("name, model, tasks, first, size, batch, epochs, ft, milestones, wd", [
@@ -93,11 +78,11 @@ def test_one_train_step_on_fake_folder_data(name, tmp_path):
 
   model = build_model(config.model, spec.sizes)
   tx = optim.momentum_transform(config.optim.momentum)
-  state = _random_state(model, tx)
+  state = random_train_state(model, tx, image_size=16, num_classes=spec.num_classes, scale=0.05)
   step = functools.partial(steps.train_step, model=model, tx=tx,
                            weight_decay=config.optim.weight_decay, mean=data.mean, std=data.std)
   hparams = {"lr": jnp.float32(config.optim.lr), "num_seen": jnp.int32(spec.num_classes),
-             "trainable": trainable_mask(state.params, tasks_seen=spec.num_tasks, backbone=True)}
+             "trainable": trainable_mask(state, tasks_seen=spec.num_tasks, backbone=True)}
   new_state, metrics = _compile_fast(step, state, batch, jax.random.key(1, impl="unsafe_rbg"),
                                      hparams)
   assert int(new_state.step) == 1
@@ -106,6 +91,18 @@ def test_one_train_step_on_fake_folder_data(name, tmp_path):
   changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), state.params,
                          new_state.params)
   assert changed["stem_conv"]["kernel"] and changed["stage4"]["block0"]["conv_a"]["kernel"]
+
+  # and one model-inversion step against that network as the teacher
+  generator = generator_for(config.data.image_size)
+  gen_tx = optax.adam(config.inversion.lr)
+  gen_state = inversion.create_generator_state(generator=generator, rng=jax.random.key(2),
+                                               tx=gen_tx)
+  inv_step = functools.partial(
+      inversion.generator_step, generator=generator, teacher=model, tx=gen_tx, batch_size=4,
+      weights=train.inversion_weights(config.inversion))
+  new_gen, inv_metrics = _compile_fast(inv_step, gen_state, new_state.variables, jax.random.key(3),
+                                       jnp.int32(spec.sizes[0]))
+  assert int(new_gen.step) == 1 and np.isfinite(float(inv_metrics["inversion/loss"]))
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
 """Tests for rfd_jax.models.resnet: shapes, parameter counts, init quirks, stage split, masking."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -107,3 +109,39 @@ def test_mask_unseen_blocks_probability_and_gradient():
   f = jax.jit(resnet.mask_unseen)
   assert f(logits, 3)[0, 2] == 3.0 and f(logits, 1)[0, 1] == resnet.MASKED_LOGIT
   assert f._cache_size() == 1
+
+
+def test_bfloat16_activations_keep_params_statistics_and_logits_float32():
+  """config.dtype=bfloat16: activations in bf16; params, BN statistics, logits, grads in f32."""
+  config = type("ModelConfig", (), {"name": "resnet32", "head": "rfd"})
+  model = resnet.build_model(config, TASK_SIZES, dtype="bfloat16")
+  assert model.dtype == jnp.bfloat16
+  model = model.clone(stage_blocks=(1, 1, 1, 1))  # every layer kind, quick to compile
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+
+  # random float32 variables of the right shapes: compiling flax's initialisers takes ~10 s on CPU
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+  rng = np.random.default_rng(0)
+  variables = jax.tree.map(lambda s: rng.uniform(0.5, 1.0, s.shape).astype(s.dtype), shapes)
+  assert {leaf.dtype for leaf in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}
+
+  @jax.jit  # one compile for everything
+  def run(x):
+    def loss_fn(params):
+      (logits, features), new_vars = model.apply(
+          {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+          mutable=["batch_stats"])
+      return jnp.mean(logits ** 2), (logits, features, new_vars)
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+    (logits_f32, _), _ = model.clone(dtype=jnp.float32).apply(variables, x, train=True,
+                                                              mutable=["batch_stats"])
+    return aux, grads, logits_f32
+
+  (logits, features, new_vars), grads, logits_f32 = run(x)
+  assert {leaf.dtype for leaf in jax.tree.leaves((new_vars, grads))} == {
+      jnp.dtype(jnp.float32)}
+  assert logits.dtype == jnp.float32 and features["pooled"].dtype == jnp.float32
+  assert all(features[k].dtype == jnp.bfloat16 for k in ("stem", "stage1", "stage4"))
+  # the same parameters in float32 give the same logits up to bf16 precision
+  assert float(jnp.max(jnp.abs(logits_f32))) > 0.1
+  np.testing.assert_allclose(logits, logits_f32, rtol=0.1, atol=0.05)

@@ -28,10 +28,10 @@ torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unifo
 MASKED_LOGIT = -1e9  # finite, so 0 * masked stays 0 in losses; exp() underflows to exactly 0
 
 
-def _conv3x3(features: int, stride: int, name: str) -> nn.Conv:
+def _conv3x3(features: int, stride: int, name: str, dtype: Any = jnp.float32) -> nn.Conv:
   # Explicit symmetric padding: Flax "SAME" pads (0, 1) at stride 2, PyTorch's padding=1 pads (1, 1).
   return nn.Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
-                 use_bias=False, kernel_init=conv_init, name=name)
+                 use_bias=False, kernel_init=conv_init, dtype=dtype, name=name)
 
 
 class BatchNorm(nn.BatchNorm):
@@ -55,23 +55,26 @@ class BatchNorm(nn.BatchNorm):
     return super().__call__(x, use_running_average=use_running_average, **kwargs)
 
 
-def _batch_norm(train: bool, name: str, zero_scale: bool = False) -> nn.BatchNorm:
+def _batch_norm(train: bool, name: str, zero_scale: bool = False,
+                dtype: Any = jnp.float32) -> nn.BatchNorm:
+  # `dtype` is the output's; flax computes the statistics in float32 and keeps them in float32.
   return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
-                      name=name)
+                   scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
+                   dtype=dtype, name=name)
 
 
 class BasicBlock(nn.Module):
   """conv3×3(stride) → BN → ReLU → conv3×3 → BN(γ=0) → + shortcut; no ReLU after the add."""
   features: int
   stride: int = 1
+  dtype: Any = jnp.float32  # activations; parameters are float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    y = _conv3x3(self.features, self.stride, "conv_a")(x)
-    y = nn.relu(_batch_norm(train, "bn_a")(y))
-    y = _conv3x3(self.features, 1, "conv_b")(y)
-    y = _batch_norm(train, "bn_b", zero_scale=True)(y)
+    y = _conv3x3(self.features, self.stride, "conv_a", self.dtype)(x)
+    y = nn.relu(_batch_norm(train, "bn_a", dtype=self.dtype)(y))
+    y = _conv3x3(self.features, 1, "conv_b", self.dtype)(y)
+    y = _batch_norm(train, "bn_b", zero_scale=True, dtype=self.dtype)(y)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
       shortcut = x[:, ::self.stride, ::self.stride, :]
@@ -85,11 +88,13 @@ class Stage(nn.Module):
   features: int
   num_blocks: int
   stride: int = 1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     for i in range(self.num_blocks):
-      x = BasicBlock(self.features, self.stride if i == 0 else 1, name=f"block{i}")(x, train=train)
+      x = BasicBlock(self.features, self.stride if i == 0 else 1, self.dtype,
+                     name=f"block{i}")(x, train=train)
     return x
 
 
@@ -146,7 +151,7 @@ class _StagedResNet(nn.Module):
     for i, stage in enumerate(self.stages[1:], start=2):
       x = stage(x, train=train)
       features[f"stage{i}"] = x
-    features["pooled"] = jnp.mean(x, axis=(1, 2))
+    features["pooled"] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # f32 from here on
     return self.classifier(features["pooled"]), features
 
   def head_logits(self, pooled: jax.Array) -> jax.Array:
@@ -171,18 +176,23 @@ class CifarResNet(_StagedResNet):
     head: "rfd" (two linears per task) or "linear".
     stage_blocks: blocks per stage; (5, 5, 4, 1) is ResNet-32.
     widths: channels per stage.
+    dtype: of the backbone's activations and stage features (config.dtype: bfloat16 for mixed
+      precision). Parameters and BatchNorm statistics stay float32; "pooled", the head and the
+      logits are float32.
   """
   task_sizes: Sequence[int]
   head: str = "rfd"
   stage_blocks: Sequence[int] = (5, 5, 4, 1)
   widths: Sequence[int] = (16, 32, 64, 64)
+  dtype: Any = jnp.float32
 
   def setup(self):
-    self.stem_conv = _conv3x3(self.widths[0], 1, "stem_conv")
-    self.stem_bn = BatchNorm(momentum=0.9, epsilon=1e-5, name="stem_bn")  # mode set per call
+    self.stem_conv = _conv3x3(self.widths[0], 1, "stem_conv", self.dtype)
+    self.stem_bn = BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                             name="stem_bn")  # mode set per call
     strides = [1] + [2 if self.widths[i] != self.widths[i - 1] else 1
                      for i in range(1, len(self.widths))]
-    self.stages = [Stage(w, n, s, name=f"stage{i + 1}")
+    self.stages = [Stage(w, n, s, self.dtype, name=f"stage{i + 1}")
                    for i, (w, n, s) in enumerate(zip(self.widths, self.stage_blocks, strides))]
     self.classifier = TaskHeads(tuple(self.task_sizes), self.head, name="head")
 
@@ -279,10 +289,14 @@ def mask_unseen(logits: jax.Array, num_seen: jax.Array | int) -> jax.Array:
   return mask_classes(logits, 0, num_seen)
 
 
-def build_model(model_config, task_sizes: Sequence[int]) -> nn.Module:
-  """The backbone named by `model_config.name` with a head for `task_sizes`."""
+def build_model(model_config, task_sizes: Sequence[int], *, dtype: str = "float32") -> nn.Module:
+  """The backbone named by `model_config.name` with a head for `task_sizes`.
+
+  dtype: of the activations (config.dtype), "float32" or "bfloat16" (CIFAR ResNet-32 only so far).
+  """
   if model_config.name == "resnet32":
-    return CifarResNet(task_sizes=tuple(task_sizes), head=model_config.head)
+    return CifarResNet(task_sizes=tuple(task_sizes), head=model_config.head,
+                       dtype=jnp.dtype(dtype))
   if model_config.name == "resnet18":
     return ResNet18(task_sizes=tuple(task_sizes), head=model_config.head)
   raise ValueError(
