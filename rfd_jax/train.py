@@ -82,7 +82,8 @@ def build_step_fns(config, learner: learners.Learner, model, generator, tx, data
           generator=generator, teacher=model, tx=optax.adam(inv.lr), batch_size=inv.batch_size,
           chunk_steps=inv.chunk_steps, weights=inversion_weights(inv), loop=inv.loop,
           batch_sharding=batch),
-      class_weights=jax.jit(losses.class_balance_weights))
+      class_weights=jax.jit(losses.class_balance_weights, in_shardings=(rep, rep),
+                            out_shardings=rep))
 
 
 def inversion_weights(inversion_config) -> dict[str, float]:
@@ -212,7 +213,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                           class_counts=jnp.zeros_like(state.class_counts))
     weights = {k: jnp.float32(v) for k, v in learners.loss_weights(
         config.distill, config.method, num_old=num_old, num_new=num_seen - num_old).items()}
-    class_weights = jnp.ones((spec.num_classes,), jnp.float32)
+    # replicated on the mesh like the later fns.class_weights outputs: one compile of the steps
+    class_weights = parallel.replicate(np.ones((spec.num_classes,), np.float32), mesh)
     step_in_task = 0
     for phase in task_phases(config, learner, task):
       mask = trainable_mask(state, tasks_seen=task + 1, backbone=phase.name == "main")

@@ -1,0 +1,126 @@
+"""Tests for rfd_jax.learners and the distillation step: loss weights, one step per learner, head
+fine-tuning semantics, and compilations per run (independent of the number of tasks)."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import digits
+from rfd_jax import learners, optim, steps, train
+from rfd_jax.models.generator import generator_for
+from rfd_jax.models.resnet import CifarResNet
+from rfd_jax.state import trainable_mask
+
+from random_states import random_train_state
+import train_test
+
+SIZE, BATCH = 8, 8
+
+
+def test_loss_weights_match_the_spec_example():
+  cfg = ml_collections.ConfigDict({"lambda_ce": 0.5, "lambda_hkd": 0.15, "lambda_rkd": 0.5,
+                                   "lambda_ft_ce": 0.5})
+  alpha = math.log2(10 / 2 + 1)  # CIFAR-100 10 × 10: α = 2.585
+  for num_old, w_ce in ((10, 0.693), (50, 0.310), (90, 0.231)):
+    w = learners.loss_weights(cfg, "rdfcil", num_old=num_old, num_new=10)
+    beta = math.sqrt(num_old / 10)
+    assert w["ce"] == pytest.approx(w_ce, abs=1e-3)
+    assert w["hkd"] == pytest.approx(0.15 * alpha * beta)
+    assert w["rkd"] == pytest.approx(0.5 * alpha * beta)
+  assert learners.loss_weights(cfg, "abd", num_old=10, num_new=10) == {}
+
+
+@pytest.fixture(scope="module", name="setup")
+def _setup():
+  model = CifarResNet(task_sizes=(2,) * 5, stage_blocks=(1, 1, 1, 1))
+  tx = optim.momentum_transform(0.9)
+  teacher = random_train_state(model, tx, image_size=SIZE, num_classes=10, seed=1)
+  generator = generator_for(SIZE)
+  gen_vars = generator.init(jax.random.key(0), jnp.zeros((2, 1000)), train=False)
+  rng = np.random.default_rng(0)
+  batch = {"images": rng.integers(0, 256, (BATCH, SIZE, SIZE, 3), dtype=np.uint8),
+           "labels": rng.integers(4, 6, (BATCH,)).astype(np.int32)}  # task 2: classes 4, 5
+  return model, tx, teacher, generator, gen_vars, batch
+
+
+def _run(setup, method, phase):
+  model, tx, teacher, generator, gen_vars, batch = setup
+  config = digits.get_config()
+  config.method = method
+  learner = learners.get_learner(config)
+  loss_fn = learner.main_loss if phase == "main" else learner.finetune_loss
+  state = random_train_state(model, tx, image_size=SIZE, num_classes=10, seed=2)
+  if method == "rdfcil":
+    state = state.replace(aux_params=learners.init_rkd_projections(jax.random.key(3), 64))
+  state = state.replace(opt_state=tx.init(state.trainable))
+  step = jax.jit(functools.partial(steps.distill_train_step, loss_fn=loss_fn, model=model,
+                                   generator=generator, tx=tx, weight_decay=5e-4,
+                                   mean=np.full(3, 0.5, np.float32),
+                                   std=np.full(3, 0.25, np.float32)))
+  hparams = {"lr": jnp.float32(0.05), "num_seen": jnp.int32(6), "num_old": jnp.int32(4),
+             "trainable": trainable_mask(state, tasks_seen=3, backbone=phase == "main"),
+             "weights": {k: jnp.float32(v) for k, v in learners.loss_weights(
+                 config.distill, method, num_old=4, num_new=2).items()},
+             "class_weights": jnp.ones(10)}
+  teacher_vars = {"params": teacher.params, "batch_stats": teacher.batch_stats}
+  new_state, metrics = step(state, batch, jax.random.key(4), hparams, teacher_vars, gen_vars)
+  return state, new_state, metrics
+
+
+@pytest.mark.parametrize("method, keys", [
+    ("rdfcil", {"train/loss_ce", "train/loss_hkd", "train/loss_rkd"}),
+    ("abd", {"train/loss_ce", "train/loss_global_ce", "train/loss_kd"}),
+    ("deepinversion", {"train/loss_ce", "train/loss_kd"})])
+def test_main_step_of_each_learner(setup, method, keys):
+  state, new_state, metrics = _run(setup, method, "main")
+  assert keys <= set(metrics) and all(np.isfinite(float(v)) for v in metrics.values())
+  assert not np.allclose(new_state.params["stem_conv"]["kernel"], state.params["stem_conv"]["kernel"])
+  # real labels (4, 5) and teacher labels of the synthetic batch (among 0..3) are counted
+  counts = np.asarray(new_state.class_counts)
+  assert counts[4:6].sum() == BATCH and counts[:4].sum() == BATCH and counts[6:].sum() == 0
+  if method == "rdfcil":  # the RKD projections are trained with the student
+    assert not np.allclose(new_state.aux_params["student_proj"]["kernel"],
+                           state.aux_params["student_proj"]["kernel"])
+
+
+def test_rdfcil_finetune_moves_only_the_heads_and_keeps_bn_statistics(setup):
+  state, new_state, metrics = _run(setup, "rdfcil", "finetune")
+  assert {"train/loss_wce", "train/loss_hkd"} <= set(metrics)
+  unchanged = lambda a, b: all(np.array_equal(x, y) for x, y in
+                               zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  backbone = lambda p: {k: v for k, v in p.items() if k != "head"}
+  assert unchanged(backbone(state.params), backbone(new_state.params))
+  assert unchanged(state.batch_stats, new_state.batch_stats)  # BN on running statistics
+  assert unchanged(state.aux_params, new_state.aux_params)
+  assert not unchanged(state.params["head"]["task0_out"], new_state.params["head"]["task0_out"])
+  assert unchanged(state.params["head"]["task3_out"], new_state.params["head"]["task3_out"])
+
+
+def test_each_step_compiles_once_per_run_whatever_the_number_of_tasks(monkeypatch, tmp_path):
+  captured = []
+  original = train.build_step_fns
+
+  def capture(*args, **kwargs):
+    fns = original(*args, **kwargs)
+    captured.append(fns)
+    return fns
+
+  monkeypatch.setattr(train, "build_step_fns", capture)
+  counts = []
+  for num_tasks in (2, 5):  # 5 × 2 classes; 2 × 5 classes
+    config = train_test.tiny_config("rdfcil")
+    config.data.num_tasks = num_tasks
+    config.inversion.chunk_steps = 2
+    train.train_and_evaluate(config, str(tmp_path / str(num_tasks)))
+    fns = captured[-1]
+    counts.append({name: fn._cache_size() for name, fn in (  # pylint: disable=protected-access
+        ("ce", fns.ce_step), ("main", fns.distill_main_step),
+        ("finetune", fns.distill_finetune_step), ("eval", fns.eval_step),
+        ("inversion", fns.inversion_chunk.step), ("class_weights", fns.class_weights))})
+  assert counts[0] == counts[1] == {"ce": 1, "main": 1, "finetune": 1, "eval": 1, "inversion": 1,
+                                    "class_weights": 1}, counts
