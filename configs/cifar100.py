@@ -20,6 +20,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.task_split = "equal"  # equal | rdfcil (R-DFCIL's split_task)
   config.data.image_size = 32
   config.data.batch_size = 128  # real batch (synthetic and inversion batches match it)
+  config.data.crop_padding = 4  # training augmentation: random crop of the padded image ...
+  config.data.crop_fill = "normalized"  # ... padded with 0 after normalisation (the mean colour)
+  config.data.flip = True  # ... and a horizontal flip
   config.data.eval_batch_size = 512  # a multiple of the device count (the last batch is padded)
 
   config.model = ml_collections.ConfigDict()

@@ -55,6 +55,10 @@ def validate(config) -> tasks.TaskSpec:
            "CPU core).")
   _require(data.get("cache_gb", 0.0) >= 0,
            f"config.data.cache_gb={data.get('cache_gb')} must be >= 0.")
+  _require(0 <= data.crop_padding < data.image_size,
+           f"config.data.crop_padding={data.crop_padding} must be in [0, image_size).")
+  _require(data.crop_fill in ("normalized", "black"),
+           f"config.data.crop_fill={data.crop_fill!r}: expected 'normalized' or 'black'.")
   _require(optim.lr > 0, f"config.optim.lr={optim.lr} must be > 0.")
   _require(optim.ft_lr >= 0, f"config.optim.ft_lr={optim.ft_lr} must be >= 0.")
   _require(0 <= optim.momentum < 1, f"config.optim.momentum={optim.momentum} must be in [0, 1).")

@@ -1,9 +1,10 @@
 """Datasets as in-memory uint8 arrays, deterministic epoch batching, and on-device augmentation.
 
 Images stay uint8 NHWC on the host; a train/eval step receives a uint8 batch and normalises (and, in
-training, augments) it on the device, so that work fuses into the step. Augmentation follows spec §1.2:
-normalise first, then a random 32×32 crop of the image zero-padded by 4 (zero in normalised space)
-and a horizontal flip with probability 1/2.
+training, augments) it on the device, so that work fuses into the step. Augmentation follows spec §1.2
+by default: normalise first, then a random crop of the image zero-padded by 4 (zero in normalised
+space, i.e. the mean colour) and a horizontal flip with probability 1/2. Datasets where that is
+unnatural (digits: black background, no mirror symmetry) configure it (see `Augmentation`).
 """
 
 from __future__ import annotations
@@ -139,17 +140,48 @@ def normalize(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
   return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
-def random_crop_flip(rng: jax.Array, images: jax.Array, *, pad: int = 4) -> jax.Array:
-  """Per-sample random crop of the zero-padded image and horizontal flip (p = 1/2).
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """Training augmentation: random crop of the padded image, optional horizontal flip.
 
-  images: float (B, H, W, C), already normalised → (B, H, W, C).
+  Attributes:
+    crop_padding: pixels of padding on each side (4 in the papers).
+    crop_fill: "normalized": pad with 0 in normalised space, i.e. the dataset mean colour (the
+      papers' code: padding after normalisation); "black": pad with black pixels.
+    flip: horizontal flip with probability 1/2.
+  """
+  crop_padding: int = 4
+  crop_fill: str = "normalized"
+  flip: bool = True
+
+  @classmethod
+  def from_config(cls, data_config) -> "Augmentation":
+    return cls(data_config.crop_padding, data_config.crop_fill, data_config.flip)
+
+
+def augment(rng: jax.Array, images: jax.Array, augmentation: Augmentation, mean: jax.Array,
+            std: jax.Array) -> jax.Array:
+  """Applies `augmentation` to normalised images (B, H, W, C) → (B, H, W, C)."""
+  fill = 0.0 if augmentation.crop_fill == "normalized" else -jnp.asarray(mean) / jnp.asarray(std)
+  return random_crop_flip(rng, images, pad=augmentation.crop_padding, fill=fill,
+                          flip=augmentation.flip)
+
+
+def random_crop_flip(rng: jax.Array, images: jax.Array, *, pad: int = 4, fill=0.0,
+                     flip: bool = True) -> jax.Array:
+  """Per-sample random crop of the padded image and horizontal flip (p = 1/2).
+
+  images: float (B, H, W, C), already normalised → (B, H, W, C). fill: the padding value, a scalar
+  or per channel (C,), in normalised units.
   """
   batch, height, width, channels = images.shape
   rng_y, rng_x, rng_flip = jax.random.split(rng, 3)
-  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  padded = jnp.pad(images - fill, ((0, 0), (pad, pad), (pad, pad), (0, 0))) + fill
   top = jax.random.randint(rng_y, (batch,), 0, 2 * pad + 1)
   left = jax.random.randint(rng_x, (batch,), 0, 2 * pad + 1)
   crop = jax.vmap(lambda img, y, x: jax.lax.dynamic_slice(
       img, (y, x, 0), (height, width, channels)))(padded, top, left)
-  flip = jax.random.bernoulli(rng_flip, 0.5, (batch,))
-  return jnp.where(flip[:, None, None, None], crop[:, :, ::-1, :], crop)
+  if not flip:
+    return crop
+  flips = jax.random.bernoulli(rng_flip, 0.5, (batch,))
+  return jnp.where(flips[:, None, None, None], crop[:, :, ::-1, :], crop)

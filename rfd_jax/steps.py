@@ -39,27 +39,30 @@ def _count_labels(counts: jax.Array, *labels: jax.Array) -> jax.Array:
   return counts
 
 
-def _real_images(batch, rng, mean, std, augment):
+def _real_images(batch, rng, mean, std, augmentation):
   images = input_pipeline.normalize(batch["images"], mean, std)
-  return input_pipeline.random_crop_flip(rng, images) if augment else images
+  if augmentation is None:
+    return images
+  return input_pipeline.augment(rng, images, augmentation, mean, std)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
                hparams: dict[str, Any], *, model: nn.Module, tx: optax.GradientTransformation,
                weight_decay: float, mean: np.ndarray, std: np.ndarray,
-               augment: bool = True) -> tuple[TrainState, dict[str, jax.Array]]:
+               augmentation: input_pipeline.Augmentation | None = input_pipeline.Augmentation()
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step of cross-entropy over the seen classes (finetune, joint, and every task 0).
 
   Args:
     state: the student.
     batch: "images" uint8 (B, H, W, 3), "labels" int32 (B,) model labels.
-    rng: key for this step's augmentation.
+    rng: key for this step's augmentation (`augmentation`; None: no augmentation).
     hparams: "lr" f32 scalar, "num_seen" int32 scalar, "trainable" 0/1 mask pytree (see
       `state.trainable_mask`).
   Returns:
     (new_state, metrics) with metrics "train/loss", "train/acc" (batch means).
   """
-  images = _real_images(batch, rng, mean, std, augment)
+  images = _real_images(batch, rng, mean, std, augmentation)
   labels = batch["labels"]
 
   def loss_fn(params):
@@ -84,7 +87,8 @@ def distill_train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.
                        gen_vars: dict[str, Any], *, loss_fn: Callable, model: nn.Module,
                        generator: nn.Module, tx: optax.GradientTransformation,
                        weight_decay: float, mean: np.ndarray, std: np.ndarray,
-                       augment: bool = True,
+                       augmentation: input_pipeline.Augmentation | None = (
+                           input_pipeline.Augmentation()),
                        batch_sharding=None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One step of a data-free distillation learner (task >= 1).
 
@@ -96,7 +100,7 @@ def distill_train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.
     "class_weights" f32 (C,). teacher_vars / gen_vars: frozen variables, never differentiated.
   """
   rng_aug, rng_syn = jax.random.split(rng)
-  real = _real_images(batch, rng_aug, mean, std, augment)
+  real = _real_images(batch, rng_aug, mean, std, augmentation)
   syn = inversion.generate(gen_vars, rng_syn, generator=generator, batch_size=real.shape[0],
                            batch_sharding=batch_sharding)
   teacher_vars = jax.lax.stop_gradient(teacher_vars)

@@ -64,7 +64,7 @@ def build_step_fns(config, learner: learners.Learner, model, generator, tx, data
   """
   rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   common = dict(model=model, tx=tx, weight_decay=config.optim.weight_decay, mean=data.mean,
-                std=data.std)
+                std=data.std, augmentation=input_pipeline.Augmentation.from_config(config.data))
   distill = lambda loss_fn: None if loss_fn is None else jax.jit(
       functools.partial(steps.distill_train_step, loss_fn=loss_fn, generator=generator,
                         batch_sharding=batch, **common),

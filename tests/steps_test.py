@@ -37,7 +37,7 @@ def _setup(data):
   state = create_train_state(model=model, rng=jax.random.key(0), image_size=32, num_classes=10,
                              tx=tx)
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, weight_decay=5e-4,
-                                   mean=data.mean, std=data.std, augment=False))
+                                   mean=data.mean, std=data.std, augmentation=None))
   return model, state, step
 
 
