@@ -85,3 +85,21 @@ def test_random_crop_flip_matches_numpy_reference():
       expected = expected[:, ::-1]
     np.testing.assert_array_equal(out[i], expected)
   assert len(set(zip(top, left))) > 1  # the draws really vary per sample
+
+
+def test_black_fill_without_flip_shifts_over_black():
+  mean, std = np.array([0.2, 0.2, 0.2], np.float32), np.array([0.4, 0.4, 0.4], np.float32)
+  pixels = np.zeros((4, 6, 6, 3), np.uint8)
+  pixels[:, 2:4, 2:4] = 255  # a white square on black
+  images = input_pipeline.normalize(pixels, mean, std)
+  aug = input_pipeline.Augmentation(crop_padding=2, crop_fill="black", flip=False)
+  out = np.asarray(input_pipeline.augment(jax.random.key(0), images, aug, mean, std))
+  black = (0 - 0.2) / 0.4
+  # every output pixel is either the square or black background: no mean-colour bars
+  assert np.all(np.isclose(out, black, atol=1e-6) | np.isclose(out, (1 - 0.2) / 0.4, atol=1e-6))
+  assert np.all((np.isclose(out, (1 - 0.2) / 0.4)).sum(axis=(1, 2, 3)) == 4 * 3)  # square kept
+  # the papers' fill pads with 0 in normalised space, i.e. the mean colour
+  paper = np.asarray(input_pipeline.augment(jax.random.key(0), images,
+                                            input_pipeline.Augmentation(2, "normalized", False),
+                                            mean, std))
+  assert np.isclose(paper, 0.0).any() and not np.isclose(out, 0.0).any()
