@@ -117,6 +117,7 @@ def test_imagenet100_end_to_end_on_lazy_images(tmp_path):
   config.data.batch_size = 2
   config.data.eval_batch_size = 4
   config.optim.epochs, config.optim.ft_epochs, config.optim.milestones = 1, 0, ()
+  config.inversion.iterations, config.inversion.chunk_steps = 1, 1
   config.log.progress = False
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert results["dataset"] == "imagenet100" and len(results["acc_matrix"]) == 10
