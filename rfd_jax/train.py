@@ -208,7 +208,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     # A fresh optimizer per task (spec §3.1); momentum carries over between phases of a task.
     # Class counts (for the fine-tuning class weights) restart every task.
-    state = state.replace(aux_params=aux_init(task)) if config.method == "rdfcil" else state
+    state = state.replace(aux_params=aux_init(task))  # R-DFCIL's RKD projections are per task
     state = state.replace(opt_state=tx.init(state.trainable),
                           class_counts=jnp.zeros_like(state.class_counts))
     weights = {k: jnp.float32(v) for k, v in learners.loss_weights(
