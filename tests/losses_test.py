@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from rfd_jax import losses
 from rfd_jax.models.resnet import mask_unseen
