@@ -34,8 +34,9 @@ def _update(state: TrainState, grads: dict[str, Any], batch_stats: Any, hparams:
 
 
 def _count_labels(counts: jax.Array, *labels: jax.Array) -> jax.Array:
+  """counts (C,) plus one per occurrence of each label in `labels` (each (B,))."""
   for y in labels:
-    counts = counts + jnp.zeros_like(counts).at[y].add(1.0)
+    counts = counts.at[y].add(1.0)
   return counts
 
 
