@@ -8,7 +8,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.method = "rdfcil"  # finetune | joint | deepinversion | abd | rdfcil
+  config.method = "rfd"  # rfd | rdfcil | abd | deepinversion | finetune | joint
   config.seed = 0
   config.dtype = "float32"  # activations: float32 | bfloat16 (params, BN statistics, logits: f32)
 
@@ -55,10 +55,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Student losses of the distillation learners (spec §5, §6).
   config.distill = ml_collections.ConfigDict()
-  config.distill.lambda_ce = 0.5  # rdfcil: w_ce = λ(1 + 1/α)/β
+  config.distill.lambda_ce = 0.5  # rfd, rdfcil: w_ce = λ(1 + 1/α)/β
+  config.distill.lambda_dist_old = 0.15  # rfd: DIST on synthetic old-class logits, × αβ²
+  config.distill.lambda_dist_new = 0.15  # rfd: DIST on real old-class logits, × αβ²
+  config.distill.lambda_lfd = 0.05  # rfd: low-level feature distillation, × αβ (ImageNet: 0.15)
+  config.distill.dist_temperature = 4.0  # rfd: DIST τ
   config.distill.lambda_hkd = 0.15  # rdfcil: L1 hard KD on synthetic old logits, × αβ
   config.distill.lambda_rkd = 0.5  # rdfcil: RKD angle on real features, × αβ
-  config.distill.lambda_ft_ce = 0.5  # head fine-tuning: class-weighted global CE
+  config.distill.lambda_ft_ce = 0.5  # rfd, rdfcil head fine-tuning: class-weighted global CE
   config.distill.abd_mu = 0.1  # abd: feature distillation weight
   config.distill.lwf_mu = 1.0  # deepinversion: LwF KD weight
   config.distill.lwf_temperature = 2.0

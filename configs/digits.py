@@ -10,7 +10,7 @@ from configs import cifar100
 
 def get_config():
   config = cifar100.get_config()
-  config.method = "abd"  # the best data-free learner on digits so far (see README)
+  config.method = "rfd"
   config.data.dataset = "digits"
   config.data.num_tasks = 5
   config.data.class_order = "seed0"

@@ -26,4 +26,5 @@ def get_config():
   config.optim.milestones = (30, 60)
   config.inversion.batch_size = 64  # = the real batch (spec §3.1)
   config.inversion.iterations = 10000
+  config.distill.lambda_lfd = 0.15  # RFD's ImageNet λ_kd (CIFAR / Tiny: 0.05), spec §5.1
   return config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rfd_jax import input_pipeline, tasks
 
-METHODS = ("finetune", "joint", "deepinversion", "abd", "rdfcil")
+METHODS = ("rfd", "rdfcil", "abd", "deepinversion", "finetune", "joint")
 GENERATOR_POLICIES = ("auto", "fresh", "reuse")
 MODELS = ("resnet32", "resnet18")
 HEADS = ("rfd", "linear")
@@ -87,6 +87,12 @@ def validate(config) -> tasks.TaskSpec:
     _require(inv[name] >= 0, f"config.inversion.{name}={inv[name]} must be >= 0.")
   _require(inv.ce_temperature > 0,
            f"config.inversion.ce_temperature={inv.ce_temperature} must be > 0.")
+  distill = config.distill
+  for name in ("lambda_ce", "lambda_hkd", "lambda_rkd", "lambda_ft_ce", "lambda_dist_old",
+               "lambda_dist_new", "lambda_lfd", "abd_mu", "lwf_mu"):
+    _require(distill[name] >= 0, f"config.distill.{name}={distill[name]} must be >= 0.")
+  for name in ("dist_temperature", "lwf_temperature"):
+    _require(distill[name] > 0, f"config.distill.{name}={distill[name]} must be > 0.")
   _require(config.log.every_steps >= 1,
            f"config.log.every_steps={config.log.every_steps} must be >= 1.")
   return spec

@@ -4,6 +4,9 @@ Every learner trains task 0 with plain cross-entropy. For tasks >= 1 the distill
 get, per step, a real batch, a fresh synthetic batch from the frozen generator and the frozen
 teacher's outputs on both (see `steps.distill_train_step`), and combine them here:
 
+  rfd            (spec §5) main: local CE + DIST relation distillation on synthetic and real old
+                 logits + low-level feature distillation through the teacher's stage 1; then head
+                 fine-tuning: class-weighted global CE + both DIST terms.
   rdfcil         (spec §6.1) main: local CE + L1 hard KD on synthetic old logits + RKD-angle on
                  projected real features; then head fine-tuning: class-weighted global CE + hard KD.
   abd            (spec §6.2) local CE + global CE on detached features + feature distillation
@@ -34,7 +37,8 @@ class DistillInputs(NamedTuple):
   """What a distillation loss sees in one step (teacher outputs already masked to old classes).
 
   real, syn: normalised images (B, H, W, 3); labels, syn_labels: int32 (B,) (syn_labels = teacher
-  argmax); t_real_logits, t_syn_logits: (B, C); t_real_pooled, t_syn_pooled: (B, F).
+  argmax); t_real_logits, t_syn_logits: (B, C); t_real_pooled, t_syn_pooled: (B, F);
+  t_real_stage1: the teacher's stage-1 map of the real images (B, H', W', C1).
   """
   real: jax.Array
   labels: jax.Array
@@ -44,6 +48,7 @@ class DistillInputs(NamedTuple):
   t_syn_logits: jax.Array
   t_real_pooled: jax.Array
   t_syn_pooled: jax.Array
+  t_real_stage1: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,22 +75,38 @@ def _apply(model: nn.Module, params, batch_stats, x, *, train: bool):
   return logits, feats, batch_stats
 
 
+def _seen_accuracy(z_real, inputs: DistillInputs, hparams):
+  return jnp.mean(losses.accuracy(logits=mask_unseen(z_real, hparams["num_seen"]),
+                                  labels=inputs.labels))
+
+
 def _local_ce(logits, labels, num_old, num_seen):
   """CE over the new classes only: logits[:, n_old:n_seen] against y − n_old. (B,)"""
   return losses.cross_entropy(logits=mask_classes(logits, num_old, num_seen), labels=labels)
 
 
 def loss_weights(distill_config, method: str, *, num_old: int, num_new: int) -> dict[str, float]:
-  """Task-dependent loss weights (R-DFCIL's adaptive scheme for rdfcil and rfd):
-  α = log2(n_new/2 + 1), β = √(n_old/n_new); w_ce = λ_ce(1 + 1/α)/β, KD terms λ·α·β (rfd: see §5)."""
+  """Task-dependent loss weights: R-DFCIL's adaptive scheme, used by rdfcil and rfd.
+
+  α = log2(n_new/2 + 1), β = √(n_old/n_new); w_ce = λ_ce(1 + 1/α)/β;
+  rdfcil: w_hkd = λ_hkd·αβ, w_rkd = λ_rkd·αβ;
+  rfd: w_dist_old = λ_dist_old·αβ², w_dist_new = λ_dist_new·αβ², w_lfd = λ_lfd·αβ;
+  both: w_ft_ce = λ_ft_ce (the fine-tuning phase's weighted global CE). {} for other methods.
+  """
   if method not in ("rdfcil", "rfd") or num_old == 0:
     return {}
   alpha = math.log2(num_new / 2 + 1)
   beta = math.sqrt(num_old / num_new)
-  return {"ce": distill_config.lambda_ce * (1 + 1 / alpha) / beta,
-          "hkd": distill_config.lambda_hkd * alpha * beta,
-          "rkd": distill_config.lambda_rkd * alpha * beta,
-          "ft_ce": distill_config.lambda_ft_ce}
+  weights = {"ce": distill_config.lambda_ce * (1 + 1 / alpha) / beta,
+             "ft_ce": distill_config.lambda_ft_ce}
+  if method == "rdfcil":
+    weights.update(hkd=distill_config.lambda_hkd * alpha * beta,
+                   rkd=distill_config.lambda_rkd * alpha * beta)
+  else:
+    weights.update(dist_old=distill_config.lambda_dist_old * alpha * beta ** 2,
+                   dist_new=distill_config.lambda_dist_new * alpha * beta ** 2,
+                   lfd=distill_config.lambda_lfd * alpha * beta)
+  return weights
 
 
 # ---- R-DFCIL -------------------------------------------------------------------------------
@@ -119,8 +140,7 @@ def rdfcil_main_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *
                               teacher=_project(aux["teacher_proj"], inputs.t_real_pooled))
   loss = w["ce"] * loss_ce + w["hkd"] * loss_hkd + w["rkd"] * loss_rkd
   metrics = {"train/loss_ce": loss_ce, "train/loss_hkd": loss_hkd, "train/loss_rkd": loss_rkd,
-             "train/acc": jnp.mean(losses.accuracy(logits=mask_unseen(z_real, num_seen),
-                                                   labels=inputs.labels))}
+             "train/acc": _seen_accuracy(z_real, inputs, hparams)}
   return loss, (batch_stats, metrics)
 
 
@@ -143,8 +163,63 @@ def rdfcil_finetune_loss(params, aux, batch_stats, inputs: DistillInputs, hparam
   loss_hkd = losses.masked_l1(student=z_syn, teacher=inputs.t_syn_logits, num_classes=num_old)
   loss = w["ft_ce"] * loss_ce + w["hkd"] * loss_hkd
   metrics = {"train/loss_wce": loss_ce, "train/loss_hkd": loss_hkd,
-             "train/acc": jnp.mean(losses.accuracy(logits=mask_unseen(z_real, hparams["num_seen"]),
-                                                   labels=inputs.labels))}
+             "train/acc": _seen_accuracy(z_real, inputs, hparams)}
+  return loss, (batch_stats, metrics)
+
+
+# ---- RFD ------------------------------------------------------------------------------------
+
+
+def _rfd_dist_terms(z_real, z_syn, inputs: DistillInputs, num_old, temperature):
+  """DIST on the old-class logits of the synthetic batch and of the real batch."""
+  dist_syn = losses.dist_loss(student=z_syn, teacher=inputs.t_syn_logits, num_classes=num_old,
+                              temperature=temperature)
+  dist_real = losses.dist_loss(student=z_real, teacher=inputs.t_real_logits, num_classes=num_old,
+                               temperature=temperature)
+  return dist_syn, dist_real
+
+
+def rfd_main_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *, model,
+                  teacher_vars, temperature: float):
+  """RFD main phase (spec §5.1): w_ce·local CE(real) + w_dist_old·DIST(syn) + w_dist_new·DIST(real)
+  + w_lfd·LFD.
+
+  Three separate train-mode student passes, BN running stats threaded through in the original's
+  order: real, synthetic, then the hybrid path — the student's stages 2–4 on the teacher's stage-1
+  map of the real images (it only touches the BN layers of stages 2–4). LFD is the MSE between the
+  student's pooled feature of the real images and the hybrid path's, with gradients into both.
+  """
+  del aux, teacher_vars
+  w, num_old, num_seen = hparams["weights"], hparams["num_old"], hparams["num_seen"]
+  z_real, f_real, batch_stats = _apply(model, params, batch_stats, inputs.real, train=True)
+  z_syn, _, batch_stats = _apply(model, params, batch_stats, inputs.syn, train=True)
+  (_, f_hybrid), updates = model.apply(
+      {"params": params, "batch_stats": batch_stats}, inputs.t_real_stage1, train=True,
+      mutable=["batch_stats"], method=model.from_stage1)
+  loss_ce = jnp.mean(_local_ce(z_real, inputs.labels, num_old, num_seen))
+  dist_syn, dist_real = _rfd_dist_terms(z_real, z_syn, inputs, num_old, temperature)
+  loss_lfd = losses.feature_mse(student=f_real["pooled"], hybrid=f_hybrid["pooled"])
+  loss = (w["ce"] * loss_ce + w["dist_old"] * dist_syn + w["dist_new"] * dist_real
+          + w["lfd"] * loss_lfd)
+  metrics = {"train/loss_ce": loss_ce, "train/loss_dist_syn": dist_syn,
+             "train/loss_dist_real": dist_real, "train/loss_lfd": loss_lfd,
+             "train/acc": _seen_accuracy(z_real, inputs, hparams)}
+  return loss, (updates["batch_stats"], metrics)
+
+
+def rfd_finetune_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *, model,
+                      teacher_vars, temperature: float):
+  """RFD head fine-tuning (spec §5.2; backbone frozen, BN on running stats): w_ft_ce·class-weighted
+  global CE on real ∪ synthetic + both DIST terms with the main phase's weights; no LFD."""
+  del aux, teacher_vars
+  w = hparams["weights"]
+  z_real, _, _ = _apply(model, params, batch_stats, inputs.real, train=False)
+  z_syn, _, _ = _apply(model, params, batch_stats, inputs.syn, train=False)
+  loss_ce = _class_weighted_global_ce(z_real, z_syn, inputs, hparams)
+  dist_syn, dist_real = _rfd_dist_terms(z_real, z_syn, inputs, hparams["num_old"], temperature)
+  loss = w["ft_ce"] * loss_ce + w["dist_old"] * dist_syn + w["dist_new"] * dist_real
+  metrics = {"train/loss_wce": loss_ce, "train/loss_dist_syn": dist_syn,
+             "train/loss_dist_real": dist_real, "train/acc": _seen_accuracy(z_real, inputs, hparams)}
   return loss, (batch_stats, metrics)
 
 
@@ -208,6 +283,9 @@ def get_learner(config) -> Learner:
   reuse = {"auto": method == "abd", "fresh": False, "reuse": True}[config.inversion.generator]
   if method in ("finetune", "joint"):
     return Learner(method, False, False, False)
+  if method == "rfd":
+    bind = lambda fn: functools.partial(fn, temperature=distill.dist_temperature)
+    return Learner(method, True, True, reuse, bind(rfd_main_loss), bind(rfd_finetune_loss))
   if method == "rdfcil":
     return Learner(method, True, True, reuse, rdfcil_main_loss, rdfcil_finetune_loss)
   if method == "abd":

@@ -164,3 +164,52 @@ def masked_squared_error(*, student: jax.Array, teacher: jax.Array, num_classes)
   mask = _class_mask(student.shape[-1], 0, num_classes)
   per_example = jnp.sum(((student - teacher) ** 2) * mask, axis=-1)
   return jnp.mean(per_example) / jnp.maximum(num_classes, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# RFD (spec §5)
+
+
+def _masked_pearson(a: jax.Array, b: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
+  """Pearson correlation of a and b along `axis`, over the entries where mask is 1.
+
+  Σ(a−ā)(b−b̄) / (‖a−ā‖·‖b−b̄‖ + 1e-8), means over the masked entries. A constant (or empty) slice
+  has zero centred norm and gives 0, with finite gradients.
+  """
+  count = jnp.maximum(jnp.sum(mask, axis=axis, keepdims=True), 1.0)
+  a_c = (a - jnp.sum(a * mask, axis=axis, keepdims=True) / count) * mask
+  b_c = (b - jnp.sum(b * mask, axis=axis, keepdims=True) / count) * mask
+
+  def norm(x):
+    sq = jnp.sum(x * x, axis=axis)
+    return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)  # sqrt'(0) would be inf
+
+  return jnp.sum(a_c * b_c, axis=axis) / (norm(a_c) * norm(b_c) + 1e-8)
+
+
+def dist_loss(*, student: jax.Array, teacher: jax.Array, num_classes,
+              temperature: float = 4.0) -> jax.Array:
+  """DIST relation distillation over the first num_classes columns (no τ² factor).
+
+  P = softmax(s/τ), Q = softmax(t/τ) over those classes;
+  inter = 1 − mean_i pearson(P[i, :], Q[i, :])   (per sample, across classes)
+  intra = 1 − mean_c pearson(P[:, c], Q[:, c])   (per class, across the batch)
+  returns inter + intra. student, teacher (B, C); num_classes may be traced.
+  """
+  keep = jnp.arange(student.shape[-1]) < num_classes
+  probs = lambda z: jax.nn.softmax(jnp.where(keep, z.astype(jnp.float32) / temperature, -1e9),
+                                   axis=-1)
+  p, q = probs(student), probs(teacher)
+  mask = jnp.broadcast_to(keep, p.shape).astype(jnp.float32)
+  inter = 1.0 - jnp.mean(_masked_pearson(p, q, mask, axis=1))
+  per_class = _masked_pearson(p, q, mask, axis=0)
+  intra = 1.0 - jnp.sum(per_class * keep) / jnp.maximum(num_classes, 1)
+  return inter + intra
+
+
+def feature_mse(*, student: jax.Array, hybrid: jax.Array) -> jax.Array:
+  """RFD's low-level feature distillation: mean over B × F of (h_S(x) − h_hyb(x))².
+
+  Gradients flow into both sides. student, hybrid (B, F) → scalar.
+  """
+  return jnp.mean((student.astype(jnp.float32) - hybrid.astype(jnp.float32)) ** 2)

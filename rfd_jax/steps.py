@@ -109,10 +109,12 @@ def distill_train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.
   t_logits = mask_unseen(t_logits, hparams["num_old"])
   t_real_logits, t_syn_logits = jnp.split(t_logits, 2)
   t_real_pooled, t_syn_pooled = jnp.split(t_feats["pooled"], 2)
+  t_real_stage1 = t_feats["stage1"][:real.shape[0]]  # RFD's hybrid path; dropped by XLA if unused
   syn_labels = jnp.argmax(t_syn_logits, axis=-1).astype(jnp.int32)
   inputs = DistillInputs(real=real, labels=batch["labels"], syn=syn, syn_labels=syn_labels,
                          t_real_logits=t_real_logits, t_syn_logits=t_syn_logits,
-                         t_real_pooled=t_real_pooled, t_syn_pooled=t_syn_pooled)
+                         t_real_pooled=t_real_pooled, t_syn_pooled=t_syn_pooled,
+                         t_real_stage1=t_real_stage1)
 
   def objective(trainable):
     return loss_fn(trainable["model"], trainable["aux"], state.batch_stats, inputs, hparams,

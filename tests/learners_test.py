@@ -4,13 +4,14 @@ fine-tuning semantics, and compilations per run (independent of the number of ta
 import functools
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from configs import digits
+from configs import digits, imagenet100
 from rfd_jax import learners, optim, steps, train
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import CifarResNet
@@ -33,6 +34,20 @@ def test_loss_weights_match_the_spec_example():
     assert w["hkd"] == pytest.approx(0.15 * alpha * beta)
     assert w["rkd"] == pytest.approx(0.5 * alpha * beta)
   assert learners.loss_weights(cfg, "abd", num_old=10, num_new=10) == {}
+
+
+def test_rfd_loss_weights_match_the_spec_examples():
+  config = digits.get_config()  # the CIFAR / Tiny λ table
+  for num_old, w_ce, w_dist, w_lfd in ((10, 0.693, 0.388, 0.129), (50, 0.310, 1.939, 0.289),
+                                       (90, 0.231, 3.490, 0.388)):
+    w = learners.loss_weights(config.distill, "rfd", num_old=num_old, num_new=10)
+    assert w["ce"] == pytest.approx(w_ce, abs=1e-3)
+    assert w["dist_old"] == pytest.approx(w_dist, abs=1e-3) and w["dist_new"] == w["dist_old"]
+    assert w["lfd"] == pytest.approx(w_lfd, abs=1e-3)
+    assert w["ft_ce"] == 0.5
+  imagenet = imagenet100.get_config().distill
+  got = [learners.loss_weights(imagenet, "rfd", num_old=n, num_new=10)["lfd"] for n in (10, 50, 90)]
+  np.testing.assert_allclose(got, (0.388, 0.867, 1.163), atol=1e-3)
 
 
 @pytest.fixture(scope="module", name="setup")
@@ -73,6 +88,7 @@ def _run(setup, method, phase):
 
 
 @pytest.mark.parametrize("method, keys", [
+    ("rfd", {"train/loss_ce", "train/loss_dist_syn", "train/loss_dist_real", "train/loss_lfd"}),
     ("rdfcil", {"train/loss_ce", "train/loss_hkd", "train/loss_rkd"}),
     ("abd", {"train/loss_ce", "train/loss_global_ce", "train/loss_kd"}),
     ("deepinversion", {"train/loss_ce", "train/loss_kd"})])
@@ -88,9 +104,12 @@ def test_main_step_of_each_learner(setup, method, keys):
                            state.aux_params["student_proj"]["kernel"])
 
 
-def test_rdfcil_finetune_moves_only_the_heads_and_keeps_bn_statistics(setup):
-  state, new_state, metrics = _run(setup, "rdfcil", "finetune")
-  assert {"train/loss_wce", "train/loss_hkd"} <= set(metrics)
+@pytest.mark.parametrize("method, keys", [
+    ("rdfcil", {"train/loss_wce", "train/loss_hkd"}),
+    ("rfd", {"train/loss_wce", "train/loss_dist_syn", "train/loss_dist_real"})])
+def test_finetune_moves_only_the_heads_and_keeps_bn_statistics(setup, method, keys):
+  state, new_state, metrics = _run(setup, method, "finetune")
+  assert keys <= set(metrics) and "train/loss_lfd" not in metrics
   unchanged = lambda a, b: all(np.array_equal(x, y) for x, y in
                                zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   backbone = lambda p: {k: v for k, v in p.items() if k != "head"}
@@ -99,6 +118,41 @@ def test_rdfcil_finetune_moves_only_the_heads_and_keeps_bn_statistics(setup):
   assert unchanged(state.aux_params, new_state.aux_params)
   assert not unchanged(state.params["head"]["task0_out"], new_state.params["head"]["task0_out"])
   assert unchanged(state.params["head"]["task3_out"], new_state.params["head"]["task3_out"])
+
+
+def test_rfd_passes_thread_bn_statistics_real_then_synthetic_then_hybrid(setup):
+  """The loss's BN running stats equal three separate train-mode passes in the original's order;
+  the hybrid pass (stages 2-4 on the teacher's stage-1 map) leaves the stem and stage 1 alone."""
+  model, _, teacher, _, _, _ = setup
+  student = random_train_state(model, optim.momentum_transform(0.9), image_size=SIZE,
+                               num_classes=10, seed=5)
+  rng = np.random.default_rng(1)
+  real, syn = (jnp.asarray(rng.normal(size=(BATCH, SIZE, SIZE, 3)), jnp.float32) for _ in "rs")
+  t_vars = {"params": teacher.params, "batch_stats": teacher.batch_stats}
+  t_logits, t_feats = model.apply(t_vars, jnp.concatenate([real, syn]), train=False)
+  inputs = learners.DistillInputs(
+      real=real, labels=jnp.full((BATCH,), 4, jnp.int32), syn=syn,
+      syn_labels=jnp.zeros((BATCH,), jnp.int32), t_real_logits=t_logits[:BATCH],
+      t_syn_logits=t_logits[BATCH:], t_real_pooled=t_feats["pooled"][:BATCH],
+      t_syn_pooled=t_feats["pooled"][BATCH:], t_real_stage1=t_feats["stage1"][:BATCH])
+  config = digits.get_config()
+  hparams = {"num_old": jnp.int32(4), "num_seen": jnp.int32(6), "weights": learners.loss_weights(
+      config.distill, "rfd", num_old=4, num_new=2)}
+  _, (stats, _) = learners.rfd_main_loss(student.params, {}, student.batch_stats, inputs, hparams,
+                                         model=model, teacher_vars=t_vars, temperature=4.0)
+
+  def train_pass(batch_stats, x, **kwargs):
+    _, updates = model.apply({"params": student.params, "batch_stats": batch_stats}, x,
+                             train=True, mutable=["batch_stats"], **kwargs)
+    return updates["batch_stats"]
+
+  after_two = train_pass(train_pass(student.batch_stats, real), syn)
+  expected = train_pass(after_two, t_feats["stage1"][:BATCH], method=model.from_stage1)
+  chex.assert_trees_all_close(stats, expected, rtol=1e-5, atol=1e-6)
+  for shallow in ("stem_bn", "stage1"):
+    chex.assert_trees_all_equal(stats[shallow], after_two[shallow])
+  for deep in ("stage2", "stage3", "stage4"):
+    assert not np.allclose(jax.tree.leaves(stats[deep])[0], jax.tree.leaves(after_two[deep])[0])
 
 
 def test_each_step_compiles_once_per_run_whatever_the_number_of_tasks(monkeypatch, tmp_path):

@@ -152,3 +152,58 @@ def test_masked_squared_error_abd():
   got = losses.masked_squared_error(student=jnp.asarray(s, jnp.float32),
                                     teacher=jnp.asarray(t, jnp.float32), num_classes=2)
   np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def _softmax_np(z):
+  return np.exp(_log_softmax(z))
+
+
+def _pearson_np(a, b):
+  a, b = a - a.mean(), b - b.mean()
+  return (a * b).sum() / (np.sqrt((a * a).sum()) * np.sqrt((b * b).sum()) + 1e-8)
+
+
+def _dist_np(s, t, num_classes, tau):
+  p, q = _softmax_np(s[:, :num_classes] / tau), _softmax_np(t[:, :num_classes] / tau)
+  inter = 1 - np.mean([_pearson_np(p[i], q[i]) for i in range(len(p))])
+  intra = 1 - np.mean([_pearson_np(p[:, c], q[:, c]) for c in range(num_classes)])
+  return inter + intra
+
+
+def test_dist_matches_numpy_over_the_old_classes():
+  s, t = RNG.normal(size=(6, 7)) * 3, RNG.normal(size=(6, 7)) * 3
+  got = losses.dist_loss(student=jnp.asarray(s, jnp.float32), teacher=jnp.asarray(t, jnp.float32),
+                         num_classes=jnp.int32(4), temperature=4.0)
+  np.testing.assert_allclose(got, _dist_np(s, t, 4, 4.0), rtol=1e-5)
+  same = losses.dist_loss(student=jnp.asarray(t), teacher=jnp.asarray(t), num_classes=4)
+  assert abs(float(same)) < 1e-5  # identical predictions: perfect correlation both ways
+
+
+def test_dist_is_shift_and_scale_invariant_per_row():
+  t = RNG.normal(size=(5, 4))
+  s = 2.0 * t + 1.5  # the softmax at τ changes, but the relation loss stays low
+  low = float(losses.dist_loss(student=jnp.asarray(s), teacher=jnp.asarray(t), num_classes=4))
+  high = float(losses.dist_loss(student=jnp.asarray(-t), teacher=jnp.asarray(t), num_classes=4))
+  assert low < 0.1 < 2.0 < high
+
+
+def test_dist_constant_class_column_gives_no_nan():
+  s, t = RNG.normal(size=(4, 3)), RNG.normal(size=(4, 3))
+  s[:, :] = s[0]  # every sample has the same student logits: each class column is constant
+  fn = lambda z: losses.dist_loss(student=z, teacher=jnp.asarray(t, jnp.float32), num_classes=3)
+  value, grad = jax.value_and_grad(fn)(jnp.asarray(s, jnp.float32))
+  np.testing.assert_allclose(value, _dist_np(s, t, 3, 4.0), rtol=1e-5)
+  assert np.all(np.isfinite(grad))
+  one_class = jax.grad(lambda z: losses.dist_loss(student=z, teacher=z * 2, num_classes=1))(
+      jnp.asarray(s, jnp.float32))  # a single old class: every slice is constant
+  assert np.all(np.isfinite(one_class))
+
+
+def test_feature_mse_and_its_gradient_into_both_sides():
+  a, b = RNG.normal(size=(3, 5)), RNG.normal(size=(3, 5))
+  value, (ga, gb) = jax.value_and_grad(
+      lambda x, y: losses.feature_mse(student=x, hybrid=y), argnums=(0, 1))(
+          jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+  np.testing.assert_allclose(value, ((a - b) ** 2).mean(), rtol=1e-6)
+  np.testing.assert_allclose(ga, 2 * (a - b) / a.size, rtol=1e-5)
+  np.testing.assert_allclose(gb, -ga, rtol=1e-6)
