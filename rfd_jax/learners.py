@@ -80,6 +80,12 @@ def _seen_accuracy(z_real, inputs: DistillInputs, hparams):
                                   labels=inputs.labels))
 
 
+def _frozen_backbone(params):
+  """params with everything outside the heads behind stop_gradient: head fine-tuning then
+  differentiates the heads only, and XLA drops the backbone's backward pass."""
+  return {k: v if k == "head" else jax.lax.stop_gradient(v) for k, v in params.items()}
+
+
 def _local_ce(logits, labels, num_old, num_seen):
   """CE over the new classes only: logits[:, n_old:n_seen] against y − n_old. (B,)"""
   return losses.cross_entropy(logits=mask_classes(logits, num_old, num_seen), labels=labels)
@@ -157,6 +163,7 @@ def rdfcil_finetune_loss(params, aux, batch_stats, inputs: DistillInputs, hparam
   real ∪ synthetic + w_hkd·L1 hard KD."""
   del aux, teacher_vars
   w, num_old = hparams["weights"], hparams["num_old"]
+  params = _frozen_backbone(params)
   z_real, _, _ = _apply(model, params, batch_stats, inputs.real, train=False)
   z_syn, _, _ = _apply(model, params, batch_stats, inputs.syn, train=False)
   loss_ce = _class_weighted_global_ce(z_real, z_syn, inputs, hparams)
@@ -213,6 +220,7 @@ def rfd_finetune_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, 
   global CE on real ∪ synthetic + both DIST terms with the main phase's weights; no LFD."""
   del aux, teacher_vars
   w = hparams["weights"]
+  params = _frozen_backbone(params)
   z_real, _, _ = _apply(model, params, batch_stats, inputs.real, train=False)
   z_syn, _, _ = _apply(model, params, batch_stats, inputs.syn, train=False)
   loss_ce = _class_weighted_global_ce(z_real, z_syn, inputs, hparams)
