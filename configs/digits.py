@@ -2,7 +2,7 @@
 
 CIFAR-100 settings scaled to 1257 training images: 16 px images (the digits are 8×8; 32 px costs
 5× the compute on CPU for no extra detail), batch 32, lr 0.05 (0.1 diverges at this batch size),
-20 epochs per task.
+20 epochs per task, method rfd.
 """
 
 from configs import cifar100
@@ -28,7 +28,11 @@ def get_config():
   config.optim.epochs = 20
   config.optim.ft_epochs = 4
   config.optim.milestones = (10, 14)
-  config.inversion.iterations = 400
+  # Head fine-tuning (rfd, rdfcil) gets 4 epochs × 7 steps here against 40 × 39 on CIFAR-100; the
+  # paper's lr 0.005 barely moves the heads in 28 steps, so it is scaled up with the main lr.
+  config.optim.ft_lr = 0.05
+  # The inversion loss flattens by ~200 iterations on digits (BN-KL 0.0053 at 200, 0.0042 at 400).
+  config.inversion.iterations = 200
   config.inversion.chunk_steps = 50
   config.inversion.batch_size = 32
   config.log.every_steps = 10
