@@ -62,11 +62,12 @@ def save_image_grid(path: str, images: np.ndarray, labels: Sequence[int], *, mea
 def save_synthetic_grid(path: str, gen_vars, teacher_vars, rng, *, generator, teacher, spec,
                         task: int, mean: np.ndarray, std: np.ndarray, write: bool = True,
                         num_images: int = 64) -> None:
-  """The replay of task `task` (t >= 1) as a grid: `num_images` images from the generator, each
-  captioned with the teacher's label as an original class id (spec.class_order maps model labels
-  to class ids), sorted by label. Every process samples, as the variables may be global arrays spanning processes;
-  only the one with `write` (process 0) saves."""
-  import jax  # pylint: disable=g-import-not-at-top  (the plotting functions need no JAX)
+  """The replay of task `task` (t >= 1) as a grid: `num_images` images from the generator, sorted
+  and captioned by the teacher's label as an original class id (spec.class_order maps model
+  labels to class ids). Every process samples, as the variables may be global arrays spanning
+  processes; only the one with `write` (process 0) saves."""
+  # Imported here: the other figures (report, sweep) need no JAX.
+  import jax  # pylint: disable=g-import-not-at-top
   from rfd_jax import inversion  # pylint: disable=g-import-not-at-top
   num_old = int(spec.offsets[task])
   images, labels = inversion.labelled_samples(gen_vars, teacher_vars, rng,
@@ -74,7 +75,8 @@ def save_synthetic_grid(path: str, gen_vars, teacher_vars, rng, *, generator, te
                                               teacher=teacher, batch_size=num_images)
   if not write:
     return
-  by_label = np.argsort(np.asarray(labels), kind="stable")  # same-label images side by side
+  labels = np.asarray(labels)
+  by_label = np.argsort(labels, kind="stable")  # same-label images side by side
   images, class_ids = np.asarray(images)[by_label], np.asarray(spec.class_order)[labels][by_label]
   old = sorted(spec.class_order[:num_old])
   old_text = ", ".join(map(str, old)) if len(old) <= 12 else f"{len(old)} classes"
