@@ -166,7 +166,8 @@ def save_comparison(path: str, curves: Mapping[str, Sequence[Sequence[float]]],
   left.set_ylabel("A_t (%), mean ± std over runs")
   left.legend(fontsize=8)
   positions = np.arange(len(labels))
-  right.bar(positions, finals, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+  right.bar(positions, finals, yerr=errors, capsize=4, alpha=0.8,
+            color=[f"C{i}" for i in range(len(labels))])  # the colours of the curves
   for x, value in zip(positions, finals):
     right.text(x, 2, f"{value:.1f}", ha="center", va="bottom", fontsize=8, color="white")
   right.set_xticks(positions)
