@@ -40,6 +40,8 @@ import time
 
 import numpy as np
 
+from rfd_jax import tasks
+
 RESERVED = {"data.class_order": "--orders", "seed": "--seeds"}
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -160,7 +162,6 @@ def load_results(run: Run) -> dict | None:
   if found != (run.entry.method, run.seed):
     raise SweepError(f"{path} is a run of method={found[0]} seed={found[1]}, not the expected "
                      f"method={run.entry.method} seed={run.seed}.")
-  from rfd_jax import tasks  # pylint: disable=g-import-not-at-top  (numpy only)
   order = results.get("class_order", [])
   try:
     expected = tasks.class_order(run.order, len(order))
@@ -340,8 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SweepError(f"--set {key}=...: use {RESERVED.get(key, '--methods')} for it.")
     orders = split_list(args.orders)
     for order in orders:
-      if not _LABEL.fullmatch(order):
-        raise SweepError(f"--orders: {order!r} is not a class order name (seed0, identity, ...).")
+      if order not in tasks.NAMED_ORDERS:
+        raise SweepError(f"--orders: {order!r} is not one of the named class orders "
+                         f"{tasks.NAMED_ORDERS}.")
     try:
       seeds = [int(s) for s in split_list(args.seeds)]
     except ValueError as e:
@@ -387,7 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       i, run = i_run
       print(f"[{i + 1}/{len(todo)}] {run.entry.label} {run.order} seed {run.seed}: running "
             f"(log: {os.path.join(run.workdir, 'log.txt')})", flush=True)
-      status, seconds = launch(run, args.config, common)
+      try:
+        status, seconds = launch(run, args.config, common)
+      except OSError as e:  # e.g. an unwritable workdir: this run fails, the others go on
+        status, seconds = f"{type(e).__name__}: {e}", 0.0
       if status == 0 and collect(run):
         print(f"[{i + 1}/{len(todo)}] {run.workdir}: done in {seconds:.0f}s, final accuracy "
               f"{results[run.workdir]['final_acc']:.2f}", flush=True)
