@@ -383,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
       for run in todo:
         print(shlex.join(run.command(args.config, common)))
+      for message in failed:
+        print(f"error: {message}", file=sys.stderr)
       return 1 if failed else 0
 
     def one(i_run):
