@@ -330,42 +330,62 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   return args
 
 
+def plan_from_args(args: argparse.Namespace) -> tuple[list[Run], list[tuple[str, str]]]:
+  """The sweep's runs and its `--set` overrides; SweepError on a bad argument."""
+  common = [parse_override(s, where="--set") for s in args.set]
+  for key, _ in common:
+    if key in RESERVED or key == "method":
+      raise SweepError(f"--set {key}=...: use {RESERVED.get(key, '--methods')} for it.")
+  orders = split_list(args.orders)
+  for order in orders:
+    if order not in tasks.NAMED_ORDERS:
+      raise SweepError(f"--orders: {order!r} is not one of the named class orders "
+                       f"{tasks.NAMED_ORDERS}.")
+  try:
+    seeds = [int(s) for s in split_list(args.seeds)]
+  except ValueError as e:
+    raise SweepError(f"--seeds {args.seeds!r}: comma-separated integers expected.") from e
+  if args.methods:
+    entries = [parse_method_entry(e) for e in split_list(args.methods)]
+    labels = [e.label for e in entries]
+    if len(set(labels)) < len(labels):
+      raise SweepError(f"--methods: duplicate labels in {labels}.")
+    return plan_runs(args.workdir, entries, orders, seeds), common
+  if not os.path.isdir(args.workdir):
+    raise SweepError(f"--workdir {args.workdir} does not exist.")
+  return discover_runs(args.workdir), common
+
+
+def write_summaries(workdir: str, rows: Sequence[SummaryRow], commands: Sequence[str],
+                    output: str | None, section: str | None) -> str:
+  """summary.md, summary.csv, comparison.png, and the section of `output`. → the Markdown."""
+  markdown = format_markdown(rows, commands)
+  with open(os.path.join(workdir, "summary.md"), "w") as f:
+    f.write(markdown)
+  write_csv(os.path.join(workdir, "summary.csv"), rows)
+  from rfd_jax import plots  # pylint: disable=g-import-not-at-top  (matplotlib: only when needed)
+  plots.save_comparison(os.path.join(workdir, "comparison.png"),
+                        {row.label: row.acc_seen for row in rows}, rows[0].classes_seen)
+  if output:
+    replace_section(output, section or os.path.basename(os.path.normpath(workdir)), markdown)
+  return markdown
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
   command = shlex.join(["python", "-m", "rfd_jax.sweep", *argv])
   try:
-    common = [parse_override(s, where="--set") for s in args.set]
-    for key, _ in common:
-      if key in RESERVED or key == "method":
-        raise SweepError(f"--set {key}=...: use {RESERVED.get(key, '--methods')} for it.")
-    orders = split_list(args.orders)
-    for order in orders:
-      if order not in tasks.NAMED_ORDERS:
-        raise SweepError(f"--orders: {order!r} is not one of the named class orders "
-                         f"{tasks.NAMED_ORDERS}.")
-    try:
-      seeds = [int(s) for s in split_list(args.seeds)]
-    except ValueError as e:
-      raise SweepError(f"--seeds {args.seeds!r}: comma-separated integers expected.") from e
-    if args.methods:
-      entries = [parse_method_entry(e) for e in split_list(args.methods)]
-      labels = [e.label for e in entries]
-      if len(set(labels)) < len(labels):
-        raise SweepError(f"--methods: duplicate labels in {labels}.")
-      runs = plan_runs(args.workdir, entries, orders, seeds)
-    elif os.path.isdir(args.workdir):
-      runs = discover_runs(args.workdir)
-    else:
-      raise SweepError(f"--workdir {args.workdir} does not exist.")
+    runs, common = plan_from_args(args)
   except SweepError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
-  failed: list[str] = []
-  results: dict[str, dict] = {}
+  failed: list[str] = []  # messages; appended to from the --parallel threads too
+  results: dict[str, dict] = {}  # run workdir → its results.json
 
   def collect(run: Run) -> bool:
+    """Whether the run needs no launch: finished (results kept), or a stray run (an error)."""
     try:
       found = load_results(run)
     except SweepError as e:
@@ -376,69 +396,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     return found is not None
 
   todo = [run for run in runs if not collect(run)]
-  if not args.summarize_only:
+  if args.summarize_only:
+    for run in todo:
+      print(f"missing {run.workdir}: no results.json")
+  else:
     for run in runs:
-      if run not in todo and run.workdir in results:
+      if run.workdir in results:
         print(f"skip {run.workdir}: results.json exists")
     if args.dry_run:
       for run in todo:
         print(shlex.join(run.command(args.config, common)))
-      for message in failed:
-        print(f"error: {message}", file=sys.stderr)
-      return 1 if failed else 0
+      todo = []
 
     def one(i_run):
       i, run = i_run
-      print(f"[{i + 1}/{len(todo)}] {run.entry.label} {run.order} seed {run.seed}: running "
+      progress = f"[{i + 1}/{len(todo)}]"
+      print(f"{progress} {run.entry.label} {run.order} seed {run.seed}: running "
             f"(log: {os.path.join(run.workdir, 'log.txt')})", flush=True)
       try:
         status, seconds = launch(run, args.config, common)
       except OSError as e:  # e.g. an unwritable workdir: this run fails, the others go on
         status, seconds = f"{type(e).__name__}: {e}", 0.0
       if status == 0 and collect(run):
-        print(f"[{i + 1}/{len(todo)}] {run.workdir}: done in {seconds:.0f}s, final accuracy "
+        print(f"{progress} {run.workdir}: done in {seconds:.0f}s, final accuracy "
               f"{results[run.workdir]['final_acc']:.2f}", flush=True)
       else:
         failed.append(f"{run.workdir}: exit status {status} (see its log.txt)")
-        print(f"[{i + 1}/{len(todo)}] {run.workdir}: FAILED, exit status {status}", flush=True)
+        print(f"{progress} {run.workdir}: FAILED, exit status {status}", flush=True)
 
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
       list(pool.map(one, enumerate(todo)))
-  else:
-    missing = [run for run in todo if run.workdir not in results]
-    for run in missing:
-      print(f"missing {run.workdir}: no results.json")
 
-  # The command that ran the runs, kept for the tables that --summarize_only rebuilds later.
-  commands_file = os.path.join(args.workdir, "sweep_command.txt")
-  if not args.summarize_only:
+  if not args.dry_run:
+    # The command that ran the runs is kept for the tables --summarize_only rebuilds later.
     os.makedirs(args.workdir, exist_ok=True)
-    with open(commands_file, "w") as f:
-      f.write(command + "\n")
+    commands_file = os.path.join(args.workdir, "sweep_command.txt")
     commands = [command]
-  else:
-    commands = [command]
-    if os.path.isfile(commands_file):
+    if not args.summarize_only:
+      with open(commands_file, "w") as f:
+        f.write(command + "\n")
+    elif os.path.isfile(commands_file):
       with open(commands_file) as f:
         commands = [f.read().strip(), command]
-  rows = summarize(runs, results)
-  if rows:
-    markdown = format_markdown(rows, commands)
-    os.makedirs(args.workdir, exist_ok=True)
-    with open(os.path.join(args.workdir, "summary.md"), "w") as f:
-      f.write(markdown)
-    write_csv(os.path.join(args.workdir, "summary.csv"), rows)
-    from rfd_jax import plots  # pylint: disable=g-import-not-at-top  (matplotlib: only when needed)
-    plots.save_comparison(os.path.join(args.workdir, "comparison.png"),
-                          {row.label: row.acc_seen for row in rows}, rows[0].classes_seen)
-    print(f"\n{markdown}\nsummary: {os.path.join(args.workdir, 'summary.md')}, summary.csv, "
-          "comparison.png")
-    if args.output:
-      section = args.section or os.path.basename(os.path.normpath(args.workdir))
-      replace_section(args.output, section, markdown)
-      print(f"wrote section {section!r} of {args.output}")
-  else:
-    print("no finished runs to summarize")
+    rows = summarize(runs, results)
+    if rows:
+      markdown = write_summaries(args.workdir, rows, commands, args.output, args.section)
+      print(f"\n{markdown}\nwrote {os.path.join(args.workdir, 'summary.md')}, summary.csv, "
+            "comparison.png" + (f" and {args.output}" if args.output else ""))
+    else:
+      print("no finished runs to summarize")
   for message in failed:
     print(f"error: {message}", file=sys.stderr)
   return 1 if failed else 0
