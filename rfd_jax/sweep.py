@@ -2,7 +2,7 @@ r"""Runs methods × class orders × seeds into sub-workdirs and summarises them.
 
   python -m rfd_jax.sweep --config configs/digits.py --workdir runs/sweep_digits \
       --orders seed0,seed1,seed2 \
-      --methods finetune,joint,abd,"abd-long:method=abd:inversion.iterations=800" \
+      --methods finetune,joint,rfd,"rfd-no-lfd:method=rfd:distill.lambda_lfd=0" \
       [--set key=value ...] [--seeds 0,1] [--parallel N] \
       [--output docs/results.md --section digits] [--dry_run] [--summarize_only]
 
