@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.distill.lwf_temperature = 2.0
 
   config.log = ml_collections.ConfigDict()
-  config.log.progress = True  # a line per epoch; False for quiet runs (CI)
-  config.log.every_steps = 50  # metrics.jsonl interval
+  config.log.progress = True  # a line per epoch and per inversion chunk; False for quiet runs (CI)
+  config.log.every_steps = 50  # metrics.jsonl / TensorBoard interval
+  config.log.images = True  # PNGs in the workdir: synthetic replay grids, accuracy matrix and curve
   return config

@@ -156,32 +156,42 @@ def make_inversion_chunk_fn(*, generator: nn.Module, teacher: nn.Module,
 
 def synthesize(gen_state: GeneratorState, teacher_vars: dict[str, Any], *, chunk_fn: Callable,
                rng: jax.Array, num_old: int, iterations: int, chunk_steps: int,
-               start_iteration: int = 0, progress: bool = True,
+               start_iteration: int = 0, progress: bool = True, batch_size: int | None = None,
                on_chunk: Callable[[GeneratorState, int, dict], None] | None = None,
                label: str = "") -> GeneratorState:
   """Runs `iterations` inversion steps against the frozen teacher, chunk by chunk.
 
-  After each chunk: a progress line (losses, it/s, ETA) when `progress`, and
-  `on_chunk(gen_state, iterations_done, metrics)` (metrics logging, checkpointing).
-  `start_iteration` resumes a partly done inversion (must be a multiple of chunk_steps).
+  After each chunk: a progress line (iteration, losses, it/s, images/s when `batch_size` is given,
+  ETA) when `progress`, and `on_chunk(gen_state, iterations_done, metrics)` (metrics logging,
+  checkpointing). `start_iteration` resumes a partly done inversion (must be a multiple of
+  chunk_steps). Rates are measured from the end of the first chunk, which includes the compile.
   """
-  start = time.time()
-  done = start_iteration
+  done, start = start_iteration, time.time()
+  steady = None  # (time, iterations done) at the end of the first chunk, which compiles
   while done < iterations:
     gen_state, metrics = chunk_fn(gen_state, teacher_vars, rng, jnp.int32(num_old),
                                   jnp.int32(done))
     metrics = jax.device_get(metrics)
     done += chunk_steps
+    now = time.time()
+    since_time, since_done = steady or (start, start_iteration)
+    rate = (done - since_done) / max(now - since_time, 1e-9)
+    steady = steady or (now, done)
     if progress:
-      rate = (done - start_iteration) / max(time.time() - start, 1e-9)
+      images = f"{rate * batch_size:.0f} img/s  " if batch_size else ""
       logging.info("%sinversion %5d/%d  loss %.4f (ce %.4f bal %.4f smooth %.4f bn %.4f)  "
-                   "%.1f it/s  ETA %.0fs", label, done, iterations, metrics["inversion/loss"],
+                   "%.1f it/s  %sETA %s", label, done, iterations, metrics["inversion/loss"],
                    metrics["inversion/loss_ce"], metrics["inversion/loss_balance"],
-                   metrics["inversion/loss_smooth"], metrics["inversion/loss_bn"], rate,
-                   (iterations - done) / rate)
+                   metrics["inversion/loss_smooth"], metrics["inversion/loss_bn"], rate, images,
+                   _format_duration((iterations - done) / rate))
     if on_chunk is not None:
       on_chunk(gen_state, done, metrics)
   return gen_state
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def generate(gen_vars: dict[str, Any], rng: jax.Array, *, generator: nn.Module,
@@ -192,3 +202,14 @@ def generate(gen_vars: dict[str, Any], rng: jax.Array, *, generator: nn.Module,
   """
   z = sample_latents(rng, batch_size, generator.z_dim, batch_sharding)
   return jax.lax.stop_gradient(generator.apply(gen_vars, z, train=False))
+
+
+@functools.partial(jax.jit, static_argnames=("generator", "teacher", "batch_size"))
+def labelled_samples(gen_vars: dict[str, Any], teacher_vars: dict[str, Any], rng: jax.Array,
+                     num_old: jax.Array, *, generator: nn.Module, teacher: nn.Module,
+                     batch_size: int) -> tuple[jax.Array, jax.Array]:
+  """A synthetic batch (B, S, S, 3), normalised, and the teacher's labels for it (B,): the argmax
+  over the old classes, as the replay in the train step gets them. For inspection (image grids)."""
+  images = generate(gen_vars, rng, generator=generator, batch_size=batch_size)
+  logits, _ = teacher.apply(teacher_vars, images, train=False)
+  return images, jnp.argmax(mask_unseen(logits, num_old), axis=-1)

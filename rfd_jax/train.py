@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from rfd_jax import (config_validation, input_pipeline, inversion, learners, losses, metrics, optim,
-                     parallel, steps, tasks, writers)
+                     parallel, plots, steps, tasks, writers)
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import build_model
 from rfd_jax.state import create_train_state, trainable_mask
@@ -177,7 +177,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       sum(p.num_epochs for p in task_phases(config, learner, t)) * (len(task_indices[t]) // batch_size)
       for t in range(spec.num_tasks))
   done_steps, steady_start = 0, 0.0  # steady_start: wall time when the first (compiling) step ended
-  writer = writers.MetricWriter(workdir, enabled=is_main)
+  writer = writers.MetricWriter(workdir, enabled=is_main, hparams=config.to_dict())
   rows: list[metrics.EvalRow] = []
   task_seconds = []
 
@@ -201,10 +201,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
           rng=jax.random.fold_in(root_key, 30_000 + task), num_old=num_old,
           iterations=config.inversion.iterations, chunk_steps=config.inversion.chunk_steps,
           progress=config.log.progress, label=f"task {task + 1}/{spec.num_tasks} ",
-          on_chunk=lambda _, done, m, task=task: writer.write(
-              done_steps, {"task": task, "inversion/iteration": done, **m}))
+          batch_size=config.inversion.batch_size,
+          on_chunk=lambda _, done, m, task=task: writer.write(  # step: inversion iterations so far
+              (task - 1) * config.inversion.iterations + done,
+              {"task": task, "iteration": done, **m}))
       logging.info("task %d/%d: inverted the previous model (%d old classes) in %.0fs", task + 1,
                    spec.num_tasks, num_old, time.time() - inversion_start)
+      if config.log.images:
+        plots.save_synthetic_grid(
+            os.path.join(workdir, f"synthetic_task{task}.png"), gen_state.variables, teacher_vars,
+            jax.random.fold_in(root_key, 40_000 + task), generator=generator, teacher=model,
+            spec=spec, task=task, mean=data.mean, std=data.std, write=is_main)
 
     # A fresh optimizer per task (spec §3.1); momentum carries over between phases of a task.
     # Class counts (for the fine-tuning class weights) restart every task.
@@ -249,7 +256,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           if done_steps % config.log.every_steps == 0:
             means = jax.device_get(jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *interval))
             writer.write(done_steps, {"task": task, "epoch": epoch, "phase": phase.name,
-                                      "lr": lr, **means})
+                                      "train/lr": lr, **means})
             interval = []
         epoch_means = jax.device_get(jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)),
                                                   *epoch_metrics))
@@ -297,4 +304,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   }
   if is_main:
     writers.write_json(os.path.join(workdir, "results.json"), results)
+    if config.log.images:
+      plots.save_run_plots(workdir, results)
   return results

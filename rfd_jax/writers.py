@@ -1,9 +1,10 @@
-"""Run outputs: the metrics.jsonl stream and JSON files in the workdir."""
+"""Run outputs: metrics.jsonl, TensorBoard event files and JSON files in the workdir."""
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from typing import Any
 
@@ -33,11 +34,63 @@ def write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-class MetricWriter:
-  """Appends one JSON object per log step to WORKDIR/metrics.jsonl."""
+def flatten_config(tree: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+  """{"optim": {"lr": 0.1}} → {"optim.lr": 0.1}; values other than bool/int/float/str (tuples,
+  None) become their str(), as TensorBoard's hparams plugin takes only those types."""
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(flatten_config(value, prefix=f"{name}."))
+    elif isinstance(value, (bool, int, float, str)):
+      flat[name] = value
+    else:
+      flat[name] = str(value)
+  return flat
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
-    self._file = open(os.path.join(workdir, "metrics.jsonl"), "a") if enabled else None
+
+def is_tensorboard_scalar(name: str, value: Any) -> bool:
+  """Whether a metric goes to TensorBoard: real numbers named "<phase>/<name>" (train/loss_ce,
+  inversion/loss_bn, eval/acc_seen). Unprefixed bookkeeping (task, epoch, iteration, phase)
+  stays in metrics.jsonl only."""
+  if "/" not in name or isinstance(value, (bool, np.bool_, str)):
+    return False
+  if isinstance(value, np.ndarray):
+    return value.ndim == 0 and np.issubdtype(value.dtype, np.number)
+  return isinstance(value, numbers.Real)
+
+
+class MetricWriter:
+  """Writes each log step to WORKDIR/metrics.jsonl (one JSON object per line) and, as scalars, to
+  TensorBoard event files in WORKDIR (tensorboardX: no TensorFlow needed).
+
+  Only the writer with `enabled` (process 0) touches the workdir. `hparams` (a nested config dict)
+  is written once, to TensorBoard's hparams dashboard, with the eval metrics as its metrics.
+  """
+
+  HPARAM_METRICS = ("eval/acc_seen", "eval/old_acc", "eval/new_acc")
+
+  def __init__(self, workdir: str, *, enabled: bool = True,
+               hparams: dict[str, Any] | None = None):
+    self._file, self._tb = None, None
+    if not enabled:
+      return
+    self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    # Imported here: processes other than 0 never need it.
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    self._tb = tensorboardX.SummaryWriter(logdir=workdir, flush_secs=30)
+    if hparams is not None:
+      self.write_hparams(hparams)
+
+  def write_hparams(self, hparams: dict[str, Any]) -> None:
+    """Records the run's (nested) config for TensorBoard's hparams dashboard."""
+    if self._tb is None:
+      return
+    from tensorboardX.summary import hparams as hparams_summary  # pylint: disable=g-import-not-at-top
+    metric_names = {name: 0.0 for name in self.HPARAM_METRICS}  # names only; values come later
+    for summary in hparams_summary(flatten_config(hparams), metric_names):
+      self._tb.file_writer.add_summary(summary)
+    self._tb.flush()
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if self._file is None:
@@ -45,8 +98,15 @@ class MetricWriter:
     record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
+    for name, value in metrics.items():
+      if is_tensorboard_scalar(name, value):
+        self._tb.add_scalar(name, float(value), global_step=int(step))
+    self._tb.flush()
 
   def close(self) -> None:
     if self._file is not None:
       self._file.close()
       self._file = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None

@@ -3,12 +3,14 @@ fine-tuning semantics, and compilations per run (independent of the number of ta
 
 import functools
 import math
+import os
 
 import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 import pytest
 
 from configs import digits, imagenet100
@@ -170,6 +172,7 @@ def test_each_step_compiles_once_per_run_whatever_the_number_of_tasks(monkeypatc
     config = train_test.tiny_config("rfd")
     config.data.num_tasks = num_tasks
     config.inversion.chunk_steps = 2
+    config.log.images = num_tasks == 2  # and check the replay grid of an inverting run here
     train.train_and_evaluate(config, str(tmp_path / str(num_tasks)))
     fns = captured[-1]
     counts.append({name: fn._cache_size() for name, fn in (  # pylint: disable=protected-access
@@ -178,3 +181,6 @@ def test_each_step_compiles_once_per_run_whatever_the_number_of_tasks(monkeypatc
         ("inversion", fns.inversion_chunk.step), ("class_weights", fns.class_weights))})
   assert counts[0] == counts[1] == {"ce": 1, "main": 1, "finetune": 1, "eval": 1, "inversion": 1,
                                     "class_weights": 1}, counts
+  grids = sorted(f for f in os.listdir(tmp_path / "2") if f.startswith("synthetic_task"))
+  assert grids == ["synthetic_task1.png"]
+  assert Image.open(tmp_path / "2" / grids[0]).size == (800, 840)  # 64 images, 8 × 8

@@ -6,14 +6,17 @@ import subprocess
 import sys
 
 import numpy as np
+from PIL import Image
 import pytest
+from writers_test import read_events, scalars
 
 from configs import digits
 from rfd_jax import tasks, train
 
 TINY_OVERRIDES = ["--config.method=finetune", "--config.data.image_size=8", "--config.data.batch_size=64",
                   "--config.optim.epochs=3", "--config.optim.ft_epochs=1",
-                  "--config.optim.milestones=(1,)", "--config.log.progress=False"]
+                  "--config.optim.milestones=(1,)", "--config.log.progress=False",
+                  "--config.log.images=False"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -28,6 +31,7 @@ def tiny_config(method="finetune"):
   config.inversion.iterations = 2
   config.inversion.chunk_steps = 1
   config.log.progress = False
+  config.log.images = False  # PNGs cost seconds; the tiny_run fixture and one learner test check them
   return config
 
 
@@ -38,7 +42,9 @@ def _without_timing(results):
 @pytest.fixture(scope="module", name="tiny_run")
 def _tiny_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("digits"))
-  return workdir, train.train_and_evaluate(tiny_config(), workdir)
+  config = tiny_config()
+  config.log.images = True
+  return workdir, train.train_and_evaluate(config, workdir)
 
 
 def test_results_json_has_the_documented_keys(tiny_run):
@@ -73,6 +79,20 @@ def test_config_and_metrics_files(tiny_run):
   assert train_lines and all(np.isfinite(l["train/loss"]) for l in train_lines)
   assert [l["task"] for l in eval_lines] == [0, 1, 2, 3, 4]
   assert [l["step"] for l in train_lines] == sorted(l["step"] for l in train_lines)
+
+
+def test_pngs_and_tensorboard_events(tiny_run):
+  workdir, results = tiny_run
+  assert Image.open(os.path.join(workdir, "accuracy_matrix.png")).size == (640, 480)
+  assert Image.open(os.path.join(workdir, "accuracy_curve.png")).size == (640, 480)
+  assert not any(name.startswith("synthetic_task") for name in os.listdir(workdir))  # finetune
+  events = read_events(workdir)
+  values = scalars(events)
+  assert [v for _, v in values["eval/acc_seen"]] == pytest.approx(results["acc_seen"])
+  assert {"train/loss", "train/acc", "train/lr"} <= set(values)
+  assert not {"task", "epoch", "phase"} & set(values)  # bookkeeping stays in metrics.jsonl
+  hparams = [v for e in events for v in e.summary.value if v.tag == "_hparams_/session_start_info"]
+  assert len(hparams) == 1 and b"data.image_size" in hparams[0].metadata.plugin_data.content
 
 
 def test_cli_run_reproduces_in_process_results(tiny_run, tmp_path):

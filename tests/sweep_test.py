@@ -1,0 +1,162 @@
+"""rfd_jax.sweep: argument parsing, run layout, skipping, summaries and the Markdown section.
+
+No training: launches are faked (or --dry_run), results.json files are written by hand.
+"""
+
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from rfd_jax import sweep, tasks
+
+
+def fake_results(method, order, seed, final, avg, forgetting, wall=100.0):
+  return {"method": method, "dataset": "digits", "num_tasks": 2, "task_sizes": [5, 5],
+          "class_order": tasks.class_order(order, 10), "seed": seed,
+          "acc_matrix": [[99.0, None], [50.0, 2 * final - 50.0]], "acc_seen": [avg * 2 - final, final],
+          "final_acc": final, "avg_inc_acc": avg, "forgetting": forgetting,
+          "task_seconds": [wall / 2, wall / 2], "wall_seconds": wall}
+
+
+def write_results(workdir, results):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f)
+
+
+def test_method_entries():
+  assert sweep.parse_method_entry("abd") == sweep.MethodEntry("abd", (("method", "abd"),))
+  entry = sweep.parse_method_entry("rfd-no-lfd:method=rfd:distill.lambda_lfd=0")
+  assert entry.label == "rfd-no-lfd" and entry.method == "rfd"
+  assert entry.overrides == (("method", "rfd"), ("distill.lambda_lfd", "0"))
+  assert entry.settings == "method=rfd distill.lambda_lfd=0"
+  assert sweep.parse_method_entry("abd:config.optim.lr=0.1").overrides == (
+      ("method", "abd"), ("optim.lr", "0.1"))
+  for bad in ["abd:seed=1", "abd:data.class_order=seed1", "abd:lr", "a/b", "abd:=1"]:
+    with pytest.raises(sweep.SweepError):
+      sweep.parse_method_entry(bad)
+  assert sweep.split_list("finetune, abd:optim.milestones=(1,2),rfd") == [
+      "finetune", "abd:optim.milestones=(1,2)", "rfd"]
+
+
+def test_dry_run_prints_commands_and_skips_finished_runs(tmp_path, capsys):
+  workdir = str(tmp_path / "sw")
+  write_results(os.path.join(workdir, "abd", "seed0"), fake_results("abd", "seed0", 0, 60, 80, 20))
+  status = sweep.main(["--config", "configs/digits.py", "--workdir", workdir,
+                       "--orders", "seed0,seed1", "--seeds", "0,3", "--dry_run",
+                       "--methods", "abd,nolfd:method=rfd:distill.lambda_lfd=0",
+                       "--set", "optim.epochs=1"])
+  out = capsys.readouterr().out.splitlines()
+  assert status == 0
+  assert out[0] == f"skip {workdir}/abd/seed0: results.json exists"
+  commands = out[1:]
+  assert len(commands) == 7  # 2 labels × 2 orders × 2 seeds, one done
+  assert commands[0] == (
+      f"{sys.executable} -m rfd_jax.main --config configs/digits.py --workdir {workdir}/abd/seed0-s3"
+      " --config.method=abd --config.data.class_order=seed0 --config.seed=3"
+      " --config.optim.epochs=1")
+  assert commands[-1].endswith(
+      f"--workdir {workdir}/nolfd/seed1-s3 --config.method=rfd --config.data.class_order=seed1 "
+      "--config.seed=3 --config.optim.epochs=1 --config.distill.lambda_lfd=0")
+  assert not os.path.exists(os.path.join(workdir, "summary.md"))
+
+
+@pytest.mark.parametrize("args", [["--set", "seed=1"], ["--set", "method=abd"],
+                                  ["--orders", "1,0,2"], ["--seeds", "x"]])
+def test_bad_arguments_exit_2(tmp_path, args, capsys):
+  assert sweep.main(["--config", "c.py", "--workdir", str(tmp_path), "--methods", "abd",
+                     "--dry_run", *args]) == 2
+  assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_runs_summarizes_and_reports_failures(tmp_path, monkeypatch, capsys):
+  workdir = str(tmp_path / "sw")
+  values = {("abd", "seed0"): (60.0, 80.0, 20.0), ("abd", "seed1"): (64.0, 81.0, 10.0),
+            ("abd", "seed2"): (65.0, 85.5, 18.0), ("finetune", "seed0"): (20.0, 45.0, 99.0)}
+  launched = []
+
+  def fake_launch(run, config, common):
+    launched.append((run.entry.label, run.order))
+    if (run.entry.label, run.order) not in values:  # broken, finetune seed1 and seed2 fail
+      return 1, 0.5
+    final, avg, forgetting = values[run.entry.label, run.order]
+    write_results(run.workdir, fake_results(run.entry.method, run.order, run.seed, final, avg,
+                                            forgetting, wall=10.0 * len(launched)))
+    return 0, 1.0
+
+  monkeypatch.setattr(sweep, "launch", fake_launch)
+  write_results(os.path.join(workdir, "finetune", "seed0"),  # made earlier by hand
+                fake_results("finetune", "seed0", 0, 20.0, 45.0, 99.0, wall=7.0))
+  args = ["--config", "configs/digits.py", "--workdir", workdir, "--orders", "seed0,seed1,seed2",
+          "--methods", "abd,finetune,broken:method=abd"]
+  status = sweep.main(args + ["--parallel", "2"])
+  assert status == 1 and "broken/seed0: exit status 1" in capsys.readouterr().err
+  assert ("finetune", "seed0") not in launched and len(launched) == 3 + 2 + 3
+
+  with open(os.path.join(workdir, "summary.csv")) as f:
+    rows = {row["label"]: row for row in csv.DictReader(f)}
+  assert set(rows) == {"abd", "finetune"}
+  abd = np.array([values["abd", o] for o in ("seed0", "seed1", "seed2")])
+  for i, key in enumerate(["final_acc", "avg_inc_acc", "forgetting"]):
+    assert float(rows["abd"][f"{key}_mean"]) == pytest.approx(abd[:, i].mean())
+    assert float(rows["abd"][f"{key}_std"]) == pytest.approx(abd[:, i].std(ddof=1))
+  assert rows["finetune"]["runs"] == "1" and rows["finetune"]["final_acc_std"] == ""
+  assert rows["finetune"]["orders"] == "seed0 (1/3 runs)"
+  with open(os.path.join(workdir, "summary.md")) as f:
+    markdown = f.read()
+  assert (f"| `abd` |  | seed0, seed1, seed2 | 0 | {abd[:, 0].mean():.2f} ± "
+          f"{abd[:, 0].std(ddof=1):.2f} |") in markdown
+  assert "| `finetune` |  | seed0 (1/3 runs) | 0 | 20.00 | 45.00 | 99.00 | 7 |" in markdown
+  assert os.path.getsize(os.path.join(workdir, "comparison.png")) > 0
+
+  # Resuming skips every finished run; only the failures run again.
+  launched.clear()
+  assert sweep.main(args) == 1
+  assert sorted(launched) == [("broken", o) for o in ("seed0", "seed1", "seed2")] + [
+      ("finetune", "seed1"), ("finetune", "seed2")]
+
+
+def test_summarize_only_and_markdown_section(tmp_path, capsys):
+  workdir = str(tmp_path / "sw")
+  for order, final in [("seed0", 60.0), ("seed1", 70.0)]:
+    write_results(os.path.join(workdir, "abd", order), fake_results("abd", order, 0, final, 80, 5))
+  write_results(os.path.join(workdir, "x", "seed0-s2"), fake_results("joint", "seed0", 2, 99, 99, 1))
+  doc = tmp_path / "results.md"
+  doc.write_text("# Results\n\nhand-written intro\n\n<!-- sweep:digits:begin -->\nold table\n"
+                 "<!-- sweep:digits:end -->\n\nhand-written notes\n")
+  args = ["--workdir", workdir, "--summarize_only", "--output", str(doc), "--section", "digits"]
+  assert sweep.main(args) == 0
+  text = doc.read_text()
+  assert text.startswith("# Results\n\nhand-written intro\n\n<!-- sweep:digits:begin -->\n")
+  assert text.endswith("<!-- sweep:digits:end -->\n\nhand-written notes\n")
+  assert "old table" not in text and "python -m rfd_jax.sweep --workdir" in text
+  assert "| `abd` |  | seed0, seed1 | 0 | 65.00 ± 7.07 |" in text
+  assert "| `x` | `method=joint` | seed0 | 2 | 99.00 |" in text
+  # a second section is appended; the first is kept
+  assert sweep.main(args[:-1] + ["other"]) == 0
+  text = doc.read_text()
+  assert text.count("<!-- sweep:digits:begin -->") == 1 and "hand-written notes" in text
+  assert text.rstrip().endswith("<!-- sweep:other:end -->")
+
+
+def test_replace_section_creates_the_file_and_rejects_a_lone_begin(tmp_path):
+  path = str(tmp_path / "docs" / "new.md")
+  sweep.replace_section(path, "a", "table\n")
+  with open(path) as f:
+    assert f.read() == "<!-- sweep:a:begin -->\ntable\n<!-- sweep:a:end -->\n"
+  with open(path, "w") as f:
+    f.write("<!-- sweep:a:begin -->\n")
+  with pytest.raises(sweep.SweepError):
+    sweep.replace_section(path, "a", "table")
+
+
+def test_a_stray_run_in_the_layout_is_an_error(tmp_path, capsys):
+  workdir = str(tmp_path / "sw")
+  write_results(os.path.join(workdir, "abd", "seed0"), fake_results("abd", "seed1", 0, 1, 1, 1))
+  assert sweep.main(["--config", "c.py", "--workdir", workdir, "--methods", "abd",
+                     "--dry_run"]) == 1
+  assert "class order" in capsys.readouterr().err
