@@ -69,6 +69,15 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.log = ml_collections.ConfigDict()
   config.log.progress = True  # a line per epoch and per inversion chunk; False for quiet runs (CI)
-  config.log.every_steps = 50  # metrics.jsonl / TensorBoard interval
+  config.log.every_steps = 50  # metrics.jsonl / TensorBoard interval; losses are checked finite here
   config.log.images = True  # PNGs in the workdir: synthetic replay grids, accuracy matrix and curve
+
+  # Checkpoints in WORKDIR/checkpoints; a run resumes from the latest one (README, "Resuming").
+  config.ckpt = ml_collections.ConfigDict()
+  config.ckpt.enabled = True
+  config.ckpt.every_steps = 1000  # train steps (and inversion iterations) between checkpoints
+  config.ckpt.keep = 3  # the last N checkpoints are kept (>= 2: one survives a corrupted newest)
+  config.ckpt.allow_config_change = False  # True: resume even if result-changing fields differ
+  config.init_from = ""  # a run's workdir / checkpoints dir / checkpoint to start from if the
+                         # workdir has no checkpoint ("" = from scratch)
   return config

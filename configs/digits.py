@@ -36,4 +36,5 @@ def get_config():
   config.inversion.chunk_steps = 50
   config.inversion.batch_size = 32
   config.log.every_steps = 10
+  config.ckpt.every_steps = 100
   return config

@@ -95,4 +95,12 @@ def validate(config) -> tasks.TaskSpec:
     _require(distill[name] > 0, f"config.distill.{name}={distill[name]} must be > 0.")
   _require(config.log.every_steps >= 1,
            f"config.log.every_steps={config.log.every_steps} must be >= 1.")
+  ckpt = config.ckpt
+  for name in ("enabled", "allow_config_change"):
+    _require(isinstance(ckpt[name], bool),
+             f"config.ckpt.{name}={ckpt[name]!r} must be True or False.")
+  _require(ckpt.every_steps >= 1, f"config.ckpt.every_steps={ckpt.every_steps} must be >= 1.")
+  _require(ckpt.keep >= 1, f"config.ckpt.keep={ckpt.keep} must be >= 1 (checkpoints kept).")
+  _require(isinstance(config.init_from, str),
+           f"config.init_from={config.init_from!r} must be a path or \"\" (from scratch).")
   return spec

@@ -1,7 +1,12 @@
 r"""Entry point: `python -m rfd_jax.main --config configs/digits.py [--workdir DIR] [--config.x=y]`.
 
-Runs the class-incremental experiment of the config, writes config.json, metrics.jsonl and
-results.json under the workdir and prints the results table. Config errors exit with status 2.
+Runs (or resumes, from WORKDIR/checkpoints) the class-incremental experiment of the config, writes
+config.json, metrics.jsonl and results.json under the workdir and prints the results table.
+
+Exit status: 0 done; 2 config error or refused resume (config differs from the checkpoint's);
+3 (checkpointing.EXIT_NON_FINITE) a loss became NaN/inf, nothing saved after the last good
+checkpoint; 75 (checkpointing.EXIT_PREEMPTED) stopped by SIGTERM/SIGINT after saving a checkpoint:
+rerun the same command to resume.
 """
 
 import os
@@ -11,7 +16,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from rfd_jax import config_validation, metrics, parallel, train
+from rfd_jax import checkpointing, config_validation, metrics, parallel, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
@@ -41,6 +46,12 @@ def main(argv):
   except (config_validation.ConfigError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except checkpointing.NonFiniteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(checkpointing.EXIT_NON_FINITE)
+  except checkpointing.Preempted as e:
+    print(f"preempted: {e}", file=sys.stderr)
+    sys.exit(checkpointing.EXIT_PREEMPTED)
   if not parallel.is_main_process():
     return
   print(f"\n{results['method']} on {results['dataset']}, {results['num_tasks']} tasks "

@@ -1,0 +1,299 @@
+"""Checkpoints and the resume policy: one Orbax CheckpointManager in WORKDIR/checkpoints.
+
+A checkpoint is everything the run needs to continue exactly where it stood: the arrays (student
+TrainState, class weights, frozen teacher, generator and its Adam state) and a JSON record of the
+position (task, phase, inversion iteration, epoch and step within the epoch, steps so far), the
+accuracy rows so far, the task wall times and the config. RNG keys and data shuffles are pure
+functions of (config.seed, task, epoch, step) and are not stored.
+
+Checkpoint ids are a save counter (one more than the largest id in the directory), not train
+steps: inversion iterations and phase boundaries save without a train step in between.
+
+Orbax writes each checkpoint into a temporary directory and renames it when complete, so a crash
+mid-save leaves the previous checkpoints intact; `restore` also falls back from an unreadable
+newest checkpoint to older ones, newest first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import threading
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from rfd_jax import config_validation
+
+# Exit codes of rfd_jax.main beyond 0 (done) and 2 (config error, including a refused resume).
+EXIT_NON_FINITE = 3  # a loss (or the parameters) became NaN/inf; the last good checkpoint is kept
+EXIT_PREEMPTED = 75  # SIGTERM/SIGINT: a checkpoint was saved; rerun the same command to resume
+                     # (75 = EX_TEMPFAIL of sysexits.h: "temporary failure, retry later")
+
+# Config fields a resume may change without the escape hatch: they do not change the result.
+HARMLESS_FIELDS = ("log.", "ckpt.", "init_from", "data.data_dir", "data.decode_threads",
+                   "data.cache_gb")
+
+# Test-only hook: "<phase>:<task>:<count>[:<KILL|TERM|INT>]" makes the run send itself the signal
+# (default SIGKILL) right after inversion iteration <count> (phase "inversion") or train step
+# <count> of the task (phases "main", "finetune") of task <task> (0-based) has completed and any
+# checkpoint due there has been started. tests/checkpointing_test.py uses it to interrupt runs at
+# exact points.
+ENV_TEST_KILL_AT = "RFD_JAX_TEST_KILL_AT"
+
+
+class Preempted(Exception):
+  """The run stopped on SIGTERM/SIGINT after saving a checkpoint."""
+
+
+class NonFiniteError(Exception):
+  """A loss term or the parameters became non-finite; nothing was saved after the last check."""
+
+
+class ConfigMismatchError(config_validation.ConfigError):
+  """A resume whose config differs from the checkpoint's in fields that change the result."""
+
+
+def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
+  """{"optim": {"lr": 0.1}} → {"optim.lr": 0.1}; tuples become lists (as after a JSON trip)."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      flat.update(flatten_config(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = json.loads(json.dumps(value, default=str))
+  return flat
+
+
+def config_differences(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+  """(fields that change the result, harmless fields) in which two config dicts differ."""
+  saved, current = flatten_config(saved), flatten_config(current)
+  differing = sorted(k for k in saved.keys() | current.keys()
+                     if saved.get(k, "<absent>") != current.get(k, "<absent>"))
+  harmless = [k for k in differing if k.startswith(HARMLESS_FIELDS)]
+  return [k for k in differing if k not in harmless], harmless
+
+
+def check_config(saved: dict, current: dict, *, allow_change: bool, source: str) -> None:
+  """Raises ConfigMismatchError listing the fields (with both values) in which `current` differs
+  from the checkpoint's `saved` config, unless only harmless fields differ or `allow_change`."""
+  relevant, harmless = config_differences(saved, current)
+  if harmless:
+    logging.info("config differs from the checkpoint's in harmless fields: %s", ", ".join(harmless))
+  if not relevant:
+    return
+  flat_saved, flat_current = flatten_config(saved), flatten_config(current)
+  listing = "; ".join(f"config.{k}: {flat_saved.get(k, '<absent>')!r} in the checkpoint, "
+                      f"{flat_current.get(k, '<absent>')!r} now" for k in relevant)
+  if allow_change:
+    logging.warning("resuming from %s despite config changes (config.ckpt.allow_config_change): "
+                    "%s", source, listing)
+    return
+  raise ConfigMismatchError(
+      f"refusing to resume from {source}: the config differs from the checkpoint's in fields that "
+      f"change the result: {listing}. Use another --workdir to start afresh, or pass "
+      "--config.ckpt.allow_config_change=True to resume anyway.")
+
+
+@dataclasses.dataclass
+class Restored:
+  """A checkpoint read back: its id and directory, the arrays and the JSON record."""
+  checkpoint_id: int
+  directory: str
+  arrays: dict[str, Any]
+  meta: dict[str, Any]
+
+
+def _quiet_orbax_info_logs() -> None:
+  """Orbax logs a dozen INFO lines per save through absl; keep its warnings and errors only."""
+  absl_logger = logging.get_absl_logger()
+  if not any(getattr(f, "is_orbax_filter", False) for f in absl_logger.filters):
+    def orbax_filter(record):
+      return record.levelno >= logging.converter.STANDARD_WARNING or (
+          f"{os.sep}orbax{os.sep}" not in record.pathname)
+    orbax_filter.is_orbax_filter = True
+    absl_logger.addFilter(orbax_filter)
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+
+
+class Checkpoints:
+  """The run's checkpoints in `directory`: asynchronous saves keeping the last `keep`, and
+  fault-tolerant restore. Every process must make the same calls (Orbax coordinates the writes;
+  only process 0 writes replicated arrays and the JSON record)."""
+
+  def __init__(self, directory: str, *, keep: int, read_only: bool = False):
+    self.directory = os.path.abspath(directory)
+    _quiet_orbax_info_logs()
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=not read_only, read_only=read_only,
+            cleanup_tmp_directories=not read_only, enable_async_checkpointing=True))
+    steps = self._manager.all_steps()
+    self._next_id = (max(steps) + 1) if steps else 0
+
+  def all_ids(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, arrays: dict[str, Any], meta: dict[str, Any]) -> int:
+    """Starts writing a checkpoint; returns its id. Blocks only until the arrays are copied to the
+    host (they may then be donated), and until the previous save has finished."""
+    checkpoint_id = self._next_id
+    self._next_id += 1
+    self._manager.save(checkpoint_id, force=True, args=ocp.args.Composite(
+        arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)))
+    return checkpoint_id
+
+  def read_meta(self, checkpoint_id: int) -> dict[str, Any]:
+    return self._manager.restore(
+        checkpoint_id, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def read_arrays(self, checkpoint_id: int, abstract: dict[str, Any]) -> dict[str, Any]:
+    return self._manager.restore(
+        checkpoint_id, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(abstract)))["arrays"]
+
+  def restore(self, abstract_arrays, *, check_meta=None, only_id: int | None = None
+              ) -> Restored | None:
+    """The newest readable checkpoint (or checkpoint `only_id`), or None if there is none.
+
+    abstract_arrays(meta) → the abstract (jax.ShapeDtypeStruct) tree of the arrays recorded in
+    `meta`. check_meta(meta) may raise (e.g. ConfigMismatchError) to refuse a checkpoint; that
+    error propagates. A checkpoint that cannot be read is reported and the next older one tried.
+    """
+    ids = self.all_ids() if only_id is None else [only_id]
+    for position, checkpoint_id in enumerate(reversed(ids)):
+      try:
+        meta = self.read_meta(checkpoint_id)
+      except Exception as e:  # pylint: disable=broad-except
+        self._report_unreadable(checkpoint_id, e, ids[:len(ids) - position - 1])
+        continue
+      if check_meta is not None:
+        check_meta(meta)
+      try:
+        arrays = self.read_arrays(checkpoint_id, abstract_arrays(meta))
+      except Exception as e:  # pylint: disable=broad-except
+        self._report_unreadable(checkpoint_id, e, ids[:len(ids) - position - 1])
+        continue
+      return Restored(checkpoint_id, os.path.join(self.directory, str(checkpoint_id)), arrays,
+                      meta)
+    return None
+
+  def _report_unreadable(self, checkpoint_id: int, error: Exception, older: list[int]) -> None:
+    logging.error("checkpoint %s/%d is corrupted or incomplete (%s); %s", self.directory,
+                  checkpoint_id, _first_line(error),
+                  f"falling back to checkpoint {older[-1]}" if older else "no older checkpoint")
+
+  def wait(self) -> None:
+    """Blocks until the last save is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def locate(path: str) -> tuple[str, int | None]:
+  """`config.init_from` → (checkpoints directory, checkpoint id or None for its newest).
+
+  Accepts a run's workdir, its checkpoints directory, or one checkpoint (checkpoints/<id>).
+  """
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.join(path, "checkpoints"), None
+  if os.path.basename(path).isdigit() and os.path.isdir(path):
+    return os.path.dirname(path), int(os.path.basename(path))
+  if os.path.isdir(path):
+    return path, None
+  raise config_validation.ConfigError(
+      f"config.init_from={path!r} does not exist; expected a run's workdir, its checkpoints "
+      "directory or one checkpoint in it.")
+
+
+def abstract_like(tree: Any, sharding) -> Any:
+  """jax.ShapeDtypeStruct leaves with `sharding`, the restore target of arrays shaped as `tree`."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding),
+                      tree)
+
+
+class StopSignals:
+  """Turns SIGTERM / SIGINT into a request to stop after the current step (a second SIGINT
+  interrupts at once). A context manager: installs its handlers on entry (main thread only) and
+  restores the previous ones on exit.
+
+  In a multi-process run the processes must stop at the same step to save together, so there a
+  request only counts at `sync` points, where the processes agree by an all-gather.
+  """
+
+  def __init__(self):
+    self.received: str | None = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    name = signal.Signals(signum).name
+    if self.received == "SIGINT" and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.received = name
+    logging.warning("received %s: finishing the current step, then saving a checkpoint and "
+                    "stopping", name)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+  def requested(self, *, sync: bool) -> bool:
+    """Whether to stop now. `sync`: every process is at the same point and may all-gather."""
+    if jax.process_count() == 1:
+      return self.received is not None
+    if not sync:
+      return False
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    flags = multihost_utils.process_allgather(np.int32(self.received is not None))
+    if np.any(flags) and self.received is None:
+      self.received = "a signal on another process"
+    return bool(np.any(flags))
+
+
+@contextlib.contextmanager
+def no_stop_signals():
+  """A StopSignals stand-in that never requests a stop (checkpointing disabled)."""
+  class _Never:
+    received = None
+    def requested(self, *, sync: bool) -> bool:
+      del sync
+      return False
+  yield _Never()
+
+
+def _parse_test_kill_at(value: str) -> tuple[str, int, int, int] | None:
+  if not value:
+    return None
+  parts = value.split(":")
+  signum = getattr(signal, "SIG" + (parts[3] if len(parts) > 3 else "KILL"))
+  return parts[0], int(parts[1]), int(parts[2]), signum
+
+
+def maybe_test_kill(phase: str, task: int, count: int) -> None:
+  """The RFD_JAX_TEST_KILL_AT hook (see ENV_TEST_KILL_AT); a no-op unless it names this point."""
+  target = _parse_test_kill_at(os.environ.get(ENV_TEST_KILL_AT, ""))
+  if target is not None and target[:3] == (phase, task, count):
+    logging.warning("%s=%s: sending %s to myself", ENV_TEST_KILL_AT,
+                    os.environ[ENV_TEST_KILL_AT], signal.Signals(target[3]).name)
+    logging.flush()
+    os.kill(os.getpid(), target[3])

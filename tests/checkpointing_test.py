@@ -1,0 +1,219 @@
+"""Preemption safety: a tiny rdfcil digits run (2 tasks: inversion, main phase, head fine-tuning)
+killed and resumed gives the uninterrupted run's results exactly; SIGTERM saves and exits 75; a
+corrupted newest checkpoint is skipped; a changed config is refused; a non-finite loss stops the run
+(exit 3) without touching the last good checkpoint.
+
+Runs are subprocesses interrupted at exact points by the RFD_JAX_TEST_KILL_AT hook
+(checkpointing.ENV_TEST_KILL_AT); they share a JAX compilation cache so only the first compiles.
+"""
+
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from configs import digits
+from rfd_jax import checkpointing, config_validation
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Task 0: 9 steps (1 epoch); task 1: 12 inversion iterations, 9 main + 9 fine-tuning steps.
+TINY = ["--config.method=rdfcil", "--config.data.num_tasks=2", "--config.data.batch_size=64",
+        "--config.optim.epochs=2", "--config.optim.ft_epochs=1", "--config.optim.milestones=(1,)",
+        "--config.inversion.iterations=12", "--config.inversion.chunk_steps=4",
+        "--config.ckpt.every_steps=4", "--config.log.progress=False"]
+STEPS_TASK0 = 9
+
+
+def _run(workdir, cache_dir, *overrides, kill_at=""):
+  # every compilation cached, even the quick eager ones of model.init (~100 of them)
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env[checkpointing.ENV_TEST_KILL_AT] = kill_at
+  return subprocess.run(
+      [sys.executable, "-m", "rfd_jax.main", "--config", "configs/digits.py", "--workdir",
+       str(workdir), *TINY, *overrides],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def _results(workdir):
+  with open(os.path.join(workdir, "results.json")) as f:
+    return {k: v for k, v in json.load(f).items() if "seconds" not in k}
+
+
+def _metas(workdir):
+  """{checkpoint id: its JSON record} of the complete checkpoints in workdir."""
+  metas = {}
+  for path in glob.glob(os.path.join(workdir, "checkpoints", "*", "meta", "metadata")):
+    with open(path) as f:
+      metas[int(path.split(os.sep)[-3])] = json.load(f)
+  return metas
+
+
+def _copy_checkpoint(src_workdir, checkpoint_id, dst_workdir):
+  shutil.copytree(os.path.join(src_workdir, "checkpoints", str(checkpoint_id)),
+                  os.path.join(dst_workdir, "checkpoints", str(checkpoint_id)))
+
+
+def _tree_digest(directory):
+  digest = hashlib.sha256()
+  for path in sorted(glob.glob(os.path.join(directory, "**"), recursive=True)):
+    digest.update(path.encode())
+    if os.path.isfile(path):
+      with open(path, "rb") as f:
+        digest.update(f.read())
+  return digest.hexdigest()
+
+
+@pytest.fixture(scope="module", name="cache_dir")
+def _cache_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(scope="module", name="reference")
+def _reference(tmp_path_factory, cache_dir):
+  """The uninterrupted run, keeping all its checkpoints."""
+  workdir = tmp_path_factory.mktemp("reference")
+  proc = _run(workdir, cache_dir, "--config.ckpt.keep=100")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return str(workdir)
+
+
+@pytest.fixture(scope="module", name="chain")
+def _chain(tmp_path_factory, cache_dir, reference):
+  """One run interrupted three times in task 1, each time resumed by rerunning the command:
+  kill -9 during the inversion, SIGTERM in the main phase, kill -9 in the head fine-tuning, then
+  the newest checkpoint corrupted before the last resume. Starts from the reference's checkpoint
+  after task 0 (config.init_from) to skip repeating task 0."""
+  workdir = tmp_path_factory.mktemp("chain")
+  after_task0 = [i for i, m in _metas(reference).items() if m["task"] == 1 and m["phase"] == "start"]
+  init = f"--config.init_from={os.path.join(reference, 'checkpoints', str(after_task0[0]))}"
+  procs = {}
+  procs["inversion"] = _run(workdir, cache_dir, init, kill_at="inversion:1:8")
+  procs["main"] = _run(workdir, cache_dir, init, kill_at="main:1:5:TERM")
+  sigterm_metas = _metas(workdir)
+  procs["finetune"] = _run(workdir, cache_dir, init, kill_at="finetune:1:14")
+  newest = max(_metas(workdir))
+  data_files = glob.glob(os.path.join(workdir, "checkpoints", str(newest), "arrays", "**", "d", "*"),
+                         recursive=True)
+  biggest = max(data_files, key=os.path.getsize)
+  with open(biggest, "r+b") as f:
+    f.truncate(os.path.getsize(biggest) // 2)
+  procs["last"] = _run(workdir, cache_dir, init)
+  return {"workdir": str(workdir), "procs": procs, "sigterm_metas": sigterm_metas,
+          "corrupted": newest}
+
+
+def test_killed_and_resumed_run_equals_the_uninterrupted_one(chain, reference):
+  procs = chain["procs"]
+  assert procs["inversion"].returncode == -signal.SIGKILL, procs["inversion"].stderr[-3000:]
+  assert "initialising from config.init_from" in procs["inversion"].stderr
+  assert procs["finetune"].returncode == -signal.SIGKILL, procs["finetune"].stderr[-3000:]
+  assert procs["last"].returncode == 0, procs["last"].stderr[-3000:]
+  # resumed mid-inversion, mid-main phase and in the fine-tuning phase
+  assert re.search(r"resumed at task 2/2, inversion iteration [48]\b", procs["main"].stderr)
+  assert "resumed at task 2/2, main epoch 1 step 5" in procs["finetune"].stderr
+  assert _results(chain["workdir"]) == _results(reference)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_75(chain):
+  proc = chain["procs"]["main"]
+  assert proc.returncode == checkpointing.EXIT_PREEMPTED == 75, proc.stderr[-3000:]
+  stops = [l for l in proc.stderr.splitlines() if l.startswith("preempted:")]
+  assert len(stops) == 1 and "SIGTERM" in stops[0] and "Rerun the same command" in stops[0]
+  newest = max(chain["sigterm_metas"])
+  meta = chain["sigterm_metas"][newest]  # the stop's checkpoint: after step 5 of task 1
+  assert (meta["task"], meta["phase_name"], meta["step_in_task"]) == (1, "main", 5)
+  assert meta["done_steps"] == STEPS_TASK0 + 5
+  resumed_from = os.path.join(chain["workdir"], "checkpoints", str(newest))
+  assert f"resuming from checkpoint {resumed_from}\n" in chain["procs"]["finetune"].stderr
+
+
+def test_a_corrupted_newest_checkpoint_is_reported_and_an_older_one_used(chain):
+  stderr = chain["procs"]["last"].stderr
+  assert re.search(rf"checkpoint \S+/{chain['corrupted']} is corrupted or incomplete .*; "
+                   r"falling back to checkpoint \d+", stderr), stderr[-3000:]
+  # the results equal the reference's: test_killed_and_resumed_run_equals_the_uninterrupted_one
+
+
+def test_a_resume_with_a_different_config_is_refused(reference, cache_dir, tmp_path):
+  final = max(_metas(reference))
+  _copy_checkpoint(reference, final, tmp_path)
+  proc = _run(tmp_path, cache_dir, "--config.seed=1", "--config.optim.lr=0.02")
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1
+  assert "config.seed: 0 in the checkpoint, 1 now" in errors[0]
+  assert "config.optim.lr: 0.05 in the checkpoint, 0.02 now" in errors[0]
+  assert "--config.ckpt.allow_config_change=True" in errors[0]
+  assert "config.log" not in errors[0]  # TINY's own log/ckpt overrides are not listed
+  # harmless fields may change: the finished run resumes and reports the same results
+  proc = _run(tmp_path, cache_dir, "--config.log.every_steps=3", "--config.ckpt.keep=2")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert _results(tmp_path) == _results(reference)
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    reference, cache_dir, tmp_path):
+  boundary = [i for i, m in _metas(reference).items()
+              if m["phase_name"] == "finetune" and m["step_in_epoch"] == 0]
+  _copy_checkpoint(reference, boundary[0], tmp_path)
+  before = _tree_digest(tmp_path / "checkpoints")
+  # resumes at the start of the head fine-tuning (allowed config change), whose lr then diverges
+  proc = _run(tmp_path, cache_dir, "--config.optim.ft_lr=1e30",
+              "--config.ckpt.allow_config_change=True")
+  assert proc.returncode == checkpointing.EXIT_NON_FINITE == 3, proc.stderr[-3000:]
+  assert "despite config changes" in proc.stderr and "config.optim.ft_lr" in proc.stderr
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1, proc.stderr[-3000:]
+  assert re.search(r"non-finite loss at train step \d+ \(task 2/2, finetune phase, epoch 2\): "
+                   r"train/loss=nan", errors[0]), errors[0]
+  assert "stopped without saving" in errors[0]
+  assert _tree_digest(tmp_path / "checkpoints") == before
+  assert not os.path.exists(tmp_path / "results.json")
+
+
+def test_config_differences_split_harmless_fields():
+  saved = digits.get_config().to_dict()
+  current = digits.get_config()
+  current.log.every_steps = 3
+  current.data.data_dir = "/elsewhere"
+  current.ckpt.keep = 7
+  current.data.num_tasks = 2
+  current.optim.milestones = (1, 2)
+  relevant, harmless = checkpointing.config_differences(saved, current.to_dict())
+  assert relevant == ["data.num_tasks", "optim.milestones"]
+  assert harmless == ["ckpt.keep", "data.data_dir", "log.every_steps"]
+  with pytest.raises(checkpointing.ConfigMismatchError, match="config.data.num_tasks: 5 in the "
+                     "checkpoint, 2 now; config.optim.milestones"):
+    checkpointing.check_config(saved, current.to_dict(), allow_change=False, source="x")
+  checkpointing.check_config(saved, current.to_dict(), allow_change=True, source="x")
+  assert isinstance(checkpointing.ConfigMismatchError("x"), config_validation.ConfigError)
+
+
+@pytest.mark.parametrize("field, value", [("ckpt.every_steps", 0), ("ckpt.keep", 0),
+                                          ("ckpt.allow_config_change", 1),
+                                          ("init_from", None)])
+def test_bad_checkpoint_config_is_rejected_naming_the_field(field, value):
+  config = digits.get_config()
+  group, _, name = field.rpartition(".")
+  with config.ignore_type():
+    (config[group] if group else config)[name] = value
+  with pytest.raises(config_validation.ConfigError, match=re.escape(f"config.{field}=")):
+    config_validation.validate(config)
+
+
+def test_locate_accepts_a_workdir_a_checkpoints_dir_or_one_checkpoint(tmp_path):
+  (tmp_path / "checkpoints" / "12").mkdir(parents=True)
+  ckpts = str(tmp_path / "checkpoints")
+  assert checkpointing.locate(str(tmp_path)) == (ckpts, None)
+  assert checkpointing.locate(ckpts) == (ckpts, None)
+  assert checkpointing.locate(os.path.join(ckpts, "12")) == (ckpts, 12)
+  with pytest.raises(config_validation.ConfigError, match="config.init_from"):
+    checkpointing.locate(str(tmp_path / "missing"))
