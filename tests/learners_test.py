@@ -168,7 +168,7 @@ def test_each_step_compiles_once_per_run_whatever_the_number_of_tasks(monkeypatc
 
   monkeypatch.setattr(train, "build_step_fns", capture)
   counts = []
-  for num_tasks in (2, 5):  # 5 × 2 classes; 2 × 5 classes
+  for num_tasks in (2, 5):  # 2 × 5 classes; 5 × 2 classes
     config = train_test.tiny_config("rfd")
     config.data.num_tasks = num_tasks
     config.inversion.chunk_steps = 2
