@@ -25,6 +25,7 @@ from rfd_jax import checkpointing, config_validation
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Task 0: 9 steps (1 epoch); task 1: 12 inversion iterations, 9 main + 9 fine-tuning steps.
 TINY = ["--config.method=rdfcil", "--config.data.num_tasks=2", "--config.data.batch_size=64",
+        "--config.data.image_size=8",
         "--config.optim.epochs=2", "--config.optim.ft_epochs=1", "--config.optim.milestones=(1,)",
         "--config.inversion.iterations=12", "--config.inversion.chunk_steps=4",
         "--config.ckpt.every_steps=4", "--config.log.progress=False"]
@@ -73,7 +74,8 @@ def _tree_digest(directory):
 
 @pytest.fixture(scope="module", name="cache_dir")
 def _cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("jax_cache")
+  # the session-wide cache of tests/conftest.py when there is one: shares the other tests' compiles
+  return os.environ.get("JAX_COMPILATION_CACHE_DIR") or tmp_path_factory.mktemp("jax_cache")
 
 
 @pytest.fixture(scope="module", name="reference")
