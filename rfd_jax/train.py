@@ -229,13 +229,18 @@ def check_finite(run: Run, rs: RunState) -> None:
     return
   values = jax.device_get([m for *_, m in rs.unchecked])
   for (step, phase, epoch, _), step_metrics in zip(rs.unchecked, values):
-    bad = {k: float(v) for k, v in step_metrics.items() if not np.all(np.isfinite(v))}
-    if bad:
-      raise checkpointing.NonFiniteError(
-          f"non-finite loss at train step {step} (task {rs.task + 1}/{run.spec.num_tasks}, "
-          f"{phase} phase, epoch {epoch + 1}): "
-          + ", ".join(f"{k}={v}" for k, v in bad.items()) + _last_good_checkpoint(run))
+    _raise_if_non_finite(run, step_metrics, f"loss at train step {step} (task {rs.task + 1}/"
+                         f"{run.spec.num_tasks}, {phase} phase, epoch {epoch + 1})")
   rs.unchecked.clear()
+
+
+def _raise_if_non_finite(run: Run, named_values: dict[str, Any], where: str) -> None:
+  """NonFiniteError listing every NaN/inf entry of `named_values` (host values), if any."""
+  bad = {k: float(v) for k, v in named_values.items() if not np.all(np.isfinite(v))}
+  if bad:
+    raise checkpointing.NonFiniteError(
+        f"non-finite {where}: " + ", ".join(f"{k}={v}" for k, v in bad.items())
+        + _last_good_checkpoint(run))
 
 
 def _last_good_checkpoint(run: Run) -> str:
@@ -374,12 +379,9 @@ def invert_teacher(run: Run, rs: RunState) -> None:
   def on_chunk(gen_state, done, chunk_metrics):
     run.writer.write((task - 1) * config.inversion.iterations + done,  # inversion iterations so far
                      {"task": task, "iteration": done, **chunk_metrics})
-    bad = {k: float(v) for k, v in chunk_metrics.items() if not np.all(np.isfinite(v))}
-    if bad:
-      raise checkpointing.NonFiniteError(
-          f"non-finite inversion loss in iterations {done - config.inversion.chunk_steps + 1}-"
-          f"{done} of task {task + 1}/{run.spec.num_tasks}: "
-          + ", ".join(f"{k}={v}" for k, v in bad.items()) + _last_good_checkpoint(run))
+    _raise_if_non_finite(run, chunk_metrics, f"inversion loss in iterations "
+                         f"{done - config.inversion.chunk_steps + 1}-{done} of task {task + 1}/"
+                         f"{run.spec.num_tasks}")
     rs.gen_state, rs.inversion_iteration = gen_state, done
     if done // every > (done - config.inversion.chunk_steps) // every or (
         done == config.inversion.iterations):  # periodic, and the end of the inversion
