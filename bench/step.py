@@ -1,0 +1,108 @@
+r"""The full distillation train step of a learner (default: the RFD main phase), timed.
+
+  python -m bench.step [--method rfd] [--phase main] [--image_size 32] [--batch_size 128]
+                       [--steps 10] [--peak_gflops 0] [--dtype float32]
+
+One step = a synthetic batch from the frozen generator, the teacher pass over real ∪ synthetic,
+the learner's student passes and losses (rfd main: real, synthetic and hybrid passes, CE + DIST +
+LFD), and the SGD update; the state is donated, as in training. Prints the median step time over
+`--steps` steps after one warm-up step, real images per second (the synthetic batch has the same
+size), the compile time, XLA's cost-analysis FLOPs per step, the achieved GFLOP/s and its fraction
+of `--peak_gflops` (if given), and the process's peak RSS. Not run by the test suite.
+"""
+
+import argparse
+import functools
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import cifar100
+from rfd_jax import learners, optim, steps
+from rfd_jax.models.generator import generator_for
+from rfd_jax.models.resnet import build_model
+from rfd_jax.state import create_train_state, trainable_mask
+
+NUM_OLD, NUM_NEW = 50, 10  # CIFAR-100 10 × 10, task 6: the loss weights of a mid-run step
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--method", default="rfd")
+  parser.add_argument("--phase", default="main", choices=("main", "finetune"))
+  parser.add_argument("--image_size", type=int, default=32)
+  parser.add_argument("--batch_size", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--peak_gflops", type=float, default=0.0,
+                      help="the device's peak GFLOP/s, to print the achieved fraction")
+  args = parser.parse_args()
+
+  config = cifar100.get_config()
+  config.method = args.method
+  learner = learners.get_learner(config)
+  loss_fn = learner.main_loss if args.phase == "main" else learner.finetune_loss
+  if loss_fn is None:
+    raise SystemExit(f"error: --method={args.method} has no {args.phase} distillation loss")
+  size, batch = args.image_size, args.batch_size
+  model = build_model(config.model, (10,) * 10, dtype=args.dtype)
+  generator = generator_for(size)
+  tx = optim.momentum_transform(config.optim.momentum)
+  aux = learners.init_rkd_projections(jax.random.key(3), model.num_features) if (
+      args.method == "rdfcil") else {}
+  state = create_train_state(model=model, rng=jax.random.key(0), image_size=size, num_classes=100,
+                             tx=tx, aux_params=aux)
+  teacher = create_train_state(model=model, rng=jax.random.key(1), image_size=size,
+                               num_classes=100, tx=tx)
+  teacher_vars = jax.tree.map(jnp.copy, teacher.variables)
+  gen_vars = generator.init(jax.random.key(2), jnp.zeros((2, 1000)), train=False)
+  tasks_seen = (NUM_OLD + NUM_NEW) // 10
+  hparams = {"lr": jnp.float32(0.1), "num_seen": jnp.int32(NUM_OLD + NUM_NEW),
+             "num_old": jnp.int32(NUM_OLD),
+             "trainable": trainable_mask(state, tasks_seen=tasks_seen,
+                                         backbone=args.phase == "main"),
+             "weights": {k: jnp.float32(v) for k, v in learners.loss_weights(
+                 config.distill, args.method, num_old=NUM_OLD, num_new=NUM_NEW).items()},
+             "class_weights": jnp.ones((100,), jnp.float32)}
+  rng = np.random.default_rng(0)
+  data = {"images": jnp.asarray(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)),
+          "labels": jnp.asarray(rng.integers(NUM_OLD, NUM_OLD + NUM_NEW, (batch,)), jnp.int32)}
+  step = jax.jit(functools.partial(
+      steps.distill_train_step, loss_fn=loss_fn, model=model, generator=generator, tx=tx,
+      weight_decay=config.optim.weight_decay, mean=np.full(3, 0.5, np.float32),
+      std=np.full(3, 0.25, np.float32)), donate_argnums=(0,))
+  state = state.replace(opt_state=tx.init(state.trainable))
+  call_args = (data, jax.random.key(4), hparams, teacher_vars, gen_vars)
+
+  start = time.perf_counter()
+  compiled = step.lower(state, *call_args).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+  state, _ = compiled(state, *call_args)  # warm-up
+  jax.block_until_ready(state)
+  times = []
+  for i in range(args.steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, data, jax.random.key(5 + i), *call_args[2:])
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+  per_step = float(np.median(times))
+  gflops = flops / per_step / 1e9
+  peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  device = jax.devices()[0]
+  print(f"jax {jax.__version__} on {device.platform} ({device.device_kind}), {args.method} "
+        f"{args.phase} step, {size} px, batch {batch} real + {batch} synthetic, {args.dtype}")
+  fraction = f"  ({100 * gflops / args.peak_gflops:.1f}% of peak)" if args.peak_gflops else ""
+  print(f"{1000 * per_step:9.1f} ms/step (median of {args.steps})  {batch / per_step:8.1f} images/s  "
+        f"compile {compile_s:.1f} s  {flops / 1e9:.2f} GFLOP/step  {gflops:.1f} GFLOP/s{fraction}  "
+        f"peak RSS {peak_rss_mb:.0f} MiB")
+
+
+if __name__ == "__main__":
+  main()
