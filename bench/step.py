@@ -51,8 +51,8 @@ def main():
   model = build_model(config.model, (10,) * 10, dtype=args.dtype)
   generator = generator_for(size)
   tx = optim.momentum_transform(config.optim.momentum)
-  aux = learners.init_rkd_projections(jax.random.key(3), model.num_features) if (
-      args.method == "rdfcil") else {}
+  aux = {} if learner.init_aux is None else learner.init_aux(jax.random.key(3),
+                                                              model.num_features)
   state = create_train_state(model=model, rng=jax.random.key(0), image_size=size, num_classes=100,
                              tx=tx, aux_params=aux)
   teacher = create_train_state(model=model, rng=jax.random.key(1), image_size=size,

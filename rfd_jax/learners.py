@@ -60,6 +60,7 @@ class Learner:
   reuse_generator: bool  # ABD keeps one generator (and its Adam state) across tasks
   main_loss: Callable | None = None
   finetune_loss: Callable | None = None
+  init_aux: Callable | None = None  # (rng, num_features) → per-task extra trainable params
 
 
 def _apply(model: nn.Module, params, batch_stats, x, *, train: bool):
@@ -295,7 +296,8 @@ def get_learner(config) -> Learner:
     bind = lambda fn: functools.partial(fn, temperature=distill.dist_temperature)
     return Learner(method, True, True, reuse, bind(rfd_main_loss), bind(rfd_finetune_loss))
   if method == "rdfcil":
-    return Learner(method, True, True, reuse, rdfcil_main_loss, rdfcil_finetune_loss)
+    return Learner(method, True, True, reuse, rdfcil_main_loss, rdfcil_finetune_loss,
+                   init_rkd_projections)
   if method == "abd":
     return Learner(method, True, False, reuse, functools.partial(abd_loss, mu=distill.abd_mu))
   if method == "deepinversion":

@@ -156,10 +156,11 @@ class Run:
   total_steps: int = 0
 
   def aux_init(self, task: int) -> Any:
-    """R-DFCIL's RKD projections, fresh every task ({} for the other methods)."""
-    if self.config.method != "rdfcil":
+    """The learner's extra per-task params (R-DFCIL's RKD projections), fresh every task; {} if
+    it has none."""
+    if self.learner.init_aux is None:
       return {}
-    return parallel.replicate(learners.init_rkd_projections(
+    return parallel.replicate(self.learner.init_aux(
         jax.random.fold_in(self.root_key, 10_000 + task), self.model.num_features), self.mesh)
 
   def new_generator_state(self, task: int) -> inversion.GeneratorState:
