@@ -52,6 +52,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.inversion.balance_weight = 1.0
   config.inversion.smoothness_weight = 1e-3
   config.inversion.bn_weight = 50.0
+  # kind: standard (the loss above) | rgal (+ RGAL's focal-sampled triplet on the teacher's stage-3/4
+  # features; and, method rfd, distill.lambda_striplet's triplet on the replay: rgal.md §7).
+  config.inversion.kind = "standard"
+  config.inversion.rgal_triplet = 0.1  # synthesis triplet weight (RGAL's 0.1)
+  config.inversion.rgal_direction = "paper"  # paper (push same-label apart) | released_code
 
   # Student losses of the distillation learners (spec §5, §6).
   config.distill = ml_collections.ConfigDict()
@@ -66,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.distill.abd_mu = 0.1  # abd: feature distillation weight
   config.distill.lwf_mu = 1.0  # deepinversion: LwF KD weight
   config.distill.lwf_temperature = 2.0
+  config.distill.lambda_striplet = 0.1  # rfd with inversion.kind=rgal: replay triplet (RGAL's 0.1)
 
   config.log = ml_collections.ConfigDict()
   config.log.progress = True  # a line per epoch and per inversion chunk; False for quiet runs (CI)

@@ -9,6 +9,7 @@ GENERATOR_POLICIES = ("auto", "fresh", "reuse")
 MODELS = ("resnet32", "resnet18")
 HEADS = ("rfd", "linear")
 DTYPES = ("float32", "bfloat16")
+INVERSION_KINDS = ("standard", "rgal")
 
 
 class ConfigError(ValueError):
@@ -85,6 +86,18 @@ def validate(config) -> tasks.TaskSpec:
            f"config.inversion.generator={inv.generator!r}: expected one of {GENERATOR_POLICIES}.")
   for name in ("ce_weight", "balance_weight", "smoothness_weight", "bn_weight"):
     _require(inv[name] >= 0, f"config.inversion.{name}={inv[name]} must be >= 0.")
+  _require(inv.kind in INVERSION_KINDS,
+           f"config.inversion.kind={inv.kind!r} is unknown; expected one of {INVERSION_KINDS}.")
+  _require(inv.rgal_direction in ("paper", "released_code"),
+           f"config.inversion.rgal_direction={inv.rgal_direction!r}: expected 'paper' or "
+           "'released_code'.")
+  _require(inv.rgal_triplet >= 0, f"config.inversion.rgal_triplet={inv.rgal_triplet} must be >= 0.")
+  _require(config.distill.lambda_striplet >= 0,
+           f"config.distill.lambda_striplet={config.distill.lambda_striplet} must be >= 0.")
+  _require(inv.kind != "rgal" or config.method == "rfd" or config.distill.lambda_striplet == 0,
+           f"config.inversion.kind='rgal' adds the replay triplet (config.distill.lambda_striplet="
+           f"{config.distill.lambda_striplet}) to method rfd only; for config.method="
+           f"{config.method!r} pass --config.distill.lambda_striplet=0 (inversion-side RGAL only).")
   _require(inv.ce_temperature > 0,
            f"config.inversion.ce_temperature={inv.ce_temperature} must be > 0.")
   distill = config.distill

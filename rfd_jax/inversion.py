@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rfd_jax import losses
+from rfd_jax import losses, rgal_losses
 from rfd_jax.models.resnet import mask_unseen
 
 
@@ -47,17 +47,28 @@ def create_generator_state(*, generator: nn.Module, rng: jax.Array,
 
 
 def inversion_loss(gen_params: Any, gen_batch_stats: Any, teacher_vars: dict[str, Any],
-                   z: jax.Array, num_old: jax.Array, *, generator: nn.Module, teacher: nn.Module,
-                   weights: dict[str, float]) -> tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]:
-  """L = w_ce·CE(o/τ, argmax o) + w_bal·L_balance + w_smooth·L_smooth + w_bn·L_bn (spec §4).
+                   z: jax.Array, num_old: jax.Array, rng: jax.Array | None = None, *,
+                   generator: nn.Module, teacher: nn.Module,
+                   weights: dict[str, Any]) -> tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]:
+  """L = w_ce·CE(o/τ, argmax o) + w_bal·L_balance + w_smooth·L_smooth + w_bn·L_bn (spec §4)
+  [+ w_tri·L_tri with config.inversion.kind = "rgal"].
 
   The generator runs in train mode (batch BN statistics, running stats updated); the teacher in
   eval mode, reporting the input statistics of each of its BN layers. Teacher logits of classes
   >= num_old are masked. z: (B, z_dim). Returns (loss, (new generator batch_stats, metrics)).
+
+  RGAL (rgal.md §7; our design, nobody released it): weights["rgal_triplet"] > 0 adds RGAL's
+  synthesis triplet, mined with focal weighted sampling (key `rng`) on the teacher's old-class
+  logits and applied to the teacher's pooled stage-3 and stage-4 features (the model being trained
+  next is still the teacher at this point, so its features are the student's; for the same reason
+  RGAL's adversarial teacher–student term would be identically 0 and is left out).
+  weights["rgal_swap"]: the paper's direction (push same-label apart) instead of the released
+  code's.
   """
   images, gen_updates = generator.apply({"params": gen_params, "batch_stats": gen_batch_stats}, z,
                                         train=True, mutable=["batch_stats"])
-  (logits, _), teacher_out = teacher.apply(teacher_vars, images, train=False, mutable=["bn_stats"])
+  (logits, features), teacher_out = teacher.apply(teacher_vars, images, train=False,
+                                                  mutable=["bn_stats"])
   logits = mask_unseen(logits, num_old)
   targets = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
   loss_ce = jnp.mean(losses.cross_entropy(logits=logits / weights["ce_temperature"],
@@ -71,7 +82,21 @@ def inversion_loss(gen_params: Any, gen_batch_stats: Any, teacher_vars: dict[str
   metrics = {"inversion/loss": loss, "inversion/loss_ce": loss_ce,
              "inversion/loss_balance": loss_balance, "inversion/loss_smooth": loss_smooth,
              "inversion/loss_bn": loss_bn}
+  if weights.get("rgal_triplet", 0.0) > 0:
+    loss_tri = rgal_losses.mined_triplet_loss(
+        rng, mining=old_class_logits(logits, num_old), labels=targets, num_dims=num_old,
+        embeddings=[rgal_losses.embedding(features[k]) for k in ("stage3", "stage4")],
+        lower=0.5, upper=1.0, clamp=False, swap=weights["rgal_swap"])
+    loss = loss + weights["rgal_triplet"] * loss_tri
+    metrics.update({"inversion/loss": loss, "inversion/loss_triplet": loss_tri})
   return loss, (gen_updates["batch_stats"], metrics)
+
+
+def old_class_logits(logits: jax.Array, num_old: jax.Array) -> jax.Array:
+  """(B, C) logits with the classes >= num_old set to 0 (not −1e9), for relation mining: their
+  L2-normalised rows then live in the old classes' subspace (n = num_old dimensions). Works on
+  raw or already masked logits."""
+  return jnp.where(jnp.arange(logits.shape[-1]) < num_old, logits, 0.0)
 
 
 def sample_latents(rng: jax.Array, batch_size: int, z_dim: int, batch_sharding=None) -> jax.Array:
@@ -92,8 +117,8 @@ def generator_step(gen_state: GeneratorState, teacher_vars: dict[str, Any], rng:
   teacher_vars = jax.lax.stop_gradient(teacher_vars)
   grad_fn = jax.value_and_grad(inversion_loss, has_aux=True)
   (_, (batch_stats, metrics)), grads = grad_fn(
-      gen_state.params, gen_state.batch_stats, teacher_vars, z, num_old, generator=generator,
-      teacher=teacher, weights=weights)
+      gen_state.params, gen_state.batch_stats, teacher_vars, z, num_old,
+      jax.random.fold_in(rng, 1), generator=generator, teacher=teacher, weights=weights)
   updates, opt_state = tx.update(grads, gen_state.opt_state, gen_state.params)
   new_state = gen_state.replace(step=gen_state.step + 1,
                                 params=optax.apply_updates(gen_state.params, updates),

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfd_jax import losses
+from rfd_jax import inversion, losses, rgal_losses
 from rfd_jax.models.resnet import mask_classes, mask_unseen
 
 
@@ -38,7 +38,8 @@ class DistillInputs(NamedTuple):
 
   real, syn: normalised images (B, H, W, 3); labels, syn_labels: int32 (B,) (syn_labels = teacher
   argmax); t_real_logits, t_syn_logits: (B, C); t_real_pooled, t_syn_pooled: (B, F);
-  t_real_stage1: the teacher's stage-1 map of the real images (B, H', W', C1).
+  t_real_stage1: the teacher's stage-1 map of the real images (B, H', W', C1); rng: a key for
+  losses that sample (RGAL's triplet mining).
   """
   real: jax.Array
   labels: jax.Array
@@ -49,6 +50,7 @@ class DistillInputs(NamedTuple):
   t_real_pooled: jax.Array
   t_syn_pooled: jax.Array
   t_real_stage1: jax.Array
+  rng: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +190,7 @@ def _rfd_dist_terms(z_real, z_syn, inputs: DistillInputs, num_old, temperature):
 
 
 def rfd_main_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *, model,
-                  teacher_vars, temperature: float):
+                  teacher_vars, temperature: float, striplet: float = 0.0):
   """RFD main phase (spec §5.1): w_ce·local CE(real) + w_dist_old·DIST(syn) + w_dist_new·DIST(real)
   + w_lfd·LFD.
 
@@ -196,11 +198,15 @@ def rfd_main_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *, m
   order: real, synthetic, then the hybrid path — the student's stages 2–4 on the teacher's stage-1
   map of the real images (it only touches the BN layers of stages 2–4). LFD is the MSE between the
   student's pooled feature of the real images and the hybrid path's, with gradients into both.
+
+  striplet > 0 (inversion.kind = "rgal", rgal.md §7): + striplet·RGAL's student-phase triplet on
+  the replay batch: distance-weighted sampling on the student's normalised old-class logits, labels
+  = the teacher's argmax, pulling same-label pooled features together (key: inputs.rng).
   """
   del aux, teacher_vars
   w, num_old, num_seen = hparams["weights"], hparams["num_old"], hparams["num_seen"]
   z_real, f_real, batch_stats = _apply(model, params, batch_stats, inputs.real, train=True)
-  z_syn, _, batch_stats = _apply(model, params, batch_stats, inputs.syn, train=True)
+  z_syn, f_syn, batch_stats = _apply(model, params, batch_stats, inputs.syn, train=True)
   (_, f_hybrid), updates = model.apply(
       {"params": params, "batch_stats": batch_stats}, inputs.t_real_stage1, train=True,
       mutable=["batch_stats"], method=model.from_stage1)
@@ -212,7 +218,19 @@ def rfd_main_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *, m
   metrics = {"train/loss_ce": loss_ce, "train/loss_dist_syn": dist_syn,
              "train/loss_dist_real": dist_real, "train/loss_lfd": loss_lfd,
              "train/acc": _seen_accuracy(z_real, inputs, hparams)}
+  if striplet > 0:
+    loss_tri = rgal_replay_triplet(z_syn, f_syn["pooled"], inputs, num_old)
+    loss = loss + striplet * loss_tri
+    metrics["train/loss_triplet"] = loss_tri
   return loss, (updates["batch_stats"], metrics)
+
+
+def rgal_replay_triplet(z_syn, pooled_syn, inputs: DistillInputs, num_old) -> jax.Array:
+  """RGAL's student-phase triplet on the replay batch (rgal.md §4.3 sampling, §7 plug-in)."""
+  return rgal_losses.mined_triplet_loss(
+      inputs.rng, mining=inversion.old_class_logits(z_syn, num_old), labels=inputs.syn_labels,
+      num_dims=num_old, embeddings=[rgal_losses.embedding(pooled_syn)], lower=0.5, upper=1.4,
+      clamp=True)
 
 
 def rfd_finetune_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *, model,
@@ -294,7 +312,10 @@ def get_learner(config) -> Learner:
     return Learner(method, False, False, False)
   if method == "rfd":
     bind = lambda fn: functools.partial(fn, temperature=distill.dist_temperature)
-    return Learner(method, True, True, reuse, bind(rfd_main_loss), bind(rfd_finetune_loss))
+    striplet = distill.lambda_striplet if config.inversion.get("kind") == "rgal" else 0.0
+    return Learner(method, True, True, reuse,
+                   functools.partial(bind(rfd_main_loss), striplet=striplet),
+                   bind(rfd_finetune_loss))
   if method == "rdfcil":
     return Learner(method, True, True, reuse, rdfcil_main_loss, rdfcil_finetune_loss,
                    init_rkd_projections)

@@ -30,6 +30,15 @@ def l2_normalize(x: jax.Array) -> jax.Array:
   return x / jnp.maximum(norm, 1e-12)
 
 
+def embedding(features: jax.Array) -> jax.Array:
+  """The triplet losses' embedding of a stage map (B, H, W, C) or a vector (B, C): global average
+  pooled (maps), then L2-normalised. → float32 (B, C)."""
+  features = features.astype(jnp.float32)
+  if features.ndim == 4:
+    features = jnp.mean(features, axis=(1, 2))
+  return l2_normalize(features)
+
+
 # ---------------------------------------------------------------------------------------------
 # Negative mining (spec §3.4, §4.3)
 
@@ -150,26 +159,40 @@ def triplet_loss(*, embeddings: Sequence[jax.Array], labels: jax.Array, negative
   return jnp.sum(jnp.where(triplet, per_triplet, 0.0)) / jnp.maximum(count, 1.0)
 
 
+def mined_triplet_loss(rng: jax.Array, *, mining: jax.Array, labels: jax.Array,
+                       embeddings: Sequence[jax.Array], lower: float, upper: float, clamp: bool,
+                       margin: float = 0.2, swap: bool = False,
+                       num_dims: int | jax.Array | None = None) -> jax.Array:
+  """Mine one negative per positive pair, then `triplet_loss` (spec §3.4 / §4.3).
+
+  Mining (no gradient): e = l2_normalize(stop_gradient(mining)) (B, K), d = sphere_distances(e),
+  `negative_log_weights` with n = num_dims (default K; may be traced, e.g. the number of old
+  classes when the other logits are zeroed) and the band/clamp given, one negative per (a, p)
+  drawn with rng. labels: int (B,). embeddings: sequence of (B, D_k) L2-normalised. → scalar.
+  """
+  mining = jax.lax.stop_gradient(mining)
+  labels = jax.lax.stop_gradient(labels)
+  dist = sphere_distances(l2_normalize(mining))
+  logits, has_negative = negative_log_weights(
+      dist, labels, num_dims=mining.shape[-1] if num_dims is None else num_dims, lower=lower,
+      upper=upper, clamp=clamp)
+  negatives = sample_negatives(rng, logits)
+  return triplet_loss(embeddings=embeddings, labels=labels, negatives=negatives,
+                      has_negative=has_negative, margin=margin, swap=swap)
+
+
 def focal_triplet_loss(rng: jax.Array, *, sample_logits: jax.Array,
                        embeddings: Sequence[jax.Array], margin: float = 0.2, swap: bool = False,
                        lower: float = 0.5, upper: float = 1.0) -> jax.Array:
   """Synthesis-phase RGAL triplet loss with focal weighted sampling (spec §3.4–3.5).
 
-  Mining (no gradient): e = l2_normalize(stop_gradient(sample_logits)), y = argmax(sample_logits),
-  d = sphere_distances(e), log weights with n = K in the band lower < d < upper (no clamp), one
-  negative per (a, p) drawn with rng. Then `triplet_loss` on `embeddings` (swap as there).
-
-  sample_logits: teacher logits (B, K); embeddings: sequence of (B, D_k) L2-normalised student
-  features. → float32 scalar.
+  `mined_triplet_loss` with mining = sample_logits (the teacher's, (B, K)), labels = their
+  argmax, n = K, band lower < d < upper (no clamp); swap=True is the paper's direction.
+  embeddings: sequence of (B, D_k) L2-normalised student features. → float32 scalar.
   """
-  sample_logits = jax.lax.stop_gradient(sample_logits)
-  labels = jnp.argmax(sample_logits, axis=-1)
-  dist = sphere_distances(l2_normalize(sample_logits))
-  logits, has_negative = negative_log_weights(dist, labels, num_dims=sample_logits.shape[-1],
-                                              lower=lower, upper=upper, clamp=False)
-  negatives = sample_negatives(rng, logits)
-  return triplet_loss(embeddings=embeddings, labels=labels, negatives=negatives,
-                      has_negative=has_negative, margin=margin, swap=swap)
+  return mined_triplet_loss(rng, mining=sample_logits, labels=jnp.argmax(sample_logits, axis=-1),
+                            embeddings=embeddings, lower=lower, upper=upper, clamp=False,
+                            margin=margin, swap=swap)
 
 
 def distance_weighted_triplet_loss(rng: jax.Array, *, student_logits: jax.Array,
@@ -178,21 +201,13 @@ def distance_weighted_triplet_loss(rng: jax.Array, *, student_logits: jax.Array,
                                    upper: float = 1.4) -> jax.Array:
   """Student-phase triplet loss with distance-weighted sampling (spec §4.2–4.3).
 
-  Mining (no gradient): e = l2_normalize(stop_gradient(student_logits)), y = argmax(teacher_logits),
-  d = sphere_distances(e) clamped below at `lower`, sampleable iff d < upper, n = K. Then the
-  ordinary-direction `triplet_loss` (same class pulled together) on `embeddings`.
-
-  student_logits, teacher_logits (B, K); embeddings: sequence of (B, D_k) L2-normalised.
-  → float32 scalar.
+  `mined_triplet_loss` with mining = student_logits (B, K), labels = argmax(teacher_logits), n = K,
+  d clamped below at `lower`, sampleable iff d < upper, the ordinary direction (same class pulled
+  together). embeddings: sequence of (B, D_k) L2-normalised. → float32 scalar.
   """
-  student_logits = jax.lax.stop_gradient(student_logits)
-  labels = jnp.argmax(jax.lax.stop_gradient(teacher_logits), axis=-1)
-  dist = sphere_distances(l2_normalize(student_logits))
-  logits, has_negative = negative_log_weights(dist, labels, num_dims=student_logits.shape[-1],
-                                              lower=lower, upper=upper, clamp=True)
-  negatives = sample_negatives(rng, logits)
-  return triplet_loss(embeddings=embeddings, labels=labels, negatives=negatives,
-                      has_negative=has_negative, margin=margin, swap=False)
+  return mined_triplet_loss(rng, mining=student_logits,
+                            labels=jnp.argmax(teacher_logits, axis=-1), embeddings=embeddings,
+                            lower=lower, upper=upper, clamp=True, margin=margin)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def distill_train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.
   inputs = DistillInputs(real=real, labels=batch["labels"], syn=syn, syn_labels=syn_labels,
                          t_real_logits=t_real_logits, t_syn_logits=t_syn_logits,
                          t_real_pooled=t_real_pooled, t_syn_pooled=t_syn_pooled,
-                         t_real_stage1=t_real_stage1)
+                         t_real_stage1=t_real_stage1, rng=jax.random.fold_in(rng, 2))
 
   def objective(trainable):
     return loss_fn(trainable["model"], trainable["aux"], state.batch_stats, inputs, hparams,

@@ -87,10 +87,14 @@ def build_step_fns(config, learner: learners.Learner, model, generator, tx, data
                             out_shardings=rep))
 
 
-def inversion_weights(inversion_config) -> dict[str, float]:
-  return {"ce": inversion_config.ce_weight, "balance": inversion_config.balance_weight,
-          "smoothness": inversion_config.smoothness_weight, "bn": inversion_config.bn_weight,
-          "ce_temperature": inversion_config.ce_temperature}
+def inversion_weights(inversion_config) -> dict[str, Any]:
+  weights = {"ce": inversion_config.ce_weight, "balance": inversion_config.balance_weight,
+             "smoothness": inversion_config.smoothness_weight, "bn": inversion_config.bn_weight,
+             "ce_temperature": inversion_config.ce_temperature}
+  if inversion_config.kind == "rgal":
+    weights.update(rgal_triplet=inversion_config.rgal_triplet,
+                   rgal_swap=inversion_config.rgal_direction == "paper")
+  return weights
 
 
 def task_train_indices(method: str, labels: np.ndarray, spec: tasks.TaskSpec,

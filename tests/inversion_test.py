@@ -103,3 +103,30 @@ def test_scan_and_host_loops_agree(teacher):
   # float-noise size, which Adam normalises into ±lr steps. The chunk-mean losses include the
   # second step's, computed with the parameters after the first.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4), results[0], results[1])
+
+
+def test_rgal_inversion_adds_the_focal_triplet_on_the_old_classes(teacher):
+  model, teacher_vars = teacher
+  generator = generator_for(SIZE)
+  tx = optax.adam(1e-3)
+  state = inversion.create_generator_state(generator=generator, rng=jax.random.key(5), tx=tx)
+  z = inversion.sample_latents(jax.random.key(6), 16, generator.z_dim)
+  metrics = {}
+  for kind, weights in (("standard", WEIGHTS),
+                        ("rgal", {**WEIGHTS, "rgal_triplet": 0.1, "rgal_swap": True})):
+    loss_fn = jax.jit(functools.partial(inversion.inversion_loss, generator=generator,
+                                        teacher=model, weights=weights))
+    loss, (_, metrics[kind]) = loss_fn(state.params, state.batch_stats, teacher_vars, z,
+                                       jnp.int32(NUM_OLD), jax.random.key(7))
+    assert float(loss) == float(metrics[kind]["inversion/loss"])
+  triplet = float(metrics["rgal"]["inversion/loss_triplet"])
+  assert "inversion/loss_triplet" not in metrics["standard"] and triplet > 0
+  np.testing.assert_allclose(float(metrics["rgal"]["inversion/loss"]),
+                             float(metrics["standard"]["inversion/loss"]) + 0.1 * triplet,
+                             rtol=1e-5)
+
+
+def test_old_class_logits_zero_the_other_classes():
+  logits = jnp.asarray([[3.0, -1.0, 2.0, 5.0], [-2.0, -3.0, -1e9, -1e9]])
+  np.testing.assert_array_equal(inversion.old_class_logits(logits, jnp.int32(2)),
+                                [[3.0, -1.0, 0.0, 0.0], [-2.0, -3.0, 0.0, 0.0]])

@@ -14,7 +14,7 @@ from PIL import Image
 import pytest
 
 from configs import digits, imagenet100
-from rfd_jax import learners, optim, steps, train
+from rfd_jax import learners, optim, rgal_losses, steps, train
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import CifarResNet
 from rfd_jax.state import trainable_mask
@@ -65,10 +65,11 @@ def _setup():
   return model, tx, teacher, generator, gen_vars, batch
 
 
-def _run(setup, method, phase):
+def _run(setup, method, phase, inversion_kind="standard"):
   model, tx, teacher, generator, gen_vars, batch = setup
   config = digits.get_config()
   config.method = method
+  config.inversion.kind = inversion_kind
   learner = learners.get_learner(config)
   loss_fn = learner.main_loss if phase == "main" else learner.finetune_loss
   state = random_train_state(model, tx, image_size=SIZE, num_classes=10, seed=2)
@@ -87,6 +88,34 @@ def _run(setup, method, phase):
   teacher_vars = {"params": teacher.params, "batch_stats": teacher.batch_stats}
   new_state, metrics = step(state, batch, jax.random.key(4), hparams, teacher_vars, gen_vars)
   return state, new_state, metrics
+
+
+def test_rfd_with_rgal_inversion_adds_the_replay_triplet(setup):
+  state, new_state, metrics = _run(setup, "rfd", "main", inversion_kind="rgal")
+  assert "train/loss_triplet" in metrics and np.isfinite(float(metrics["train/loss_triplet"]))
+  _, _, plain = _run(setup, "rfd", "main")
+  assert "train/loss_triplet" not in plain
+  weight = digits.get_config().distill.lambda_striplet
+  np.testing.assert_allclose(float(metrics["train/loss"]), float(plain["train/loss"])
+                             + weight * float(metrics["train/loss_triplet"]), rtol=1e-5)
+
+
+def test_replay_triplet_mines_in_the_old_classes_only():
+  """Zeroing the new-class logits (however large) leaves the mining of a slice to the old ones."""
+  rng = np.random.default_rng(3)
+  num_old = 3
+  z_syn = jnp.asarray(rng.normal(size=(BATCH, 6)), jnp.float32).at[:, num_old:].set(50.0)
+  labels = jnp.asarray([0, 0, 1, 1, 2, 2, 0, 1], jnp.int32)
+  pooled = jnp.asarray(rng.normal(size=(BATCH, 5)), jnp.float32)
+  inputs = learners.DistillInputs(*([None] * 3), syn_labels=labels, t_real_logits=None,
+                                  t_syn_logits=None, t_real_pooled=None, t_syn_pooled=None,
+                                  t_real_stage1=None, rng=jax.random.key(0))
+  got = learners.rgal_replay_triplet(z_syn, pooled, inputs, jnp.int32(num_old))
+  expected = rgal_losses.mined_triplet_loss(
+      jax.random.key(0), mining=z_syn[:, :num_old], labels=labels, num_dims=num_old,
+      embeddings=[rgal_losses.embedding(pooled)], lower=0.5, upper=1.4, clamp=True)
+  assert float(expected) > 0
+  np.testing.assert_allclose(float(got), float(expected), rtol=1e-6)
 
 
 @pytest.mark.parametrize("method, keys", [
@@ -170,6 +199,7 @@ def test_each_step_compiles_once_per_run_whatever_the_number_of_tasks(monkeypatc
   counts = []
   for num_tasks in (2, 5):  # 2 × 5 classes; 5 × 2 classes
     config = train_test.tiny_config("rfd")
+    config.inversion.kind = "rgal"  # the RGAL inversion and replay triplet, end to end
     config.data.num_tasks = num_tasks
     config.inversion.chunk_steps = 2
     config.log.images = num_tasks == 2  # and check the replay grid of an inverting run here

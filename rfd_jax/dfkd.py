@@ -1,0 +1,417 @@
+"""The `dfkd` job: RGAL data-free knowledge distillation, teacher → student (spec rgal.md §2–§4).
+
+  python -m rfd_jax.main --config configs/dfkd_digits.py --config.teacher_ckpt=runs/teacher_digits
+
+Every epoch:
+  1. synthesis (§3): a freshly initialised CMI generator and latents z, Adam, `synthesis.iterations`
+     steps against the frozen teacher and the frozen (eval-mode) student, minimising
+       bn·L_bn + oh·CE(teacher, random targets) + adv·L_adv + triplet·L_tri
+     (L_tri: focal weighted negative sampling in teacher-logit space, triplet loss on the student's
+     pooled stage features, direction `rgal.syn_triplet_direction`); the lowest-loss batch is
+     quantised to uint8 and appended to the image pool.
+  2. student training (§4): `student.kd_steps` SGD steps on uniform pool batches, each image as two
+     augmented views, minimising KD(T) + cd·CD + striplet·L_tri(distance-weighted sampling).
+  3. top-1 accuracy of the student on the real test set.
+Switching terms off gives the baselines: DeepInversion-style (adv = triplet = 0) and DFQ/CMI-style
+adversarial (triplet = 0); `configs/dfkd_digits.py` lists the sweep entries.
+
+Checkpoints at every epoch end (student, its optimizer, the pool); a run resumes from the last one
+and, as every random draw is a function of (seed, epoch, step), ends with the same numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any
+
+from absl import logging
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rfd_jax import (checkpointing, config_validation, input_pipeline, jobs, losses, parallel,
+                     rgal_losses, teacher as teacher_lib, writers)
+from rfd_jax.models import dfkd_nets
+from rfd_jax.models.cmi_generator import CmiGenerator
+
+DIRECTIONS = ("paper", "released_code")
+
+
+def pooled(feature_map: jax.Array) -> jax.Array:
+  """Global average pool (B, H, W, C) → (B, C) float32."""
+  return jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2))
+
+
+def _normalize_float(images: jax.Array, mean, std) -> jax.Array:
+  return (images - jnp.asarray(mean)) / jnp.asarray(std)
+
+
+# ---- Synthesis (spec §3) ----------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class SynthesisState:
+  """One round's generator, latents, Adam state and the best batch so far."""
+  params: Any
+  batch_stats: Any
+  z: jax.Array  # (S, nz)
+  opt_state: Any
+  best_loss: jax.Array  # () float32, +inf before the first step
+  best_images: jax.Array  # (S, H, W, 3) float32 in [0, 1]
+
+
+def init_synthesis(rng: jax.Array, *, generator: CmiGenerator, batch_size: int,
+                   tx: optax.GradientTransformation) -> SynthesisState:
+  """A round's start: generator re-initialised (N(0, 0.02)), z ~ N(0, I), fresh Adam moments."""
+  rng_init, rng_z = jax.random.split(rng)
+  z = jax.random.normal(rng_z, (batch_size, generator.z_dim), jnp.float32)
+  variables = generator.init(rng_init, z)
+  trainable = {"generator": variables["params"], "z": z}
+  size = generator.img_size
+  return SynthesisState(params=variables["params"], batch_stats=variables["batch_stats"], z=z,
+                        opt_state=tx.init(trainable), best_loss=jnp.float32(jnp.inf),
+                        best_images=jnp.zeros((batch_size, size, size, 3), jnp.float32))
+
+
+def synthesis_loss(trainable: dict[str, Any], gen_batch_stats: Any, teacher_vars: dict[str, Any],
+                   student_vars: dict[str, Any], targets: jax.Array, rng: jax.Array, *,
+                   generator: nn.Module, teacher: nn.Module, student: nn.Module,
+                   weights: dict[str, float], mean, std,
+                   augmentation: input_pipeline.Augmentation, triplet_layers: tuple[str, ...],
+                   swap: bool) -> tuple[jax.Array, tuple[Any, jax.Array, dict[str, jax.Array]]]:
+  """L_syn = bn·L_bn + oh·L_oh + adv·L_adv + triplet·L_tri on one augmented view (spec §3.3).
+
+  trainable: {"generator": params, "z": (S, nz)}. The generator runs with batch statistics; the
+  teacher and the student in eval mode (their variables are data, not differentiated). Returns
+  (loss, (generator batch_stats, images (S, H, W, 3) in [0, 1], metrics)).
+  """
+  rng_aug, rng_tri = jax.random.split(rng)
+  images, updates = generator.apply({"params": trainable["generator"],
+                                     "batch_stats": gen_batch_stats}, trainable["z"],
+                                    mutable=["batch_stats"])
+  views = input_pipeline.augment(rng_aug, _normalize_float(images, mean, std), augmentation,
+                                 mean, std)
+  (t_logits, _), t_out = teacher.apply(teacher_vars, views, train=False, mutable=["bn_stats"])
+  s_logits, s_features = student.apply(student_vars, views, train=False)
+  loss_bn = rgal_losses.bn_l2_loss(input_stats=t_out["bn_stats"],
+                                   running_stats=teacher_vars["batch_stats"])
+  loss_oh = jnp.mean(losses.cross_entropy(logits=t_logits, labels=targets))
+  loss_adv = rgal_losses.adversarial_kl(teacher_logits=t_logits, student_logits=s_logits)
+  loss_tri = rgal_losses.focal_triplet_loss(
+      rng_tri, sample_logits=t_logits,
+      embeddings=[rgal_losses.embedding(s_features[name]) for name in triplet_layers], swap=swap)
+  loss = (weights["bn"] * loss_bn + weights["oh"] * loss_oh + weights["adv"] * loss_adv
+          + weights["triplet"] * loss_tri)
+  metrics = {"synthesis/loss": loss, "synthesis/loss_bn": loss_bn, "synthesis/loss_oh": loss_oh,
+             "synthesis/loss_adv": loss_adv, "synthesis/loss_triplet": loss_tri,
+             "synthesis/teacher_student_agree": jnp.mean(
+                 jnp.argmax(t_logits, -1) == jnp.argmax(s_logits, -1))}
+  return loss, (updates["batch_stats"], images, metrics)
+
+
+def synthesis_step(state: SynthesisState, teacher_vars, student_vars, targets, rng, *,
+                   tx: optax.GradientTransformation, **loss_kwargs
+                   ) -> tuple[SynthesisState, dict[str, jax.Array]]:
+  """One Adam step on (generator params, z). The batch whose loss (before the step) is the lowest
+  so far becomes the round's best batch."""
+  trainable = {"generator": state.params, "z": state.z}
+  (loss, (batch_stats, images, metrics)), grads = jax.value_and_grad(
+      synthesis_loss, has_aux=True)(trainable, state.batch_stats, teacher_vars, student_vars,
+                                    targets, rng, **loss_kwargs)
+  updates, opt_state = tx.update(grads, state.opt_state, trainable)
+  trainable = optax.apply_updates(trainable, updates)
+  better = loss < state.best_loss
+  return state.replace(
+      params=trainable["generator"], batch_stats=batch_stats, z=trainable["z"],
+      opt_state=opt_state, best_loss=jnp.where(better, loss, state.best_loss),
+      best_images=jnp.where(better, images, state.best_images)), metrics
+
+
+def to_uint8(images: jax.Array) -> np.ndarray:
+  """[0, 1] float images → uint8, as the released code's PNG pool (round to nearest)."""
+  return np.asarray(jnp.round(jnp.clip(images, 0.0, 1.0) * 255.0)).astype(np.uint8)
+
+
+# ---- Student training (spec §4) ---------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class StudentState:
+  """The student, the CD projections (pooled student stage → teacher stage channels) and SGD."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  proj: Any  # {"stage_k": {"kernel": (C_s, C_t), "bias": (C_t,)}}
+  opt_state: Any
+
+  @property
+  def trainable(self) -> dict[str, Any]:
+    return {"student": self.params, "proj": self.proj}
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def stage_pairs(student: nn.Module, teacher: nn.Module) -> list[tuple[str, str]]:
+  """(student stage, teacher stage) pairs of the CD term: stage k with stage k."""
+  if len(student.stage_names) != len(teacher.stage_names):
+    raise config_validation.ConfigError(
+        f"the student has stages {student.stage_names} and the teacher {teacher.stage_names}: "
+        "the CD term pairs stage k with stage k; use nets of the same family (WRN → WRN, "
+        "ResNet → ResNet) or set config.rgal.cd=0.")
+  return list(zip(student.stage_names, teacher.stage_names))
+
+
+def init_projections(rng: jax.Array, student_dims: dict[str, int], teacher_dims: dict[str, int],
+                     pairs: list[tuple[str, str]]) -> dict[str, Any]:
+  """The CD term's 1×1 convs as Dense maps on pooled features (GAP∘conv1×1 = linear∘GAP), with
+  PyTorch's Conv2d default init U(±1/√C_s) for kernel and bias."""
+  proj = {}
+  for k, (s_name, t_name) in enumerate(pairs):
+    c_s, c_t = student_dims[s_name], teacher_dims[t_name]
+    bound = 1.0 / np.sqrt(c_s)
+    rk, rb = jax.random.split(jax.random.fold_in(rng, k))
+    proj[s_name] = {"kernel": jax.random.uniform(rk, (c_s, c_t), jnp.float32, -bound, bound),
+                    "bias": jax.random.uniform(rb, (c_t,), jnp.float32, -bound, bound)}
+  return proj
+
+
+def student_loss(trainable, batch_stats, views, t_logits, t_features, rng, *, student: nn.Module,
+                 pairs: list[tuple[str, str]], weights: dict[str, float], temperature: float
+                 ) -> tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]:
+  """L_stu = KD(T) + cd·Σ_k MSE(P_k·GAP(s_k), GAP(t_k)) + striplet·L_tri (spec §4.2).
+
+  views: (2B, H, W, 3) normalised; t_logits (2B, K) and t_features: the frozen teacher's outputs.
+  L_tri mines with distance-weighted sampling on the normalised student logits, labels = teacher
+  argmax, and pulls/pushes the normalised pooled student feature.
+  """
+  (s_logits, s_features), updates = student.apply(
+      {"params": trainable["student"], "batch_stats": batch_stats}, views, train=True,
+      mutable=["batch_stats"])
+  loss_kd = rgal_losses.kd_loss(student_logits=s_logits, teacher_logits=t_logits,
+                                temperature=temperature)
+  projected = [pooled(s_features[s]) @ trainable["proj"][s]["kernel"] + trainable["proj"][s]["bias"]
+               for s, _ in pairs]
+  loss_cd = rgal_losses.pooled_regression(student=projected,
+                                          teacher=[pooled(t_features[t]) for _, t in pairs])
+  loss_tri = rgal_losses.distance_weighted_triplet_loss(
+      rng, student_logits=s_logits, teacher_logits=t_logits,
+      embeddings=[rgal_losses.embedding(s_features["pooled"])])
+  loss = loss_kd + weights["cd"] * loss_cd + weights["striplet"] * loss_tri
+  metrics = {"train/loss": loss, "train/loss_kd": loss_kd, "train/loss_cd": loss_cd,
+             "train/loss_triplet": loss_tri,
+             "train/teacher_agreement": jnp.mean(jnp.argmax(s_logits, -1)
+                                                 == jnp.argmax(t_logits, -1))}
+  return loss, (updates["batch_stats"], metrics)
+
+
+def student_step(state: StudentState, images: jax.Array, teacher_vars, rng, lr, *,
+                 student: nn.Module, teacher: nn.Module, tx: optax.GradientTransformation,
+                 mean, std, augmentation: input_pipeline.Augmentation, pair_sample: bool,
+                 **loss_kwargs) -> tuple[StudentState, dict[str, jax.Array]]:
+  """One SGD step on a pool batch (uint8 (B, H, W, 3)): two augmented views of every image when
+  `pair_sample` (so every sample has a positive: its twin), the teacher in eval mode."""
+  rng_a, rng_b, rng_tri = jax.random.split(rng, 3)
+  x = input_pipeline.normalize(images, mean, std)
+  views = input_pipeline.augment(rng_a, x, augmentation, mean, std)
+  if pair_sample:
+    views = jnp.concatenate([views, input_pipeline.augment(rng_b, x, augmentation, mean, std)])
+  t_logits, t_features = teacher.apply(teacher_vars, views, train=False)
+  (_, (batch_stats, metrics)), grads = jax.value_and_grad(student_loss, has_aux=True)(
+      state.trainable, state.batch_stats, views, t_logits, t_features, rng_tri, student=student,
+      **loss_kwargs)
+  trainable, opt_state = teacher_lib.apply_sgd(tx, grads, state.opt_state, state.trainable, lr)
+  return state.replace(step=state.step + 1, params=trainable["student"], proj=trainable["proj"],
+                       batch_stats=batch_stats, opt_state=opt_state), metrics
+
+
+# ---- The job ----------------------------------------------------------------------------------
+
+
+def validate(config) -> None:
+  teacher_lib.validate(config)
+  if config.rgal.syn_triplet_direction not in DIRECTIONS:
+    raise config_validation.ConfigError(
+        f"config.rgal.syn_triplet_direction={config.rgal.syn_triplet_direction!r} is unknown; "
+        f"expected one of {DIRECTIONS}.")
+  for field in ("bn", "oh", "adv", "triplet", "cd", "striplet"):
+    if config.rgal[field] < 0:
+      raise config_validation.ConfigError(f"config.rgal.{field}={config.rgal[field]} must be >= 0.")
+  syn = config.synthesis
+  for name, value in (("synthesis.iterations", syn.iterations),
+                      ("synthesis.batch_size", syn.batch_size),
+                      ("student.kd_steps", config.student.kd_steps)):
+    if value < 1:
+      raise config_validation.ConfigError(f"config.{name}={value} must be >= 1.")
+  start, stop = config.rgal.triplet_layers
+  if not 0 <= start < stop:
+    raise config_validation.ConfigError(
+        f"config.rgal.triplet_layers={tuple(config.rgal.triplet_layers)} must be (start, stop) "
+        "with 0 <= start < stop: the student stages whose pooled features the synthesis triplet "
+        "uses (spec §3.5: (2, 4)).")
+
+
+def _stage_dims(model: nn.Module, variables, image_size: int) -> dict[str, int]:
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, image_size, image_size, 3)),
+                                             train=False), variables)
+  return {name: out[1][name].shape[-1] for name in model.stage_names}
+
+
+def train_dfkd(config, workdir: str, *, stop_after_epochs: int | None = None) -> dict:
+  """Runs (or resumes) the DFKD job of `config` in `workdir`; returns results.json's dict.
+
+  stop_after_epochs: end this call after that many more epochs (checkpointed), as a preemption
+  would; the next call resumes (tests).
+  """
+  run_start = time.time()
+  validate(config)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.data.batch_size, mesh)
+  parallel.check_batch_size(config.data.eval_batch_size, mesh, field="config.data.eval_batch_size")
+  os.makedirs(workdir, exist_ok=True)
+  size = config.data.image_size
+  info = input_pipeline.dataset_info(config.data.dataset)
+  teacher, teacher_vars, teacher_meta = teacher_lib.load_teacher(
+      config.teacher_ckpt, model_name=config.teacher_model, dataset=config.data.dataset,
+      image_size=size, mesh=mesh)
+  student = dfkd_nets.build_classifier(config.model.name, info.num_classes, dtype=config.dtype)
+  triplet_layers = tuple(student.stage_names[slice(*config.rgal.triplet_layers)])
+  if not triplet_layers:
+    raise config_validation.ConfigError(
+        f"config.rgal.triplet_layers={tuple(config.rgal.triplet_layers)} selects none of the "
+        f"student's stages {student.stage_names}.")
+  pairs = stage_pairs(student, teacher)
+  generator = CmiGenerator(nz=config.synthesis.nz, ngf=config.synthesis.ngf, img_size=size)
+  gen_tx = optax.adam(config.synthesis.lr, b1=config.synthesis.beta1, b2=config.synthesis.beta2)
+  tx = teacher_lib.sgd(config.optim.momentum, config.optim.weight_decay)
+  root = jax.random.key(config.seed)
+  rep = parallel.replicated(mesh)
+
+  def fresh_student() -> StudentState:
+    rng_s, rng_p = jax.random.split(jax.random.fold_in(root, 0))
+    variables = student.init(rng_s, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
+    proj = init_projections(rng_p, _stage_dims(student, variables, size),
+                            _stage_dims(teacher, teacher_vars, size), pairs)
+    return StudentState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                        batch_stats=variables["batch_stats"], proj=proj,
+                        opt_state=tx.init({"student": variables["params"], "proj": proj}))
+
+  state = parallel.replicate(fresh_student(), mesh)
+  pool = np.zeros((0, size, size, 3), np.uint8)
+  accuracies: list[float] = []
+  ckpts = jobs.EpochCheckpoints.open(config, workdir)
+  restored = ckpts.restore(lambda meta: {
+      "state": checkpointing.abstract_like(state, rep),
+      "pool": jax.ShapeDtypeStruct((meta["pool_size"], size, size, 3), np.uint8, sharding=rep)})
+  if restored is not None:
+    state, pool = restored.arrays["state"], np.asarray(restored.arrays["pool"])
+    accuracies = list(restored.meta["accuracies"])
+  if parallel.is_main_process():
+    writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+  data = input_pipeline.load_dataset(config.data)
+  test_labels = data.test_labels.astype(np.int32)
+  mean, std = data.mean, data.std
+  augmentation = input_pipeline.Augmentation.from_config(config.data)
+  evaluate = functools.partial(jobs.top1_accuracy, images=data.test_images, labels=test_labels,
+                               mean=mean, std=std, batch_size=config.data.eval_batch_size,
+                               mesh=mesh)
+  teacher_accuracy = evaluate(teacher, teacher_vars)
+  logging.info("teacher %s: %.2f%% on the %d test images", teacher_meta["config"]["model"]["name"],
+               teacher_accuracy, len(test_labels))
+
+  rgal = config.rgal
+  synth_step = jax.jit(functools.partial(
+      synthesis_step, tx=gen_tx, generator=generator, teacher=teacher, student=student,
+      weights={k: float(rgal[k]) for k in ("bn", "oh", "adv", "triplet")}, mean=mean, std=std,
+      augmentation=augmentation, triplet_layers=triplet_layers,
+      swap=rgal.syn_triplet_direction == "paper"), donate_argnums=(0,))
+  synth_init = jax.jit(functools.partial(init_synthesis, generator=generator,
+                                         batch_size=config.synthesis.batch_size, tx=gen_tx))
+  train_step = jax.jit(functools.partial(
+      student_step, student=student, teacher=teacher, tx=tx, mean=mean, std=std,
+      augmentation=augmentation, pair_sample=config.student.pair_sample, pairs=pairs,
+      weights={"cd": float(rgal.cd), "striplet": float(rgal.striplet)},
+      temperature=float(rgal.kd_temperature)), donate_argnums=(0,))
+  writer = writers.MetricWriter(workdir, enabled=parallel.is_main_process(),
+                                hparams=config.to_dict())
+  epochs, batch = config.optim.epochs, config.data.batch_size
+  num_classes = info.num_classes
+  logging.info("dfkd %s → %s on %s: %d epochs × (%d synthesis iterations at batch %d, %d student "
+               "steps at batch %d%s); synthesis triplet on %s, direction %s",
+               teacher_meta["config"]["model"]["name"], config.model.name, data.name, epochs,
+               config.synthesis.iterations, config.synthesis.batch_size, config.student.kd_steps,
+               batch, " × 2 views" if config.student.pair_sample else "", list(triplet_layers),
+               rgal.syn_triplet_direction)
+  signals = checkpointing.StopSignals() if ckpts.checkpoints else checkpointing.no_stop_signals()
+  first_epoch = len(accuracies)
+  try:
+    with signals:
+      for epoch in range(first_epoch, epochs):
+        epoch_start = time.time()
+        # 1. Synthesis: one round, its best batch into the pool.
+        rng_syn = jax.random.fold_in(jax.random.fold_in(root, 1), epoch)
+        targets = jnp.sort(jax.random.randint(jax.random.fold_in(rng_syn, 0),
+                                              (config.synthesis.batch_size,), 0, num_classes))
+        syn = synth_init(jax.random.fold_in(rng_syn, 1))
+        student_vars = state.variables
+        for i in range(config.synthesis.iterations):
+          syn, syn_metrics = synth_step(syn, teacher_vars, student_vars, targets,
+                                        jax.random.fold_in(jax.random.fold_in(rng_syn, 2), i))
+        syn_metrics = jax.device_get(syn_metrics)
+        jobs.raise_if_non_finite(syn_metrics, f"epoch {epoch + 1} synthesis")
+        pool = np.concatenate([pool, to_uint8(syn.best_images)])
+        syn_seconds = time.time() - epoch_start
+        # 2. Student training on the pool.
+        lr = jnp.float32(jobs.cosine_lr(config.optim.lr, epoch, epochs))
+        rng_stu = jax.random.fold_in(jax.random.fold_in(root, 2), epoch)
+        draw = np.random.default_rng([config.seed, epoch])
+        for step in range(config.student.kd_steps):
+          idx = parallel.process_batch_indices(draw.integers(0, len(pool), batch), mesh)
+          state, metrics = train_step(state, parallel.global_batch(pool[idx], mesh),
+                                      teacher_vars, jax.random.fold_in(rng_stu, step), lr)
+        metrics = jax.device_get(metrics)
+        jobs.raise_if_non_finite(metrics, f"epoch {epoch + 1} student training")
+        # 3. Evaluation.
+        acc = evaluate(student, state.variables)
+        accuracies.append(acc)
+        writer.write(int(state.step), {**metrics, **syn_metrics, "eval/accuracy": acc,
+                                       "train/lr": float(lr), "pool_size": len(pool)})
+        if config.log.progress:
+          logging.info(
+              "epoch %3d/%d  pool %d  synthesis loss %.3f (bn %.3f oh %.3f adv %.3f tri %.3f, "
+              "%.1f s)  student loss %.3f (kd %.3f cd %.3f tri %.3f)  lr %.4f  test acc %.2f%% "
+              "(best %.2f%%)  %.1f s", epoch + 1, epochs, len(pool), syn_metrics["synthesis/loss"],
+              syn_metrics["synthesis/loss_bn"], syn_metrics["synthesis/loss_oh"],
+              syn_metrics["synthesis/loss_adv"], syn_metrics["synthesis/loss_triplet"],
+              syn_seconds, metrics["train/loss"], metrics["train/loss_kd"],
+              metrics["train/loss_cd"], metrics["train/loss_triplet"], lr, acc, max(accuracies),
+              time.time() - epoch_start)
+        ckpts.save({"state": state, "pool": pool},
+                   {"epoch": epoch + 1, "accuracies": accuracies, "pool_size": len(pool)})
+        done_here = epoch + 1 - first_epoch
+        last = epoch + 1 == epochs
+        if not last and (jobs.stop_requested(signals) or done_here == stop_after_epochs):
+          if stop_after_epochs is not None and done_here == stop_after_epochs:
+            return {"stopped_after_epoch": epoch + 1}
+          raise checkpointing.Preempted(
+              f"stopped on {signals.received} after epoch {epoch + 1}; checkpoint saved. Rerun "
+              "the same command to resume.")
+  finally:
+    writer.close()
+    ckpts.close()
+  results = {"job": "dfkd", "dataset": config.data.dataset, "teacher": teacher_meta["config"][
+      "model"]["name"], "student": config.model.name, "seed": config.seed,
+             "syn_triplet_direction": rgal.syn_triplet_direction,
+             "teacher_accuracy": teacher_accuracy, "accuracy": accuracies[-1],
+             "best_accuracy": max(accuracies), "accuracies": accuracies, "pool_size": len(pool),
+             "wall_seconds": time.time() - run_start}
+  if parallel.is_main_process():
+    writers.write_json(os.path.join(workdir, "results.json"), results)
+  return results

@@ -1,0 +1,147 @@
+"""The teacher and dfkd jobs end to end on tiny digits (8 px), their resume, and their errors."""
+
+import functools
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import dfkd_digits, teacher_digits
+from rfd_jax import config_validation, dfkd, input_pipeline, jobs, teacher
+from rfd_jax.models import dfkd_nets
+from rfd_jax.models.cmi_generator import CmiGenerator
+
+
+def tiny_teacher_config():
+  config = teacher_digits.get_config("wrn16_1")
+  config.data.image_size = 8
+  config.data.batch_size = 64
+  config.optim.epochs = 2
+  config.log.progress = False
+  return config
+
+
+def tiny_dfkd_config(teacher_dir):
+  config = dfkd_digits.get_config()
+  config.teacher_ckpt = teacher_dir
+  config.teacher_model = "wrn16_1"
+  config.data.image_size = 8
+  config.data.batch_size = 8
+  config.synthesis.iterations = 3
+  config.synthesis.batch_size = 16
+  config.synthesis.nz = 16
+  config.synthesis.ngf = 8
+  config.student.kd_steps = 2
+  config.optim.epochs = 2
+  config.log.progress = False
+  return config
+
+
+@pytest.fixture(scope="module", name="teacher_run")
+def _teacher_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("teacher"))
+  return workdir, teacher.train_teacher(tiny_teacher_config(), workdir)
+
+
+def test_teacher_learns_and_writes_results(teacher_run):
+  workdir, results = teacher_run
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f)["accuracies"] == results["accuracies"]
+  assert len(results["accuracies"]) == 2
+  assert results["accuracy"] > 30.0  # 10 classes: chance is 10%
+
+
+def test_dfkd_resumed_run_equals_uninterrupted(teacher_run, tmp_path):
+  teacher_dir, teacher_results = teacher_run
+  config = tiny_dfkd_config(teacher_dir)
+  full = dfkd.train_dfkd(config, str(tmp_path / "full"))
+  assert len(full["accuracies"]) == 2 and full["pool_size"] == 2 * 16
+  assert full["teacher_accuracy"] == pytest.approx(teacher_results["accuracy"])
+  assert full["best_accuracy"] == max(full["accuracies"])
+  part = dfkd.train_dfkd(config, str(tmp_path / "part"), stop_after_epochs=1)
+  assert part == {"stopped_after_epoch": 1}
+  changed = tiny_dfkd_config(teacher_dir)
+  changed.rgal.syn_triplet_direction = "released_code"
+  with pytest.raises(config_validation.ConfigError, match="rgal.syn_triplet_direction"):
+    dfkd.train_dfkd(changed, str(tmp_path / "part"))  # a checkpoint of another config: refused
+  resumed = dfkd.train_dfkd(config, str(tmp_path / "part"))
+  assert resumed["accuracies"] == full["accuracies"]
+  with open(tmp_path / "part" / "metrics.jsonl") as f:
+    losses = [json.loads(line)["train/loss"] for line in f]
+  with open(tmp_path / "full" / "metrics.jsonl") as f:
+    assert [json.loads(line)["train/loss"] for line in f] == losses
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("teacher_ckpt", "", "train a teacher first"),
+    ("teacher_ckpt", "/nonexistent/teacher", "does not exist"),
+    ("teacher_model", "wrn40_2", "model.name='wrn16_1'"),
+    ("rgal.syn_triplet_direction", "sideways", "syn_triplet_direction"),
+    ("rgal.adv", -1.0, "rgal.adv"),
+    ("model.name", "resnet32", "expected one of"),
+])
+def test_dfkd_config_errors_name_the_field(teacher_run, tmp_path, field, value, message):
+  config = tiny_dfkd_config(teacher_run[0])
+  section, _, key = field.rpartition(".")
+  (config[section] if section else config)[key] = value
+  with pytest.raises(config_validation.ConfigError, match=message):
+    dfkd.train_dfkd(config, str(tmp_path))
+
+
+def test_synthesis_keeps_the_lowest_loss_batch():
+  size, batch = 8, 4
+  generator = CmiGenerator(nz=8, ngf=4, img_size=size)
+  net = dfkd_nets.build_classifier("wrn16_1", 10)
+  net_vars = net.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
+  tx = optax.adam(0.05, b1=0.5, b2=0.999)
+  kwargs = dict(generator=generator, teacher=net, student=net,
+                weights={"bn": 1.0, "oh": 1.0, "adv": 1.0, "triplet": 0.1},
+                mean=np.zeros(3, np.float32), std=np.ones(3, np.float32),
+                augmentation=input_pipeline.Augmentation(2, "black", False),
+                triplet_layers=("stage3",), swap=True)
+  state = dfkd.init_synthesis(jax.random.key(1), generator=generator, batch_size=batch, tx=tx)
+  targets = jnp.arange(batch) % 10
+  loss_fn = jax.jit(functools.partial(dfkd.synthesis_loss, **kwargs))
+  step_fn = jax.jit(functools.partial(dfkd.synthesis_step, tx=tx, **kwargs))
+  seen = []
+  for i in range(4):
+    rng = jax.random.key(10 + i)
+    trainable = {"generator": state.params, "z": state.z}
+    loss, (_, images, _) = loss_fn(trainable, state.batch_stats, net_vars, net_vars, targets, rng)
+    seen.append((float(loss), np.asarray(images)))
+    state, metrics = step_fn(state, net_vars, net_vars, targets, rng)
+    np.testing.assert_allclose(metrics["synthesis/loss"], loss, rtol=1e-5)
+  best_loss, best_images = min(seen, key=lambda item: item[0])
+  np.testing.assert_allclose(state.best_loss, best_loss, rtol=1e-5)
+  np.testing.assert_allclose(state.best_images, best_images, atol=1e-5)
+  chex.assert_shape(state.best_images, (batch, size, size, 3))
+  assert len({round(l, 6) for l, _ in seen}) > 1  # the steps changed the loss
+
+
+def test_cd_projection_of_pooled_features_equals_pooled_1x1_conv():
+  rng = np.random.default_rng(0)
+  maps = rng.normal(size=(2, 4, 4, 3)).astype(np.float32)
+  proj = dfkd.init_projections(jax.random.key(0), {"s": 3}, {"t": 5}, [("s", "t")])["s"]
+  conv_then_pool = np.mean(maps @ np.asarray(proj["kernel"]) + np.asarray(proj["bias"]),
+                           axis=(1, 2))
+  np.testing.assert_allclose(dfkd.pooled(maps) @ proj["kernel"] + proj["bias"], conv_then_pool,
+                             rtol=1e-5, atol=1e-6)
+  assert float(jnp.max(jnp.abs(proj["kernel"]))) <= 1 / np.sqrt(3)  # PyTorch Conv2d init bound
+
+
+def test_cosine_lr_matches_torch_cosine_annealing():
+  assert jobs.cosine_lr(0.1, 0, 200) == pytest.approx(0.1)
+  assert jobs.cosine_lr(0.1, 100, 200) == pytest.approx(0.05)
+  assert jobs.cosine_lr(0.1, 150, 200) == pytest.approx(0.05 * (1 + np.cos(np.pi * 0.75)))
+
+
+def test_unknown_job_is_a_config_error():
+  config = tiny_teacher_config()
+  config.job = "distill"
+  with pytest.raises(config_validation.ConfigError, match="config.job='distill'"):
+    jobs.job_of(config)
