@@ -3,7 +3,7 @@
   python -m rfd_jax.main --config configs/teacher_digits.py --workdir runs/teacher_digits
   python -m rfd_jax.main --config configs/dfkd_digits.py --workdir runs/dfkd_digits
 
-The CIFAR-10 settings of configs/dfkd_cifar10.py scaled to a 2-core CPU: 15 epochs of one 40-step
+The CIFAR-10 settings of configs/dfkd_cifar10.py scaled to a 2-core CPU: 10 epochs of one 40-step
 synthesis round at batch 64 (generator width ngf 32: at 16 px the CMI generator's 64 would cost
 more than the two classifiers together) and 20 student steps at 2 × 32 views; shifts over black, no
 flips (digits are not mirror-symmetric).
@@ -28,5 +28,5 @@ def get_config(pair: str = "wrn"):
   config.synthesis.batch_size = 64
   config.synthesis.ngf = 32
   config.student.kd_steps = 20
-  config.optim.epochs = 15
+  config.optim.epochs = 10
   return config

@@ -226,7 +226,7 @@ def summarize(runs: Sequence[Run], results: dict[str, dict]) -> list[SummaryRow]
   return rows
 
 
-def _pm(value: tuple[float, float | None] | None) -> str:
+def plus_minus(value: tuple[float, float | None] | None) -> str:
   if value is None:
     return "n/a"
   mean, std = value
@@ -258,8 +258,9 @@ def format_markdown(rows: Sequence[SummaryRow], commands: Sequence[str]) -> str:
   for row in rows:
     orders, seeds = _runs_text(row)
     settings = f"`{row.settings}`" if row.settings else ""
-    lines.append(f"| `{row.label}` | {settings} | {orders} | {seeds} | {_pm(row.final_acc)} | "
-                 f"{_pm(row.avg_inc_acc)} | {_pm(row.forgetting)} | {_wall(row.wall_seconds)} |")
+    lines.append(f"| `{row.label}` | {settings} | {orders} | {seeds} | "
+                 f"{plus_minus(row.final_acc)} | {plus_minus(row.avg_inc_acc)} | "
+                 f"{plus_minus(row.forgetting)} | {_wall(row.wall_seconds)} |")
   return "\n".join(lines) + "\n"
 
 
