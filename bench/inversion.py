@@ -1,7 +1,7 @@
 r"""One model-inversion iteration (the jitted `inversion.generator_step`), timed.
 
   python -m bench.inversion [--image_size 32] [--batch_size 128] [--steps 10] [--peak_gflops 0]
-                            [--dtype float32] [--conv_dtype float32]
+                            [--dtype float32] [--conv_dtype float32] [--gen_conv_dtype float32]
 
 One iteration = z ~ N(0, I) → generator forward in train mode → the frozen teacher (ResNet-32 of
 CIFAR-100 10 × 10 after task 5: 50 old classes) in eval mode, reporting the input statistics of its
@@ -31,6 +31,8 @@ NUM_OLD = 50  # CIFAR-100 10 × 10, task 6: the teacher knows 50 classes
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   common.add_common_args(parser)
+  parser.add_argument("--gen_conv_dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="what the generator's convolutions run in")
   args = parser.parse_args()
 
   config = cifar100.get_config()
@@ -39,7 +41,7 @@ def main():
   teacher = build_model(config.model, (10,) * 10, dtype=args.dtype)
   teacher_vars = teacher.init(jax.random.key(0), jnp.zeros((2, size, size, 3)), train=False)
   teacher_vars = {"params": teacher_vars["params"], "batch_stats": teacher_vars["batch_stats"]}
-  generator = generator_for(size)
+  generator = generator_for(size, args.gen_conv_dtype)
   tx = optax.adam(config.inversion.lr)
   gen_state = inversion.create_generator_state(generator=generator, rng=jax.random.key(1), tx=tx)
   step = jax.jit(functools.partial(
@@ -56,7 +58,7 @@ def main():
 
   per_step = common.time_steps(one_step, args.steps)
   common.report(f"inversion iteration, {size} px, batch {batch}, teacher dtype {args.dtype}, "
-                f"conv_dtype {args.conv_dtype}", per_step=per_step, images=batch,
+                f"conv_dtype {args.conv_dtype}, generator conv_dtype {args.gen_conv_dtype}", per_step=per_step, images=batch,
                 steps=args.steps, compile_s=compile_s, flops=flops,
                 peak_gflops=args.peak_gflops)
 
