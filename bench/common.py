@@ -37,16 +37,18 @@ def compile_with_cost(jitted: Callable, *args) -> tuple[Any, float, float]:
   return compiled, compile_s, flops
 
 
-def time_steps(step: Callable[[int], Any], steps: int) -> float:
-  """Median wall time (s) of `step(i)` for i = 1..steps after one warm-up call step(0); each call
-  is waited for (jax.block_until_ready on what it returns)."""
+def time_steps(step: Callable[[int], Any], steps: int) -> tuple[float, float]:
+  """Runs `step(i)` for i = 1..steps after one warm-up call step(0), waiting for each (jax.
+  block_until_ready on what it returns). Returns (median wall seconds per step, mean process CPU
+  seconds per step): on a loaded machine the CPU time is the steadier measure of the work done."""
   jax.block_until_ready(step(0))
   times = []
+  cpu_start = time.process_time()
   for i in range(1, steps + 1):
     start = time.perf_counter()
     jax.block_until_ready(step(i))
     times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return float(np.median(times)), (time.process_time() - cpu_start) / steps
 
 
 def peak_rss_mb() -> float:
@@ -54,14 +56,15 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def report(title: str, *, per_step: float, images: int, steps: int, compile_s: float,
-           flops: float, peak_gflops: float = 0.0) -> None:
+def report(title: str, *, per_step: float, cpu_per_step: float, images: int, steps: int,
+           compile_s: float, flops: float, peak_gflops: float = 0.0) -> None:
   """Prints the header line (jax version, device, `title`) and the result line: ms/step, images/s
-  (`images` per step), compile time, GFLOP/step, GFLOP/s, fraction of peak, peak RSS."""
+  (`images` per step), compile time, GFLOP/step, GFLOP/s, fraction of peak, CPU seconds per step,
+  peak RSS."""
   device = jax.devices()[0]
   print(f"jax {jax.__version__} on {device.platform} ({device.device_kind}), {title}")
   gflops = flops / per_step / 1e9
   fraction = f"  ({100 * gflops / peak_gflops:.1f}% of peak)" if peak_gflops else ""
   print(f"{1000 * per_step:9.1f} ms/step (median of {steps})  {images / per_step:8.1f} images/s  "
         f"compile {compile_s:.1f} s  {flops / 1e9:.2f} GFLOP/step  {gflops:.1f} GFLOP/s{fraction}  "
-        f"peak RSS {peak_rss_mb():.0f} MiB")
+        f"cpu {cpu_per_step:.2f} s/step  peak RSS {peak_rss_mb():.0f} MiB")

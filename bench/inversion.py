@@ -56,12 +56,11 @@ def main():
     gen_state, metrics = compiled(gen_state, teacher_vars, jax.random.key(2 + i), num_old)
     return gen_state, metrics
 
-  per_step = common.time_steps(one_step, args.steps)
+  per_step, cpu_per_step = common.time_steps(one_step, args.steps)
   common.report(f"inversion iteration, {size} px, batch {batch}, teacher dtype {args.dtype}, "
-                f"conv_dtype {args.conv_dtype}, generator conv_dtype {args.gen_conv_dtype}", per_step=per_step, images=batch,
-                steps=args.steps, compile_s=compile_s, flops=flops,
-                peak_gflops=args.peak_gflops)
-
+                f"conv_dtype {args.conv_dtype}, generator conv_dtype {args.gen_conv_dtype}",
+                per_step=per_step, cpu_per_step=cpu_per_step, images=batch, steps=args.steps,
+                compile_s=compile_s, flops=flops, peak_gflops=args.peak_gflops)
 
 if __name__ == "__main__":
   main()

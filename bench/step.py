@@ -2,6 +2,7 @@ r"""The full distillation train step of a learner (default: the RFD main phase),
 
   python -m bench.step [--method rfd] [--phase main] [--image_size 32] [--batch_size 128]
                        [--steps 10] [--peak_gflops 0] [--dtype float32] [--conv_dtype float32]
+                       [--gen_conv_dtype float32]
 
 One step = a synthetic batch from the frozen generator, the teacher pass over real ∪ synthetic,
 the learner's student passes and losses (rfd main: real, synthetic and hybrid passes, CE + DIST +
@@ -33,6 +34,8 @@ def main():
   parser.add_argument("--method", default="rfd")
   parser.add_argument("--phase", default="main", choices=("main", "finetune"))
   common.add_common_args(parser)
+  parser.add_argument("--gen_conv_dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="what the frozen generator's convolutions run in")
   args = parser.parse_args()
 
   config = cifar100.get_config()
@@ -44,7 +47,7 @@ def main():
     raise SystemExit(f"error: --method={args.method} has no {args.phase} distillation loss")
   size, batch = args.image_size, args.batch_size
   model = build_model(config.model, (10,) * 10, dtype=args.dtype)
-  generator = generator_for(size)
+  generator = generator_for(size, args.gen_conv_dtype)
   tx = optim.momentum_transform(config.optim.momentum)
   aux = {} if learner.init_aux is None else learner.init_aux(jax.random.key(3),
                                                               model.num_features)
@@ -79,12 +82,12 @@ def main():
     state, metrics = compiled(state, data, jax.random.key(4 + i), *call_args[2:])
     return state, metrics
 
-  per_step = common.time_steps(one_step, args.steps)
+  per_step, cpu_per_step = common.time_steps(one_step, args.steps)
   common.report(f"{args.method} {args.phase} step, {size} px, batch {batch} real + {batch} "
-                f"synthetic, dtype {args.dtype}, conv_dtype {args.conv_dtype}",
-                per_step=per_step, images=batch, steps=args.steps, compile_s=compile_s,
-                flops=flops, peak_gflops=args.peak_gflops)
-
+                f"synthetic, dtype {args.dtype}, conv_dtype {args.conv_dtype}, generator conv_dtype "
+                f"{args.gen_conv_dtype}",
+                per_step=per_step, cpu_per_step=cpu_per_step, images=batch, steps=args.steps,
+                compile_s=compile_s, flops=flops, peak_gflops=args.peak_gflops)
 
 if __name__ == "__main__":
   main()

@@ -17,7 +17,7 @@ inversion_iter: one generator (Adam) step: generator in train mode → teacher i
 
 Prints the median ms/step over --steps steps after two warm-up steps, images/s (real images, or
 generated images for the inversion), GFLOP/step counted by torch.utils.flop_counter (convs and
-matmuls, forward + backward), GFLOP/s and peak RSS. torch.set_num_threads is left at its default.
+matmuls, forward + backward), GFLOP/s, process CPU seconds per step and peak RSS. torch.set_num_threads is left at its default.
 """
 
 import argparse
@@ -266,18 +266,21 @@ def main():
     flops = counter.get_total_flops()
   step()  # warm-up (the flop-counted step is a warm-up too)
   times = []
+  cpu_start = time.process_time()
   for _ in range(args.steps):
     start = time.perf_counter()
     step()
     times.append(time.perf_counter() - start)
   per_step = float(np.median(times))
+  cpu_per_step = (time.process_time() - cpu_start) / args.steps
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   layout = "NCHW" if args.no_channels_last else "channels_last"
   print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.workload}, "
         f"{args.image_size} px, batch {args.batch_size}, {layout}")
   flop_text = f"  {flops / 1e9:.2f} GFLOP/step  {flops / per_step / 1e9:.1f} GFLOP/s" if flops else ""
   print(f"{1000 * per_step:9.1f} ms/step (median of {args.steps})  "
-        f"{args.batch_size / per_step:8.1f} images/s{flop_text}  peak RSS {rss:.0f} MiB")
+        f"{args.batch_size / per_step:8.1f} images/s{flop_text}  cpu {cpu_per_step:.2f} s/step  "
+        f"peak RSS {rss:.0f} MiB")
 
 
 if __name__ == "__main__":
