@@ -2,7 +2,7 @@ r"""PyTorch reference of the two JAX benchmarks (bench/step.py and bench/inversi
 the spec (docs: /work/shared/spec/rfd.md §2.1–2.3, §4, §5.1), for a speed comparison on one machine.
 
   python bench/torch_reference.py --workload rfd_step|inversion_iter [--image_size 32]
-      [--batch_size 128] [--steps 10] [--no_channels_last] [--no_flops]
+      [--batch_size 128] [--steps 10] [--no_channels_last] [--no_flops] [--threads 0]
 
 rfd_step: the RFD main-phase train step of CIFAR-100 10 × 10, task 6 (50 old + 10 new classes):
   normalise + random-crop/flip the uint8 real batch; generator (eval, no grad) → a synthetic batch
@@ -253,7 +253,11 @@ def main():
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--no_channels_last", action="store_true")
   parser.add_argument("--no_flops", action="store_true")
+  parser.add_argument("--threads", type=int, default=0,
+                      help="torch.set_num_threads (0: leave torch's default, one per core)")
   args = parser.parse_args()
+  if args.threads:
+    torch.set_num_threads(args.threads)
   torch.manual_seed(0)
   fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
   make = make_rfd_step if args.workload == "rfd_step" else make_inversion_step
