@@ -4,8 +4,9 @@ r"""Where a JAX benchmark's step spends its time on XLA:CPU, by op category, fro
 
 Runs the workload's jitted step (as bench/step.py / bench/inversion.py build it) for `--steps`
 steps under jax.profiler.trace, then sums the durations of the XLA ops (thunks) over the steps and
-prints, per step: the total per category (convolution, transpose/copy/reverse, XNNPACK "ynn"
-fusions, other fusions, dot, reduce, other) and the `--top` single ops with their share. Not run by the test suite.
+prints, per step: the total per category (convolution, transpose/copy/reverse, dot,
+reduce-window, reduce, XNNPACK "ynn" fusions, other fusions, single wrapped elementwise ops, other),
+the `--top` op kinds (name without its numeric suffix) and the `--top` single ops with their share. Not run by the test suite.
 """
 
 import argparse
@@ -20,8 +21,9 @@ import jax
 from bench import common
 
 CATEGORIES = (("convolution", r"^conv"), ("transpose/copy/reverse", r"transpose|copy|reverse"),
-              ("dot", r"^dot"), ("reduce", r"^reduce"), ("ynn fusion", r"^ynn_fusion"),
-              ("other fusion", r"fusion"))
+              ("dot", r"^dot"), ("reduce-window", r"reduce-window"), ("reduce", r"reduce"),
+              ("ynn fusion", r"^ynn_fusion"), ("other fusion", r"fusion"),
+              ("elementwise (wrapped_*)", r"^wrapped_"))
 
 
 def category(name: str) -> str:
@@ -76,6 +78,12 @@ def main():
         f"(sum over ops, {steps} steps)")
   for label, ns in by_cat.most_common():
     print(f"  {label:15s} {ns / steps / 1e6:9.1f} ms  {100 * ns / total:5.1f}%")
+  kinds = collections.Counter()
+  for name, ns in totals.items():
+    kinds[re.sub(r"(\.\d+)+$", "", name)] += ns
+  print(f"top {args.top} op kinds (numeric suffix dropped):")
+  for name, ns in kinds.most_common(args.top):
+    print(f"  {name:40s} {ns / steps / 1e6:9.1f} ms  {100 * ns / total:5.1f}%")
   print(f"top {args.top} ops:")
   for name, ns in totals.most_common(args.top):
     print(f"  {name:40s} {ns / steps / 1e6:9.1f} ms  {100 * ns / total:5.1f}%")
