@@ -49,6 +49,7 @@ def main():
     return 1.0, 1.0
 
   log_dir = tempfile.mkdtemp()
+  print(f"trace: {log_dir}")
   common.time_steps = fake_time_steps
   common.report = lambda *a, **k: None
   if args.workload == "rfd_step":
