@@ -1,7 +1,8 @@
 r"""The full distillation train step of a learner (default: the RFD main phase), timed.
 
   python -m bench.step [--method rfd] [--phase main] [--image_size 32] [--batch_size 128]
-                       [--steps 10] [--peak_gflops 0] [--dtype float32]
+                       [--steps 10] [--peak_gflops 0] [--dtype float32] [--conv_dtype float32]
+                       [--gen_conv_dtype float32]
 
 One step = a synthetic batch from the frozen generator, the teacher pass over real ∪ synthetic,
 the learner's student passes and losses (rfd main: real, synthetic and hybrid passes, CE + DIST +
@@ -13,13 +14,12 @@ of `--peak_gflops` (if given), and the process's peak RSS. Not run by the test s
 
 import argparse
 import functools
-import resource
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench import common
 from configs import cifar100
 from rfd_jax import learners, optim, steps
 from rfd_jax.models.generator import generator_for
@@ -33,23 +33,21 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--method", default="rfd")
   parser.add_argument("--phase", default="main", choices=("main", "finetune"))
-  parser.add_argument("--image_size", type=int, default=32)
-  parser.add_argument("--batch_size", type=int, default=128)
-  parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  parser.add_argument("--peak_gflops", type=float, default=0.0,
-                      help="the device's peak GFLOP/s, to print the achieved fraction")
+  common.add_common_args(parser)
+  parser.add_argument("--gen_conv_dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="what the frozen generator's convolutions run in")
   args = parser.parse_args()
 
   config = cifar100.get_config()
   config.method = args.method
+  config.model.conv_dtype = args.conv_dtype
   learner = learners.get_learner(config)
   loss_fn = learner.main_loss if args.phase == "main" else learner.finetune_loss
   if loss_fn is None:
     raise SystemExit(f"error: --method={args.method} has no {args.phase} distillation loss")
   size, batch = args.image_size, args.batch_size
   model = build_model(config.model, (10,) * 10, dtype=args.dtype)
-  generator = generator_for(size)
+  generator = generator_for(size, args.gen_conv_dtype)
   tx = optim.momentum_transform(config.optim.momentum)
   aux = {} if learner.init_aux is None else learner.init_aux(jax.random.key(3),
                                                               model.num_features)
@@ -77,32 +75,19 @@ def main():
   state = state.replace(opt_state=tx.init(state.trainable))
   call_args = (data, jax.random.key(4), hparams, teacher_vars, gen_vars)
 
-  start = time.perf_counter()
-  compiled = step.lower(state, *call_args).compile()
-  compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  compiled, compile_s, flops = common.compile_with_cost(step, state, *call_args)
 
-  state, _ = compiled(state, *call_args)  # warm-up
-  jax.block_until_ready(state)
-  times = []
-  for i in range(args.steps):
-    start = time.perf_counter()
-    state, metrics = compiled(state, data, jax.random.key(5 + i), *call_args[2:])
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - start)
-  per_step = float(np.median(times))
-  gflops = flops / per_step / 1e9
-  peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  device = jax.devices()[0]
-  print(f"jax {jax.__version__} on {device.platform} ({device.device_kind}), {args.method} "
-        f"{args.phase} step, {size} px, batch {batch} real + {batch} synthetic, {args.dtype}")
-  fraction = f"  ({100 * gflops / args.peak_gflops:.1f}% of peak)" if args.peak_gflops else ""
-  print(f"{1000 * per_step:9.1f} ms/step (median of {args.steps})  {batch / per_step:8.1f} images/s  "
-        f"compile {compile_s:.1f} s  {flops / 1e9:.2f} GFLOP/step  {gflops:.1f} GFLOP/s{fraction}  "
-        f"peak RSS {peak_rss_mb:.0f} MiB")
+  def one_step(i):
+    nonlocal state
+    state, metrics = compiled(state, data, jax.random.key(4 + i), *call_args[2:])
+    return state, metrics
 
+  per_step, cpu_per_step = common.time_steps(one_step, args.steps)
+  common.report(f"{args.method} {args.phase} step, {size} px, batch {batch} real + {batch} "
+                f"synthetic, dtype {args.dtype}, conv_dtype {args.conv_dtype}, generator conv_dtype "
+                f"{args.gen_conv_dtype}",
+                per_step=per_step, cpu_per_step=cpu_per_step, images=batch, steps=args.steps,
+                compile_s=compile_s, flops=flops, peak_gflops=args.peak_gflops)
 
 if __name__ == "__main__":
   main()

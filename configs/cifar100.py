@@ -28,6 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = "resnet32"
   config.model.head = "rfd"  # rfd: Linear(F→F)→Linear(F→n_t) per task; linear: one Linear
+  # float32 | bfloat16: what the backbone's convolutions run in (inputs and kernels cast, result
+  # cast back; BN, params, losses and optimizer stay float32). See bench/RESULTS.md for speed.
+  config.model.conv_dtype = "float32"
 
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 0.1

@@ -41,6 +41,9 @@ def validate(config) -> tasks.TaskSpec:
            f"config.model.name={config.model.name!r} is unknown; expected one of {MODELS}.")
   _require(config.model.head in HEADS,
            f"config.model.head={config.model.head!r} is unknown; expected one of {HEADS}.")
+  _require(config.model.get("conv_dtype", "float32") in DTYPES,
+           f"config.model.conv_dtype={config.model.get('conv_dtype')!r} is unknown; expected one "
+           f"of {DTYPES}.")
   data, optim = config.data, config.optim
   _require(data.batch_size >= 1, f"config.data.batch_size={data.batch_size} must be >= 1.")
   _require(data.eval_batch_size >= 1,

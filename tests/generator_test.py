@@ -79,3 +79,25 @@ def test_torch_default_init_bounds():
   kernel = np.asarray(params["conv0"]["kernel"])
   assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound
   assert np.abs(np.asarray(params["conv0"]["bias"])).max() <= bound
+
+
+def test_bf16_convs_keep_float32_params_and_match_float32():
+  """generator_for(size, "bfloat16"): same float32 parameters, float32 output within bf16 error
+  of the float32 generator's; "float32" (the default) is the plain generator."""
+  assert generator_for(8, "float32") == generator_for(8)
+  gen, gen_bf16 = generator_for(8), generator_for(8, "bfloat16")
+  z = jax.random.normal(jax.random.key(1), (4, 1000))
+  shapes = jax.eval_shape(lambda: gen.init(jax.random.key(0), z, train=False))
+  assert jax.eval_shape(lambda: gen_bf16.init(jax.random.key(0), z, train=False)) == shapes
+  rng = np.random.default_rng(0)
+  variables = jax.tree.map(lambda s: rng.uniform(-0.05, 0.05, s.shape).astype(s.dtype), shapes)
+  variables["batch_stats"] = jax.tree.map(jnp.abs, variables["batch_stats"])
+
+  @jax.jit
+  def run(z):
+    return [g.apply(variables, z, train=True, mutable=["batch_stats"]) for g in (gen, gen_bf16)]
+
+  (out, stats), (out_bf16, stats_bf16) = run(z)
+  assert out_bf16.dtype == jnp.float32
+  assert {x.dtype for x in jax.tree.leaves(stats_bf16)} == {jnp.dtype(jnp.float32)}
+  np.testing.assert_allclose(out_bf16, out, atol=0.05 * float(jnp.max(jnp.abs(out))))

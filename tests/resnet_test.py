@@ -145,3 +145,22 @@ def test_bfloat16_activations_keep_params_statistics_and_logits_float32():
   # the same parameters in float32 give the same logits up to bf16 precision
   assert float(jnp.max(jnp.abs(logits_f32))) > 0.1
   np.testing.assert_allclose(logits, logits_f32, rtol=0.1, atol=0.05)
+
+
+def test_eval_pass_over_concatenated_batches_equals_separate_passes():
+  """distill_train_step runs the teacher once (eval mode) over real ∪ synthetic and splits the
+  logits and the stage-1 map: the same as two separate passes (BN uses running statistics)."""
+  model = resnet.CifarResNet(task_sizes=TASK_SIZES, stage_blocks=(1, 1, 1, 1))
+  real, syn = jax.random.normal(jax.random.key(1), (2, 2, 8, 8, 3))
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), real)
+  rng = np.random.default_rng(0)
+  variables = jax.tree.map(lambda s: rng.uniform(0.5, 1.0, s.shape).astype(s.dtype), shapes)
+
+  @jax.jit
+  def run(real, syn):
+    joint = model.apply(variables, jnp.concatenate([real, syn]), train=False)
+    return joint, model.apply(variables, real, train=False), model.apply(variables, syn, train=False)
+
+  (logits, feats), (logits_r, feats_r), (logits_s, feats_s) = run(real, syn)
+  np.testing.assert_allclose(logits, jnp.concatenate([logits_r, logits_s]), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(feats["stage1"][:2], feats_r["stage1"], rtol=1e-5, atol=1e-5)

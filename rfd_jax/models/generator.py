@@ -18,11 +18,14 @@ by 4 (e.g. 16 px digits) use the CIFAR layout from (size/4)×(size/4).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from rfd_jax.models.resnet import Conv
 
 Z_DIM = 1000
 
@@ -46,11 +49,14 @@ class Generator(nn.Module):
     init_channels: channels after the linear layer.
     block_channels: output channels of each upsample→conv→BN→LeakyReLU block.
     z_dim: latent size (1000 in all papers).
+    conv_dtype: what the convolutions run in (None: float32; bfloat16: inputs and kernels cast to
+      bf16, results cast back to float32, so BN, params and the optimizer stay float32).
   """
   init_size: int
   init_channels: int
   block_channels: Sequence[int]
   z_dim: int = Z_DIM
+  conv_dtype: Any = None
 
   @nn.compact
   def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:
@@ -66,23 +72,25 @@ class Generator(nn.Module):
     for i, cout in enumerate(self.block_channels):
       x = _upsample2x(x)
       init = _torch_default(9 * cin)
-      x = nn.Conv(cout, (3, 3), padding=((1, 1), (1, 1)), kernel_init=init, bias_init=init,
-                  name=f"conv{i}")(x)
+      x = Conv(cout, (3, 3), padding=((1, 1), (1, 1)), kernel_init=init, bias_init=init,
+               dtype=self.conv_dtype or jnp.float32, out_dtype=jnp.float32, name=f"conv{i}")(x)
       x = nn.leaky_relu(bn(0.8, f"bn{i}")(x), negative_slope=0.2)  # eps 0.8: the original's quirk
       cin = cout
     init = _torch_default(9 * cin)
-    x = nn.Conv(3, (3, 3), padding=((1, 1), (1, 1)), kernel_init=init, bias_init=init,
-                name="conv_out")(x)
+    x = Conv(3, (3, 3), padding=((1, 1), (1, 1)), kernel_init=init, bias_init=init,
+             dtype=self.conv_dtype or jnp.float32, out_dtype=jnp.float32, name="conv_out")(x)
     return bn(1e-5, "bn_out", affine=False)(jnp.tanh(x))
 
 
-def generator_for(image_size: int) -> Generator:
-  """The generator variant of spec §2.3 for square images of side `image_size`."""
+def generator_for(image_size: int, conv_dtype: str = "float32") -> Generator:
+  """The generator variant of spec §2.3 for square images of side `image_size`; its convolutions
+  run in `conv_dtype` ("float32" or "bfloat16", see `Generator.conv_dtype`)."""
+  kw = {"conv_dtype": None if conv_dtype == "float32" else jnp.dtype(conv_dtype)}
   if image_size == 224:
-    return Generator(init_size=7, init_channels=64, block_channels=(64,) * 5)
+    return Generator(init_size=7, init_channels=64, block_channels=(64,) * 5, **kw)
   if image_size == 64:
-    return Generator(init_size=8, init_channels=128, block_channels=(128, 128, 64))
+    return Generator(init_size=8, init_channels=128, block_channels=(128, 128, 64), **kw)
   if image_size % 4 == 0 and image_size >= 8:
-    return Generator(init_size=image_size // 4, init_channels=128, block_channels=(128, 64))
+    return Generator(init_size=image_size // 4, init_channels=128, block_channels=(128, 64), **kw)
   raise ValueError(f"config.data.image_size={image_size}: the generator needs 224, 64 or a "
                    "multiple of 4 (>= 8).")

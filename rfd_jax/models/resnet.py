@@ -28,10 +28,24 @@ torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unifo
 MASKED_LOGIT = -1e9  # finite, so 0 * masked stays 0 in losses; exp() underflows to exactly 0
 
 
-def _conv3x3(features: int, stride: int, name: str, dtype: Any = jnp.float32) -> nn.Conv:
+class Conv(nn.Conv):
+  """nn.Conv computing in `dtype` (the convolution's inputs and kernel are cast to it) whose result
+  is cast to `out_dtype` (None: left in `dtype`). Same parameters as nn.Conv (float32)."""
+  out_dtype: Any = None
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    y = super().__call__(inputs)
+    return y if self.out_dtype is None else y.astype(self.out_dtype)
+
+
+def _conv3x3(features: int, stride: int, name: str, dtype: Any = jnp.float32,
+             conv_dtype: Any = None) -> nn.Conv:
   # Explicit symmetric padding: Flax "SAME" pads (0, 1) at stride 2, PyTorch's padding=1 pads (1, 1).
-  return nn.Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
-                 use_bias=False, kernel_init=conv_init, dtype=dtype, name=name)
+  # conv_dtype (config.model.conv_dtype): the dtype the convolution itself runs in (None: `dtype`);
+  # its result is cast back to `dtype`, the activations', so BN and the adds see `dtype`.
+  return Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
+              use_bias=False, kernel_init=conv_init, dtype=conv_dtype or dtype, out_dtype=dtype,
+              name=name)
 
 
 class BatchNorm(nn.BatchNorm):
@@ -68,12 +82,13 @@ class BasicBlock(nn.Module):
   features: int
   stride: int = 1
   dtype: Any = jnp.float32  # activations; parameters are float32
+  conv_dtype: Any = None  # the convolutions' inputs and kernels (None: dtype)
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    y = _conv3x3(self.features, self.stride, "conv_a", self.dtype)(x)
+    y = _conv3x3(self.features, self.stride, "conv_a", self.dtype, self.conv_dtype)(x)
     y = nn.relu(_batch_norm(train, "bn_a", dtype=self.dtype)(y))
-    y = _conv3x3(self.features, 1, "conv_b", self.dtype)(y)
+    y = _conv3x3(self.features, 1, "conv_b", self.dtype, self.conv_dtype)(y)
     y = _batch_norm(train, "bn_b", zero_scale=True, dtype=self.dtype)(y)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
@@ -89,11 +104,12 @@ class Stage(nn.Module):
   num_blocks: int
   stride: int = 1
   dtype: Any = jnp.float32
+  conv_dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     for i in range(self.num_blocks):
-      x = BasicBlock(self.features, self.stride if i == 0 else 1, self.dtype,
+      x = BasicBlock(self.features, self.stride if i == 0 else 1, self.dtype, self.conv_dtype,
                      name=f"block{i}")(x, train=train)
     return x
 
@@ -179,20 +195,24 @@ class CifarResNet(_StagedResNet):
     dtype: of the backbone's activations and stage features (config.dtype: bfloat16 for mixed
       precision). Parameters and BatchNorm statistics stay float32; "pooled", the head and the
       logits are float32.
+    conv_dtype: what the convolutions run in (config.model.conv_dtype; None: `dtype`). With
+      bfloat16, each conv's input and kernel are cast to bf16 and its result back to `dtype`;
+      BN, the adds, params, losses and the optimizer are unchanged.
   """
   task_sizes: Sequence[int]
   head: str = "rfd"
   stage_blocks: Sequence[int] = (5, 5, 4, 1)
   widths: Sequence[int] = (16, 32, 64, 64)
   dtype: Any = jnp.float32
+  conv_dtype: Any = None
 
   def setup(self):
-    self.stem_conv = _conv3x3(self.widths[0], 1, "stem_conv", self.dtype)
+    self.stem_conv = _conv3x3(self.widths[0], 1, "stem_conv", self.dtype, self.conv_dtype)
     self.stem_bn = BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                              name="stem_bn")  # mode set per call
     strides = [1] + [2 if self.widths[i] != self.widths[i - 1] else 1
                      for i in range(1, len(self.widths))]
-    self.stages = [Stage(w, n, s, self.dtype, name=f"stage{i + 1}")
+    self.stages = [Stage(w, n, s, self.dtype, self.conv_dtype, name=f"stage{i + 1}")
                    for i, (w, n, s) in enumerate(zip(self.widths, self.stage_blocks, strides))]
     self.classifier = TaskHeads(tuple(self.task_sizes), self.head, name="head")
 
@@ -209,18 +229,20 @@ class PodnetBlock(nn.Module):
   features: int
   stride: int = 1
   last_relu: bool = True
+  conv_dtype: Any = None  # the convolutions' inputs and kernels (None: float32)
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    y = _conv3x3(self.features, self.stride, "conv_a")(x)
+    y = _conv3x3(self.features, self.stride, "conv_a", conv_dtype=self.conv_dtype)(x)
     y = nn.relu(_batch_norm(train, "bn_a")(y))
-    y = _conv3x3(self.features, 1, "conv_b")(y)
+    y = _conv3x3(self.features, 1, "conv_b", conv_dtype=self.conv_dtype)(y)
     y = _batch_norm(train, "bn_b", zero_scale=True)(y)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
-      shortcut = nn.Conv(self.features, (1, 1), strides=(self.stride, self.stride),
-                         padding="VALID", use_bias=False, kernel_init=conv_init,
-                         name="shortcut_conv")(x)
+      shortcut = Conv(self.features, (1, 1), strides=(self.stride, self.stride),
+                      padding="VALID", use_bias=False, kernel_init=conv_init,
+                      dtype=self.conv_dtype or jnp.float32, out_dtype=jnp.float32,
+                      name="shortcut_conv")(x)
       shortcut = _batch_norm(train, "shortcut_bn")(shortcut)
     y = y + shortcut
     return nn.relu(y) if self.last_relu else y
@@ -232,12 +254,13 @@ class PodnetLayer(nn.Module):
   features: int
   num_blocks: int
   stride: int = 1
+  conv_dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     for i in range(self.num_blocks):
-      x = PodnetBlock(self.features, self.stride if i == 0 else 1,
-                      last_relu=i == 0, name=f"block{i}")(x, train=train)
+      x = PodnetBlock(self.features, self.stride if i == 0 else 1, last_relu=i == 0,
+                      conv_dtype=self.conv_dtype, name=f"block{i}")(x, train=train)
     return x
 
 
@@ -256,16 +279,18 @@ class ResNet18(_StagedResNet):
     head: "rfd" (two linears per task) or "linear".
     stage_blocks: blocks per layer; (2, 2, 2, 2) is ResNet-18.
     widths: channels per layer.
+    conv_dtype: what the convolutions run in (None: float32; see `CifarResNet`).
   """
   task_sizes: Sequence[int]
   head: str = "rfd"
   stage_blocks: Sequence[int] = (2, 2, 2, 2)
   widths: Sequence[int] = (64, 128, 256, 512)
+  conv_dtype: Any = None
 
   def setup(self):
-    self.stem_conv = _conv3x3(self.widths[0], 1, "stem_conv")
+    self.stem_conv = _conv3x3(self.widths[0], 1, "stem_conv", conv_dtype=self.conv_dtype)
     self.stem_bn = BatchNorm(momentum=0.9, epsilon=1e-5, name="stem_bn")  # mode set per call
-    self.stages = [PodnetLayer(w, n, 1 if i == 0 else 2, name=f"stage{i + 1}")
+    self.stages = [PodnetLayer(w, n, 1 if i == 0 else 2, self.conv_dtype, name=f"stage{i + 1}")
                    for i, (w, n) in enumerate(zip(self.widths, self.stage_blocks))]
     self.classifier = TaskHeads(tuple(self.task_sizes), self.head, name="head")
 
@@ -293,11 +318,15 @@ def build_model(model_config, task_sizes: Sequence[int], *, dtype: str = "float3
   """The backbone named by `model_config.name` with a head for `task_sizes`.
 
   dtype: of the activations (config.dtype), "float32" or "bfloat16" (CIFAR ResNet-32 only so far).
+  `model_config.conv_dtype` ("float32", the default, or "bfloat16"): what the convolutions alone
+  run in (inputs and kernels cast, result cast back; BN, params, losses, optimizer untouched).
   """
+  conv_dtype = getattr(model_config, "conv_dtype", "float32")
+  conv_dtype = None if conv_dtype == "float32" else jnp.dtype(conv_dtype)
   if model_config.name == "resnet32":
     return CifarResNet(task_sizes=tuple(task_sizes), head=model_config.head,
-                       dtype=jnp.dtype(dtype))
+                       dtype=jnp.dtype(dtype), conv_dtype=conv_dtype)
   if model_config.name == "resnet18":
-    return ResNet18(task_sizes=tuple(task_sizes), head=model_config.head)
+    return ResNet18(task_sizes=tuple(task_sizes), head=model_config.head, conv_dtype=conv_dtype)
   raise ValueError(
       f"config.model.name={model_config.name!r}: expected one of ('resnet32', 'resnet18')")

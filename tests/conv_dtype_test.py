@@ -1,0 +1,83 @@
+"""config.model.conv_dtype: bf16 convolutions inside f32 ResNet-32 / ResNet-18 (rfd_jax.models.resnet).
+
+Tiny models (one block per stage, 8 px, batch 2) with random float32 variables from eval_shape, so
+nothing compiles flax's initialisers.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import cifar100
+from rfd_jax import config_validation
+from rfd_jax.models import resnet
+
+TASK_SIZES = (2, 3)
+SMALL = {"resnet32": dict(stage_blocks=(1, 1, 1, 1)),
+         "resnet18": dict(stage_blocks=(1, 1, 1, 1), widths=(8, 8, 16, 16))}
+
+
+def _model(name, conv_dtype):
+  config = ml_collections.ConfigDict({"name": name, "head": "rfd", "conv_dtype": conv_dtype})
+  return resnet.build_model(config, TASK_SIZES).clone(**SMALL[name])
+
+
+def _variables(model, x):
+  """Random float32 variables of `model`'s shapes; γ, running var in [0.5, 1) keep branches on."""
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: rng.uniform(0.5, 1.0, s.shape).astype(s.dtype) * 0.5, shapes)
+
+
+@pytest.mark.parametrize("name", ["resnet32", "resnet18"])
+def test_bf16_convs_keep_float32_params_and_match_float32(name):
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  bf16, f32 = _model(name, "bfloat16"), _model(name, "float32")
+  assert bf16.conv_dtype == jnp.bfloat16 and f32.conv_dtype is None  # float32: default unchanged
+  variables = _variables(f32, x)
+  shapes = jax.eval_shape(functools.partial(bf16.init, train=False), jax.random.key(0), x)
+  assert jax.tree.structure(shapes) == jax.tree.structure(variables)  # same parameters
+  assert {leaf.dtype for leaf in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}
+  f32_explicit = f32.clone(conv_dtype=jnp.float32)  # the cast-through path with f32 in and out
+
+  with_grads = name == "resnet32"  # ResNet-18: forward only, to keep the compile short
+
+  @jax.jit  # one compile for everything
+  def run(x):
+    def loss_fn(params, model):
+      (logits, features), new_vars = model.apply(
+          {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+          mutable=["batch_stats"])
+      return jnp.mean(logits ** 2), (logits, features["stage1"], new_vars)
+    outs = [loss_fn(variables["params"], m)[1] for m in (f32, f32_explicit, bf16)]
+    grad = lambda m: jax.grad(lambda p: loss_fn(p, m)[0])(variables["params"])
+    return outs, ([grad(f32), grad(bf16)] if with_grads else None)
+
+  ((logits, stage1, stats), (logits_e, stage1_e, stats_e), (logits_b, stage1_b, stats_b)), grads = (
+      run(x))
+  # conv_dtype float32 == the plain model, exactly
+  for a, b in ((logits, logits_e), (stage1, stage1_e), (stats, stats_e)):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+  # bf16 convs: float32 activations, statistics and gradients, close to float32 within bf16
+  assert {leaf.dtype for leaf in jax.tree.leaves((logits_b, stage1_b, stats_b, grads))} == {
+      jnp.dtype(jnp.float32)}
+  scale = float(jnp.max(jnp.abs(logits)))
+  assert scale > 0.1
+  np.testing.assert_allclose(logits_b, logits, rtol=0.05, atol=0.05 * scale)
+  np.testing.assert_allclose(stage1_b, stage1, rtol=0.05, atol=0.05)
+  if with_grads:  # all gradients as one vector: within a few % (bf16 has 8 mantissa bits)
+    flat = lambda g: np.concatenate([np.ravel(v) for v in jax.tree.leaves(g)])
+    g, g_b = flat(grads[0]), flat(grads[1])
+    assert np.linalg.norm(g_b - g) < 0.05 * np.linalg.norm(g)
+
+
+def test_config_validation_names_conv_dtype():
+  config = cifar100.get_config()
+  assert config.model.conv_dtype == "float32"
+  config.model.conv_dtype = "float16"
+  with pytest.raises(config_validation.ConfigError, match="config.model.conv_dtype='float16'"):
+    config_validation.validate(config)
