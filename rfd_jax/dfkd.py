@@ -271,10 +271,7 @@ def train_dfkd(config, workdir: str, *, stop_after_epochs: int | None = None) ->
   """
   run_start = time.time()
   validate(config)
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.data.batch_size, mesh)
-  parallel.check_batch_size(config.data.eval_batch_size, mesh, field="config.data.eval_batch_size")
-  os.makedirs(workdir, exist_ok=True)
+  mesh = jobs.make_mesh_and_workdir(config, workdir)
   size = config.data.image_size
   info = input_pipeline.dataset_info(config.data.dataset)
   teacher, teacher_vars, teacher_meta = teacher_lib.load_teacher(

@@ -32,6 +32,16 @@ def job_of(config) -> str:
   return job
 
 
+def make_mesh_and_workdir(config, workdir: str):
+  """The device mesh of an epoch job (every device; batches split on "data"), after checking that
+  the device count divides the batch sizes; creates `workdir`."""
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.data.batch_size, mesh)
+  parallel.check_batch_size(config.data.eval_batch_size, mesh, field="config.data.eval_batch_size")
+  os.makedirs(workdir, exist_ok=True)
+  return mesh
+
+
 def cosine_lr(base_lr: float, epoch: int, num_epochs: int) -> float:
   """PyTorch CosineAnnealingLR (eta_min 0) stepped once per epoch: lr·(1 + cos(π·epoch/E))/2."""
   return float(base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / num_epochs)))

@@ -106,10 +106,7 @@ def train_teacher(config, workdir: str) -> dict:
   """Runs (or resumes) the teacher job of `config` in `workdir`; returns results.json's dict."""
   run_start = time.time()
   validate(config)
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.data.batch_size, mesh)
-  parallel.check_batch_size(config.data.eval_batch_size, mesh, field="config.data.eval_batch_size")
-  os.makedirs(workdir, exist_ok=True)
+  mesh = jobs.make_mesh_and_workdir(config, workdir)
   model = dfkd_nets.build_classifier(config.model.name, input_pipeline.dataset_info(
       config.data.dataset).num_classes, dtype=config.dtype)
   tx = sgd(config.optim.momentum, config.optim.weight_decay)
