@@ -32,7 +32,7 @@ def test_table_has_mean_and_std_over_seeds_and_the_active_terms(tmp_path):
   rows = [line for line in text.splitlines() if line.startswith("| `")]
   assert rows[0].startswith("| `rgal` | adv=1 triplet=0.1 cd=0.1 striplet=0.1, direction paper "
                             "| 0, 1 | 99.26 | 75.00 ± 7.07 | 78.50 ± 4.95 | 100 / 101 |")
-  assert rows[1].startswith("| `deepinv` | bn + oh only | 0 | 99.26 | 50.00 | 55.00 | 100 |")
+  assert rows[1].startswith("| `deepinv` | none | 0 | 99.26 | 50.00 | 55.00 | 100 |")
 
 
 def test_a_dfcil_run_in_the_layout_is_refused(tmp_path):
