@@ -96,7 +96,7 @@ def test_dfkd_config_errors_name_the_field(teacher_run, tmp_path, field, value, 
 def test_synthesis_keeps_the_lowest_loss_batch():
   size, batch = 8, 4
   generator = CmiGenerator(nz=8, ngf=4, img_size=size)
-  net = dfkd_nets.build_classifier("wrn16_1", 10)
+  net = dfkd_nets.WideResNet(depth=10, widen_factor=1, num_classes=10)  # small: fast to compile
   net_vars = net.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
   tx = optax.adam(0.05, b1=0.5, b2=0.999)
   kwargs = dict(generator=generator, teacher=net, student=net,
