@@ -93,6 +93,7 @@ def test_dfkd_config_errors_name_the_field(teacher_run, tmp_path, field, value, 
     dfkd.train_dfkd(config, str(tmp_path))
 
 
+@pytest.mark.slow  # ~20 s of compiling; the CI suite is near its time budget
 def test_synthesis_keeps_the_lowest_loss_batch():
   size, batch = 8, 4
   generator = CmiGenerator(nz=8, ngf=4, img_size=size)
