@@ -132,15 +132,18 @@ def masked_l1(*, student: jax.Array, teacher: jax.Array, num_classes) -> jax.Arr
 def rkd_angle(*, student: jax.Array, teacher: jax.Array) -> jax.Array:
   """RKD angle loss: mean over (i, j, k) of |A_s[i,j,k] − A_t[i,j,k]|.
 
-  A[i,j,k] = ⟨n(e_j − e_i), n(e_k − e_i)⟩ with n(v) = v / max(‖v‖, 1e-12) (so n(0) = 0).
-  student, teacher: embeddings (B, D) → scalar.
+  A[i,j,k] = ⟨n(e_j − e_i), n(e_k − e_i)⟩ with n(v) = v / ‖v‖ and n(0) = 0 (PyTorch's
+  `F.normalize`). student, teacher: embeddings (B, D) → scalar.
   """
   def angles(e):
     diff = e[None, :, :] - e[:, None, :]  # (i, j, D): e_j − e_i
     sq = jnp.sum(diff ** 2, axis=-1, keepdims=True)
-    # i == j gives a zero vector; the inner where keeps sqrt's gradient finite there.
-    norm = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
-    unit = diff / jnp.maximum(norm, 1e-12)
+    # The i == j rows are zero vectors. Dividing them by a clamped norm (1e-12) would give them a
+    # 1e12 Jacobian: jnp.abs has slope 1 at 0, so the zero entries of |A_s − A_t| send a
+    # cotangent into them, and e_i's two ±1e12 contributions then cancel every other gradient term
+    # in float32 (the whole gradient came out exactly 0). A zero scale keeps them out instead.
+    inv_norm = jnp.where(sq > 0, jax.lax.rsqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+    unit = diff * inv_norm
     return jnp.einsum("ijd,ikd->ijk", unit, unit)
   return jnp.mean(jnp.abs(angles(student.astype(jnp.float32)) - angles(teacher.astype(jnp.float32))))
 
