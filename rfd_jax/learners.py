@@ -9,9 +9,10 @@ teacher's outputs on both (see `steps.distill_train_step`), and combine them her
                  fine-tuning: class-weighted global CE + both DIST terms.
   rdfcil         (spec §6.1) main: local CE + L1 hard KD on synthetic old logits + RKD-angle on
                  projected real features; then head fine-tuning: class-weighted global CE + hard KD.
-  abd            (spec §6.2) local CE + global CE on detached features + feature distillation
-                 through the teacher's head; real and synthetic in one forward pass.
-  deepinversion  (spec §6.3) global CE on real ∪ synthetic + LwF KD (T = 2).
+  abd            (spec §6.2) local CE + global CE over all head outputs on detached features +
+                 feature distillation through the teacher's head; real and synthetic in one pass.
+  deepinversion  (spec §6.3, ABD's DeepInversionGenBN) CE on the real rows + two-part LwF KD
+                 (T = 2, no T² factor); real and synthetic in one forward pass.
 
 Loss functions are pure: (params, aux, batch_stats, inputs, hparams) → (loss, (batch_stats, metrics)).
 """
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rfd_jax import inversion, losses, rgal_losses
-from rfd_jax.models.resnet import mask_classes, mask_unseen
+from rfd_jax.models.resnet import BN_MOMENTUM, mask_classes, mask_unseen
 
 
 class DistillInputs(NamedTuple):
@@ -53,13 +54,16 @@ class DistillInputs(NamedTuple):
   rng: jax.Array | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Learner:
-  """A method: whether it inverts the teacher, has a head fine-tuning phase, and its losses."""
+  """A method: whether it inverts the teacher, its phases, its losses and its head semantics."""
   name: str
   uses_inversion: bool
-  has_finetune_phase: bool
+  has_finetune_phase: bool  # head fine-tuning in the last optim.ft_epochs of tasks >= 1
   reuse_generator: bool  # ABD keeps one generator (and its Adam state) across tasks
+  # ABD's single Linear covers every class from the start: its CE terms run over all outputs
+  # (unseen classes included) and the unseen rows are trained (pushed down) like the others.
+  ce_over_all_outputs: bool = False
   main_loss: Callable | None = None
   finetune_loss: Callable | None = None
   init_aux: Callable | None = None  # (rng, num_features) → per-task extra trainable params
@@ -253,24 +257,38 @@ def rfd_finetune_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, 
 # ---- ABD and DeepInversion: one forward pass over real ∪ synthetic ----------------------------
 
 
+def _update_running_stats_twice(new_stats, old_stats, momentum: float = BN_MOMENTUM):
+  """The running statistics after a second train-mode pass over the same batch.
+
+  One pass gives new = m·old + (1−m)·b; a second with the same batch statistics b gives
+  m·new + (1−m)·b = new + m·(new − old).
+  """
+  return jax.tree.map(lambda new, old: new + momentum * (new - old), new_stats, old_stats)
+
+
 def abd_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *, model, teacher_vars,
              mu: float):
-  """Local CE (real) + global CE on detached features (real ∪ syn), both weighted per example by
-  old/new class balance (old: n_old/n_seen, new: 1 − that), + μ·feature distillation through the
-  teacher's head: mean_i Σ_{c<n_old} (head_T(h_S(x_i)) − z_T(x_i))²_c / n_old."""
+  """ABD (`AlwaysBeDreaming.update_model`): local CE (real) + global CE on detached features
+  (real ∪ syn) over ALL head outputs, both weighted per example by old/new class balance
+  (old: n_old/n_seen, new: 1 − that), + μ·feature distillation through the teacher's head:
+  mean_i Σ_{c<n_old} (head_T(h_S(x_i)) − z_T(x_i))²_c / n_old.
+
+  The original takes the detached features from a second train-mode forward pass under no_grad:
+  the same values as the first pass, but BN's running statistics are updated twice per step,
+  which is reproduced here.
+  """
   del aux
   num_old, num_seen = hparams["num_old"], hparams["num_seen"]
   x = jnp.concatenate([inputs.real, inputs.syn])
   labels = jnp.concatenate([inputs.labels, inputs.syn_labels])
-  z, feats, batch_stats = _apply(model, params, batch_stats, x, train=True)
+  z, feats, new_stats = _apply(model, params, batch_stats, x, train=True)
   old_share = num_old / num_seen
   weight = jnp.where(labels < num_old, old_share, 1.0 - old_share)
   batch = inputs.real.shape[0]
   loss_local = jnp.mean(weight[:batch] * _local_ce(z[:batch], inputs.labels, num_old, num_seen))
   head_only = model.apply({"params": params}, jax.lax.stop_gradient(feats["pooled"]),
                           method=model.head_logits)
-  loss_global = jnp.mean(weight * losses.cross_entropy(logits=mask_unseen(head_only, num_seen),
-                                                       labels=labels))
+  loss_global = jnp.mean(weight * losses.cross_entropy(logits=head_only, labels=labels))
   through_teacher_head = model.apply({"params": teacher_vars["params"]}, feats["pooled"],
                                      method=model.head_logits)
   teacher_logits = jnp.concatenate([inputs.t_real_logits, inputs.t_syn_logits])
@@ -281,27 +299,39 @@ def abd_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *, model,
              "train/loss_kd": loss_kd,
              "train/acc": jnp.mean(losses.accuracy(logits=mask_unseen(z[:batch], num_seen),
                                                    labels=inputs.labels))}
-  return loss, (batch_stats, metrics)
+  return loss, (_update_running_stats_twice(new_stats, batch_stats), metrics)
 
 
 def deepinversion_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *, model,
                        teacher_vars, mu: float, temperature: float):
-  """Global CE over the seen classes on real ∪ synthetic + μ·LwF KD (T²-scaled soft CE at
-  temperature T on the old-class logits of both)."""
+  """ABD's DeepInversion baseline (`DeepInversionGenBN.update_model`), one forward pass over
+  real ∪ synthetic:
+
+    CE over the seen classes on the real rows only
+    + μ·KD_old: real rows, −Σ_{c<n_old} softmax(t/T)_c · log_softmax_{c<n_old}(s/T)_c
+    + μ·KD_syn: synthetic rows, −Σ_{c<n_old} softmax(t/T)_c · log_softmax_{c<n_seen}(s/T)_c
+      (the teacher's softmax zero-padded over the new classes),
+  each KD a mean over its rows, without the T² factor (commented out in ABD's `loss_fn_kd`).
+  """
   del aux, teacher_vars
   num_old, num_seen = hparams["num_old"], hparams["num_seen"]
-  x = jnp.concatenate([inputs.real, inputs.syn])
-  labels = jnp.concatenate([inputs.labels, inputs.syn_labels])
-  z, _, batch_stats = _apply(model, params, batch_stats, x, train=True)
-  loss_ce = jnp.mean(losses.cross_entropy(logits=mask_unseen(z, num_seen), labels=labels))
-  teacher_logits = jnp.concatenate([inputs.t_real_logits, inputs.t_syn_logits])
-  loss_kd = losses.soft_cross_entropy(student=z, teacher=teacher_logits, num_classes=num_old,
-                                      temperature=temperature)
   batch = inputs.real.shape[0]
-  metrics = {"train/loss_ce": loss_ce, "train/loss_kd": loss_kd,
-             "train/acc": jnp.mean(losses.accuracy(logits=mask_unseen(z[:batch], num_seen),
+  z, _, batch_stats = _apply(model, params, batch_stats,
+                             jnp.concatenate([inputs.real, inputs.syn]), train=True)
+  z_real, z_syn = z[:batch], z[batch:]
+  loss_ce = jnp.mean(losses.cross_entropy(logits=mask_unseen(z_real, num_seen),
+                                          labels=inputs.labels))
+  kd_real = losses.soft_cross_entropy(student=z_real, teacher=inputs.t_real_logits,
+                                      num_classes=num_old, temperature=temperature,
+                                      student_classes=num_old)
+  kd_syn = losses.soft_cross_entropy(student=z_syn, teacher=inputs.t_syn_logits,
+                                     num_classes=num_old, temperature=temperature,
+                                     student_classes=num_seen)
+  metrics = {"train/loss_ce": loss_ce, "train/loss_kd_real": kd_real,
+             "train/loss_kd_syn": kd_syn,
+             "train/acc": jnp.mean(losses.accuracy(logits=mask_unseen(z_real, num_seen),
                                                    labels=inputs.labels))}
-  return loss_ce + mu * loss_kd, (batch_stats, metrics)
+  return loss_ce + mu * (kd_real + kd_syn), (batch_stats, metrics)
 
 
 def get_learner(config) -> Learner:
@@ -309,19 +339,26 @@ def get_learner(config) -> Learner:
   method, distill = config.method, config.distill
   reuse = {"auto": method == "abd", "fresh": False, "reuse": True}[config.inversion.generator]
   if method in ("finetune", "joint"):
-    return Learner(method, False, False, False)
+    return Learner(name=method, uses_inversion=False, has_finetune_phase=False,
+                   reuse_generator=False)
   if method == "rfd":
     bind = lambda fn: functools.partial(fn, temperature=distill.dist_temperature)
     striplet = distill.lambda_striplet if config.inversion.get("kind") == "rgal" else 0.0
-    return Learner(method, True, True, reuse,
-                   functools.partial(bind(rfd_main_loss), striplet=striplet),
-                   bind(rfd_finetune_loss))
+    return Learner(name=method, uses_inversion=True, has_finetune_phase=True,
+                   reuse_generator=reuse,
+                   main_loss=functools.partial(bind(rfd_main_loss), striplet=striplet),
+                   finetune_loss=bind(rfd_finetune_loss))
   if method == "rdfcil":
-    return Learner(method, True, True, reuse, rdfcil_main_loss, rdfcil_finetune_loss,
-                   init_rkd_projections)
+    return Learner(name=method, uses_inversion=True, has_finetune_phase=True,
+                   reuse_generator=reuse, main_loss=rdfcil_main_loss,
+                   finetune_loss=rdfcil_finetune_loss, init_aux=init_rkd_projections)
   if method == "abd":
-    return Learner(method, True, False, reuse, functools.partial(abd_loss, mu=distill.abd_mu))
+    return Learner(name=method, uses_inversion=True, has_finetune_phase=False,
+                   reuse_generator=reuse, ce_over_all_outputs=True,
+                   main_loss=functools.partial(abd_loss, mu=distill.abd_mu))
   if method == "deepinversion":
-    return Learner(method, True, False, reuse, functools.partial(
-        deepinversion_loss, mu=distill.lwf_mu, temperature=distill.lwf_temperature))
+    return Learner(name=method, uses_inversion=True, has_finetune_phase=False,
+                   reuse_generator=reuse, main_loss=functools.partial(
+                       deepinversion_loss, mu=distill.lwf_mu,
+                       temperature=distill.lwf_temperature))
   raise ValueError(f"config.method={method!r} is unknown")

@@ -148,17 +148,23 @@ def rkd_angle(*, student: jax.Array, teacher: jax.Array) -> jax.Array:
   return jnp.mean(jnp.abs(angles(student.astype(jnp.float32)) - angles(teacher.astype(jnp.float32))))
 
 
-def soft_cross_entropy(*, student: jax.Array, teacher: jax.Array, num_classes,
-                       temperature: float) -> jax.Array:
-  """LwF knowledge distillation: T² · mean_i Σ_c −softmax(t/T)_c · log_softmax(s/T)_c.
+def soft_cross_entropy(*, student: jax.Array, teacher: jax.Array, num_classes, temperature: float,
+                       student_classes=None) -> jax.Array:
+  """LwF knowledge distillation as ABD's `loss_fn_kd`, without a T² factor:
 
-  Over the first num_classes columns only (others masked). student, teacher (B, C) → scalar.
+  mean_i Σ_{c<num_classes} −softmax_{c<num_classes}(t_i/T)_c · log_softmax_{c<student_classes}(s_i/T)_c.
+
+  student_classes (default num_classes): the columns the student's softmax runs over; larger than
+  num_classes, the teacher's softmax is zero-padded over the extra ones. student, teacher (B, C);
+  both counts may be traced → scalar.
   """
-  keep = jnp.arange(student.shape[-1]) < num_classes
-  s = jnp.where(keep, student / temperature, -1e9)
-  t = jnp.where(keep, teacher / temperature, -1e9)
+  if student_classes is None:
+    student_classes = num_classes
+  columns = jnp.arange(student.shape[-1])
+  s = jnp.where(columns < student_classes, student / temperature, -1e9)
+  t = jnp.where(columns < num_classes, teacher / temperature, -1e9)
   per_example = -jnp.sum(jax.nn.softmax(t, axis=-1) * jax.nn.log_softmax(s, axis=-1), axis=-1)
-  return temperature ** 2 * jnp.mean(per_example)
+  return jnp.mean(per_example)
 
 
 def masked_squared_error(*, student: jax.Array, teacher: jax.Array, num_classes) -> jax.Array:

@@ -50,9 +50,10 @@ def _real_images(batch, rng, mean, std, augmentation):
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
                hparams: dict[str, Any], *, model: nn.Module, tx: optax.GradientTransformation,
                weight_decay: float, mean: np.ndarray, std: np.ndarray,
-               augmentation: input_pipeline.Augmentation | None = input_pipeline.Augmentation()
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step of cross-entropy over the seen classes (finetune, joint, and every task 0).
+               augmentation: input_pipeline.Augmentation | None = input_pipeline.Augmentation(),
+               ce_over_all_outputs: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD step of cross-entropy over the seen classes (finetune, joint, and every task 0), or
+  over all the head's outputs with `ce_over_all_outputs` (ABD's single Linear head).
 
   Args:
     state: the student.
@@ -70,9 +71,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
     (logits, _), new_vars = model.apply(
         {"params": params, "batch_stats": state.batch_stats}, images, train=True,
         mutable=["batch_stats"])
-    logits = mask_unseen(logits, hparams["num_seen"])
-    loss = jnp.mean(losses.cross_entropy(logits=logits, labels=labels))
-    return loss, (new_vars["batch_stats"], logits)
+    seen_logits = mask_unseen(logits, hparams["num_seen"])
+    loss = jnp.mean(losses.cross_entropy(logits=logits if ce_over_all_outputs else seen_logits,
+                                         labels=labels))
+    return loss, (new_vars["batch_stats"], seen_logits)
 
   (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads = {"model": grads, "aux": jax.tree.map(jnp.zeros_like, state.aux_params)}

@@ -36,9 +36,12 @@ class Phase:
 
 
 def task_phases(config, learner: learners.Learner, task: int) -> list[Phase]:
-  """Epoch blocks of task `task`. Every learner trains E − E_ft main-phase epochs; learners with a
-  head fine-tuning phase (rdfcil, rfd) append E_ft epochs for task >= 1 (spec §3)."""
-  main_epochs = config.optim.epochs - config.optim.ft_epochs
+  """Epoch blocks of task `task`. Learners with a head fine-tuning phase (rdfcil, rfd) train
+  E − E_ft main-phase epochs and, for task >= 1, E_ft fine-tuning epochs (spec §3; task 0 has
+  E − E_ft epochs only, as in the original); the others train all E epochs as main phase."""
+  main_epochs = config.optim.epochs
+  if learner.has_finetune_phase:
+    main_epochs -= config.optim.ft_epochs
   phases = [Phase("main", 0, main_epochs)]
   if learner.has_finetune_phase and task > 0 and config.optim.ft_epochs > 0:
     phases.append(Phase("finetune", main_epochs, config.optim.ft_epochs))
@@ -72,7 +75,9 @@ def build_step_fns(config, learner: learners.Learner, model, generator, tx, data
       donate_argnums=(0,), in_shardings=(rep, batch, rep, rep, rep, rep), out_shardings=rep)
   inv = config.inversion
   return StepFns(
-      ce_step=jax.jit(functools.partial(steps.train_step, **common), donate_argnums=(0,),
+      ce_step=jax.jit(functools.partial(steps.train_step, **common,
+                                        ce_over_all_outputs=learner.ce_over_all_outputs),
+                      donate_argnums=(0,),
                       in_shardings=(rep, batch, rep, rep), out_shardings=rep),
       distill_main_step=distill(learner.main_loss),
       distill_finetune_step=distill(learner.finetune_loss),
@@ -428,7 +433,9 @@ def train_phase(run: Run, rs: RunState, phase: Phase) -> None:
   config, task = run.config, rs.task
   num_seen, num_old = run.spec.num_seen(task), int(run.spec.offsets[task])
   distilling = run.learner.uses_inversion and task > 0
-  mask = trainable_mask(rs.state, tasks_seen=task + 1, backbone=phase.name == "main")
+  # ABD trains every row of its head from the start (its CE runs over all outputs)
+  heads = run.spec.num_tasks if run.learner.ce_over_all_outputs else task + 1
+  mask = trainable_mask(rs.state, tasks_seen=heads, backbone=phase.name == "main")
   step_fn = run.fns.ce_step
   if distilling:
     step_fn = run.fns.distill_main_step if phase.name == "main" else run.fns.distill_finetune_step

@@ -113,7 +113,7 @@ def test_replay_triplet_mines_in_the_old_classes_only():
     ("rfd", {"train/loss_ce", "train/loss_dist_syn", "train/loss_dist_real", "train/loss_lfd"}),
     ("rdfcil", {"train/loss_ce", "train/loss_hkd", "train/loss_rkd"}),
     ("abd", {"train/loss_ce", "train/loss_global_ce", "train/loss_kd"}),
-    ("deepinversion", {"train/loss_ce", "train/loss_kd"})])
+    ("deepinversion", {"train/loss_ce", "train/loss_kd_real", "train/loss_kd_syn"})])
 def test_main_step_of_each_learner(setup, method, keys):
   state, new_state, metrics = _run(setup, method, "main")
   assert keys <= set(metrics) and all(np.isfinite(float(v)) for v in metrics.values())
@@ -216,3 +216,94 @@ def test_each_step_compiles_once_per_run_whatever_the_number_of_tasks(monkeypatc
   grids = sorted(f for f in os.listdir(tmp_path) if f.startswith("synthetic_task"))
   assert grids == [f"synthetic_task{t}.png" for t in range(1, 5)]
   assert Image.open(tmp_path / grids[0]).size == (800, 840)  # 64 images, 8 × 8
+
+
+def _distill_inputs(model, teacher, num_old, seed=1):
+  rng = np.random.default_rng(seed)
+  real, syn = (jnp.asarray(rng.normal(size=(BATCH, SIZE, SIZE, 3)), jnp.float32) for _ in "rs")
+  t_vars = {"params": teacher.params, "batch_stats": teacher.batch_stats}
+  t_logits, t_feats = model.apply(t_vars, jnp.concatenate([real, syn]), train=False)
+  t_logits = np.where(np.arange(10) < num_old, np.asarray(t_logits), -1e9)
+  labels = jnp.asarray(rng.integers(num_old, num_old + 2, BATCH), jnp.int32)
+  syn_labels = jnp.asarray(np.argmax(t_logits[BATCH:], axis=-1), jnp.int32)
+  return t_vars, learners.DistillInputs(
+      real=real, labels=labels, syn=syn, syn_labels=syn_labels,
+      t_real_logits=jnp.asarray(t_logits[:BATCH]), t_syn_logits=jnp.asarray(t_logits[BATCH:]),
+      t_real_pooled=t_feats["pooled"][:BATCH], t_syn_pooled=t_feats["pooled"][BATCH:],
+      t_real_stage1=t_feats["stage1"][:BATCH])
+
+
+def _np_log_softmax(z):
+  z = z - z.max(axis=-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def test_deepinversion_is_abds_deepinversiongenbn(setup):
+  """CE over the seen classes on the real rows only; KD on the real rows over the old classes and
+  on the synthetic rows against the teacher's softmax zero-padded over the seen classes; T = 2,
+  no T² factor (ABD's learners/datafree.py update_model, learners/default.py loss_fn_kd)."""
+  model, _, teacher, _, _, _ = setup
+  num_old, num_seen, temp, mu = 4, 6, 2.0, 1.0
+  student = random_train_state(model, optim.momentum_transform(0.9), image_size=SIZE,
+                               num_classes=10, seed=6)
+  t_vars, inputs = _distill_inputs(model, teacher, num_old)
+  hparams = {"num_old": jnp.int32(num_old), "num_seen": jnp.int32(num_seen)}
+  loss, (_, metrics) = learners.deepinversion_loss(
+      student.params, {}, student.batch_stats, inputs, hparams, model=model, teacher_vars=t_vars,
+      mu=mu, temperature=temp)
+  (z, _), _ = model.apply({"params": student.params, "batch_stats": student.batch_stats},
+                          jnp.concatenate([inputs.real, inputs.syn]), train=True,
+                          mutable=["batch_stats"])
+  z = np.asarray(z, np.float64)
+  z_real, z_syn = z[:BATCH, :num_seen], z[BATCH:, :num_seen]
+  labels = np.asarray(inputs.labels)
+  ce = -_np_log_softmax(z_real)[np.arange(BATCH), labels].mean()
+  q_real = np.exp(_np_log_softmax(np.asarray(inputs.t_real_logits)[:, :num_old] / temp))
+  q_syn = np.exp(_np_log_softmax(np.asarray(inputs.t_syn_logits)[:, :num_old] / temp))
+  kd_real = -(q_real * _np_log_softmax(z_real[:, :num_old] / temp)).sum(1).mean()
+  padded = np.concatenate([q_syn, np.zeros((BATCH, num_seen - num_old))], axis=1)
+  kd_syn = -(padded * _np_log_softmax(z_syn / temp)).sum(1).mean()
+  np.testing.assert_allclose(float(metrics["train/loss_ce"]), ce, rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["train/loss_kd_real"]), kd_real, rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["train/loss_kd_syn"]), kd_syn, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), ce + mu * (kd_real + kd_syn), rtol=1e-5)
+
+
+def test_abd_global_ce_runs_over_all_outputs_and_bn_updates_twice(setup):
+  """ABD's global CE is on the head's output over every class (its single Linear covers all
+  classes; unseen ones included), and its second no-grad train-mode pass updates BN twice."""
+  model, _, teacher, _, _, _ = setup
+  num_old, num_seen = 4, 6
+  student = random_train_state(model, optim.momentum_transform(0.9), image_size=SIZE,
+                               num_classes=10, seed=7)
+  t_vars, inputs = _distill_inputs(model, teacher, num_old, seed=2)
+  hparams = {"num_old": jnp.int32(num_old), "num_seen": jnp.int32(num_seen)}
+  _, (stats, metrics) = learners.abd_loss(student.params, {}, student.batch_stats, inputs,
+                                          hparams, model=model, teacher_vars=t_vars, mu=0.1)
+  x = jnp.concatenate([inputs.real, inputs.syn])
+
+  def train_pass(batch_stats):
+    (z, _), updates = model.apply({"params": student.params, "batch_stats": batch_stats}, x,
+                                  train=True, mutable=["batch_stats"])
+    return np.asarray(z, np.float64), updates["batch_stats"]
+
+  z, once = train_pass(student.batch_stats)
+  _, twice = train_pass(once)
+  chex.assert_trees_all_close(stats, twice, rtol=1e-5, atol=1e-6)
+  labels = np.concatenate([np.asarray(inputs.labels), np.asarray(inputs.syn_labels)])
+  weight = np.where(labels < num_old, num_old / num_seen, 1 - num_old / num_seen)
+  global_ce = (weight * -_np_log_softmax(z)[np.arange(2 * BATCH), labels]).mean()  # all 10 outputs
+  np.testing.assert_allclose(float(metrics["train/loss_global_ce"]), global_ce, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method,main_epochs,has_ft", [
+    ("rfd", 16, True), ("rdfcil", 16, True), ("abd", 20, False), ("deepinversion", 20, False),
+    ("finetune", 20, False), ("joint", 20, False)])
+def test_learners_without_finetuning_train_every_epoch(method, main_epochs, has_ft):
+  config = digits.get_config()  # 20 epochs, 4 of them head fine-tuning
+  config.method = method
+  learner = learners.get_learner(config)
+  assert [(p.name, p.num_epochs) for p in train.task_phases(config, learner, 0)] == [
+      ("main", main_epochs)]
+  expected = [("main", main_epochs)] + ([("finetune", 4)] if has_ft else [])
+  assert [(p.name, p.num_epochs) for p in train.task_phases(config, learner, 1)] == expected

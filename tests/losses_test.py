@@ -135,15 +135,23 @@ def test_rkd_angle_matches_triple_loop():
   assert np.all(np.isfinite(grad))  # the i == j zero vectors must not give NaN
 
 
-def test_soft_cross_entropy_lwf():
-  s, t = RNG.normal(size=(3, 5)), RNG.normal(size=(3, 5))
+def test_soft_cross_entropy_lwf_is_abds_loss_fn_kd():
+  """No T² factor; student_classes > num_classes zero-pads the teacher's softmax (ABD's KD on
+  synthetic rows)."""
+  s, t = RNG.normal(size=(3, 6)), RNG.normal(size=(3, 6))
   temp = 2.0
   q = np.exp(_log_softmax(t[:, :4] / temp))
-  expected = temp ** 2 * (-(q * _log_softmax(s[:, :4] / temp)).sum(1)).mean()
+  expected = (-(q * _log_softmax(s[:, :4] / temp)).sum(1)).mean()
   got = losses.soft_cross_entropy(student=jnp.asarray(s, jnp.float32),
                                   teacher=jnp.asarray(t, jnp.float32), num_classes=4,
                                   temperature=temp)
   np.testing.assert_allclose(got, expected, rtol=1e-5)
+  padded = np.concatenate([q, np.zeros((3, 1))], axis=1)
+  expected_padded = (-(padded * _log_softmax(s[:, :5] / temp)).sum(1)).mean()
+  got_padded = losses.soft_cross_entropy(student=jnp.asarray(s, jnp.float32),
+                                         teacher=jnp.asarray(t, jnp.float32), num_classes=4,
+                                         temperature=temp, student_classes=5)
+  np.testing.assert_allclose(got_padded, expected_padded, rtol=1e-5)
 
 
 def test_masked_squared_error_abd():

@@ -25,6 +25,7 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # PyTorch's default nn.Linear init, kaiming_uniform(a=√5): U(±1/√fan_in).
 torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
+BN_MOMENTUM = 0.9  # flax convention: running = m·running + (1 − m)·batch (PyTorch momentum 0.1)
 MASKED_LOGIT = -1e9  # finite, so 0 * masked stays 0 in losses; exp() underflows to exactly 0
 
 
@@ -72,7 +73,7 @@ class BatchNorm(nn.BatchNorm):
 def _batch_norm(train: bool, name: str, zero_scale: bool = False,
                 dtype: Any = jnp.float32) -> nn.BatchNorm:
   # `dtype` is the output's; flax computes the statistics in float32 and keeps them in float32.
-  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+  return BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=1e-5,
                    scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
                    dtype=dtype, name=name)
 
