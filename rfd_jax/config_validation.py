@@ -6,8 +6,8 @@ from rfd_jax import input_pipeline, tasks
 
 METHODS = ("rfd", "rdfcil", "abd", "deepinversion", "finetune", "joint")
 GENERATOR_POLICIES = ("auto", "fresh", "reuse")
-MODELS = ("resnet32", "resnet18")
-HEADS = ("rfd", "linear")
+MODELS = ("resnet32", "resnet32_he", "resnet18")
+HEADS = ("rfd", "linear", "abd")
 DTYPES = ("float32", "bfloat16")
 INVERSION_KINDS = ("standard", "rgal")
 
@@ -63,6 +63,9 @@ def validate(config) -> tasks.TaskSpec:
            f"config.data.crop_padding={data.crop_padding} must be in [0, image_size).")
   _require(data.crop_fill in ("normalized", "black"),
            f"config.data.crop_fill={data.crop_fill!r}: expected 'normalized' or 'black'.")
+  for name in ("color_jitter_brightness", "color_jitter_contrast"):
+    _require(data.get(name, 0.0) >= 0,
+             f"config.data.{name}={data.get(name)} must be >= 0 (0: off).")
   _require(optim.lr > 0, f"config.optim.lr={optim.lr} must be > 0.")
   _require(optim.ft_lr >= 0, f"config.optim.ft_lr={optim.ft_lr} must be >= 0.")
   _require(0 <= optim.momentum < 1, f"config.optim.momentum={optim.momentum} must be in [0, 1).")
@@ -95,6 +98,9 @@ def validate(config) -> tasks.TaskSpec:
            f"config.inversion.rgal_direction={inv.rgal_direction!r}: expected 'paper' or "
            "'released_code'.")
   _require(inv.rgal_triplet >= 0, f"config.inversion.rgal_triplet={inv.rgal_triplet} must be >= 0.")
+  _require(inv.kind != "rgal" or config.model.name != "resnet32_he",
+           "config.inversion.kind='rgal' mines the teacher's stage-3 and stage-4 features; "
+           "config.model.name='resnet32_he' has 3 stages: use 'resnet32' or kind='standard'.")
   _require(config.distill.lambda_striplet >= 0,
            f"config.distill.lambda_striplet={config.distill.lambda_striplet} must be >= 0.")
   _require(inv.kind != "rgal" or config.method == "rfd" or config.distill.lambda_striplet == 0,

@@ -1,8 +1,9 @@
 """The Tiny-ImageNet, ImageNet-100 and ImageNet-R configs: spec values, validation, and one train
 step and one inversion step each on a fake dataset in the benchmark's on-disk layout, shrunk
-to 16 px."""
+to 16 px. ABD's own CIFAR-100 recipe: its values, validation, the model it builds and one step."""
 
 import functools
+import random
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from configs import imagenet100, imagenet_r, tiny_imagenet
-from rfd_jax import config_validation, input_pipeline, inversion, optim, steps, train
+from configs import abd_cifar100, imagenet100, imagenet_r, tiny_imagenet
+from rfd_jax import config_validation, input_pipeline, inversion, learners, optim, steps, train
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import build_model
 from rfd_jax.state import trainable_mask
@@ -122,3 +123,88 @@ def test_imagenet100_end_to_end_on_lazy_images(tmp_path):
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert results["dataset"] == "imagenet100" and len(results["acc_matrix"]) == 10
   assert results["task_sizes"] == [10] * 10
+
+
+@pytest.mark.parametrize("num_tasks", [5, 10, 20])
+def test_abd_cifar100_is_abds_recipe(num_tasks):
+  """configs/abd_cifar100.py against GT-RIPL/AlwaysBeDreaming-DFCIL's cifar100-*task.sh (which
+  differ only in the split size) and the code they run; no data, no training."""
+  config = abd_cifar100.get_config()
+  config.data.num_tasks = num_tasks
+  spec = config_validation.validate(config)
+  order, saved = list(range(100)), random.getstate()
+  random.seed(0)  # ABD's trainer.py, repeat 0
+  random.shuffle(order)
+  random.setstate(saved)
+  assert list(spec.class_order) == order and list(spec.sizes) == [100 // num_tasks] * num_tasks
+  assert (config.method, config.data.batch_size, config.inversion.batch_size) == ("abd", 128, 128)
+  assert input_pipeline.Augmentation.from_config(config.data) == input_pipeline.Augmentation(
+      crop_padding=4, crop_fill="black", flip=True, jitter_brightness=63 / 255,
+      jitter_contrast=0.8)
+  # MultiStepLR(milestones=[100, 150, 200, 250]) over schedule[-1] = 250 epochs
+  assert config.optim.epochs == 250 and (config.optim.momentum, config.optim.weight_decay) == (
+      0.9, 2e-4)
+  lrs = [optim.learning_rate(config.optim, epoch=e, finetune=False)
+         for e in (0, 99, 100, 149, 150, 199, 200, 249)]
+  np.testing.assert_allclose(lrs, [0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-9)
+  learner = learners.get_learner(config)
+  assert learner.reuse_generator and not learner.has_finetune_phase
+  assert train.task_phases(config, learner, 1) == [train.Phase("main", 0, 250)]
+  # deep_inv_params 1e-3 5e1 1e-3 1e3 1, power_iters 10000, class balance weight 1
+  assert (config.inversion.iterations, config.inversion.lr) == (10_000, 1e-3)
+  assert train.inversion_weights(config.inversion) == {
+      "ce": 1.0, "balance": 1.0, "smoothness": 1e-3, "bn": 50.0, "ce_temperature": 1000.0}
+  assert config.distill.abd_mu == 0.1
+  model = build_model(config.model, spec.sizes)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          jnp.zeros((1, 32, 32, 3)))
+  assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == 463_504 + 64 * 100 + 100
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("data.color_jitter_brightness", -0.1, "config.data.color_jitter_brightness=-0.1"),
+    ("data.color_jitter_contrast", -1.0, "config.data.color_jitter_contrast=-1.0"),
+    ("inversion.kind", "rgal", "config.model.name='resnet32_he' has 3 stages"),
+    ("model.head", "bias", "config.model.head='bias' is unknown")])
+def test_abd_cifar100_bad_values_name_the_field(field, value, message):
+  config = abd_cifar100.get_config()
+  group, name = field.split(".")
+  config[group][name] = value
+  with pytest.raises(config_validation.ConfigError, match=message):
+    config_validation.validate(config)
+
+
+def test_one_abd_step_with_abds_recipe():
+  """One distillation step (task 3 of 10) with the recipe's learner, head, jitter and weight decay
+  on a 1-block-per-stage He ResNet at 8 px: every part is wired, unseen heads stay put."""
+  config = abd_cifar100.get_config()
+  spec = config_validation.validate(config)
+  model = build_model(config.model, spec.sizes).clone(stage_blocks=(1, 1, 1))
+  tx = optim.momentum_transform(config.optim.momentum)
+  teacher = random_train_state(model, tx, image_size=8, num_classes=100, seed=1)
+  state = random_train_state(model, tx, image_size=8, num_classes=100, seed=2)
+  generator = generator_for(8)
+  gen_vars = generator.init(jax.random.key(0), jnp.zeros((2, 1000)), train=False)
+  rng = np.random.default_rng(0)
+  batch = {"images": rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8),
+           "labels": rng.integers(20, 30, (4,)).astype(np.int32)}
+  learner = learners.get_learner(config)
+  step = functools.partial(
+      steps.distill_train_step, loss_fn=learner.main_loss, model=model, generator=generator, tx=tx,
+      weight_decay=config.optim.weight_decay, mean=np.full(3, 0.5, np.float32),
+      std=np.full(3, 0.25, np.float32),
+      augmentation=input_pipeline.Augmentation.from_config(config.data))
+  hparams = {"lr": jnp.float32(0.1), "num_seen": jnp.int32(30), "num_old": jnp.int32(20),
+             "trainable": trainable_mask(state, tasks_seen=3, backbone=True), "weights": {},
+             "class_weights": jnp.ones(100)}
+  new_state, metrics = _compile_fast(step, state, batch, jax.random.key(4), hparams,
+                                     teacher.variables, gen_vars)
+  assert {"train/loss_ce", "train/loss_global_ce", "train/loss_kd"} <= set(metrics)
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  head, new_head = state.params["head"], new_state.params["head"]
+  for t in range(10):
+    moved = [not np.array_equal(head[f"task{t}_out"][k], new_head[f"task{t}_out"][k])
+             for k in ("kernel", "bias")]
+    assert moved == [t < 3] * 2
+  assert not np.array_equal(state.params["stem_conv"]["kernel"],
+                            new_state.params["stem_conv"]["kernel"])

@@ -7,6 +7,12 @@ Layout is NHWC. The backbone differs from He et al.'s ResNet-32:
   * the stride shortcut subsamples `x[:, ::2, ::2]` and appends zero channels after the input ones;
   * convs use kaiming-normal(fan_out) init; the second BN of every block starts with γ = 0.
 
+`config.model.name = "resnet32_he"` is He et al.'s ResNet-32 as ABD builds it (its
+models/resnet.py, Idelbayev's CIFAR ResNet): 3 stages of 5 blocks at 16/32/64, ReLU after every
+residual add (the last block's output, hence the pooled feature, is post-ReLU), option-A shortcut
+`x[:, ::2, ::2]` zero-padded by C/4 channels on BOTH sides, kaiming-normal(fan_in) convs, BN at
+γ = 1, β = 0. Same layer shapes as the cl_lite net, so the same 463,504 backbone parameters.
+
 The head is built once for all tasks so that shapes never change during a run: one classifier per
 task, concatenated to C logits. Unseen classes are masked by the caller (see `mask_unseen`).
 """
@@ -14,6 +20,7 @@ task, concatenated to C logits. Unseen classes are masked by the caller (see `ma
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -22,6 +29,9 @@ import jax.numpy as jnp
 
 # PyTorch's kaiming_normal_(mode="fan_out", nonlinearity="relu"): untruncated N(0, 2/fan_out).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# PyTorch's kaiming_normal_ with its defaults (fan_in, gain √2), ABD's `_weights_init` for every
+# Conv2d and Linear: untruncated N(0, 2/fan_in).
+fan_in_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 # PyTorch's default nn.Linear init, kaiming_uniform(a=√5): U(±1/√fan_in).
 torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
@@ -39,14 +49,37 @@ class Conv(nn.Conv):
     return y if self.out_dtype is None else y.astype(self.out_dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockStyle:
+  """How a CIFAR BasicBlock is built: cl_lite's (RFD's ResNet-32) or He et al.'s (ABD's).
+
+  Attributes:
+    relu_after_add: ReLU after the residual add.
+    shortcut_pad: where the stride shortcut's zero channels go: "append" after the input's
+      (cl_lite: `[x, 0·x]`), or "symmetric", half on each side (He et al.'s option A:
+      `F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, C/4, C/4))`).
+    zero_init_residual: the block's second BN starts at γ = 0 (else γ = 1).
+    conv_fan: kaiming-normal init mode of the convs, "fan_out" or "fan_in".
+  """
+  relu_after_add: bool = False
+  shortcut_pad: str = "append"
+  zero_init_residual: bool = True
+  conv_fan: str = "fan_out"
+
+
+CL_LITE_BLOCK = BlockStyle()
+HE_BLOCK = BlockStyle(relu_after_add=True, shortcut_pad="symmetric", zero_init_residual=False,
+                      conv_fan="fan_in")
+
+
 def _conv3x3(features: int, stride: int, name: str, dtype: Any = jnp.float32,
-             conv_dtype: Any = None) -> nn.Conv:
+             conv_dtype: Any = None, fan: str = "fan_out") -> nn.Conv:
   # Explicit symmetric padding: Flax "SAME" pads (0, 1) at stride 2, PyTorch's padding=1 pads (1, 1).
   # conv_dtype (config.model.conv_dtype): the dtype the convolution itself runs in (None: `dtype`);
   # its result is cast back to `dtype`, the activations', so BN and the adds see `dtype`.
   return Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
-              use_bias=False, kernel_init=conv_init, dtype=conv_dtype or dtype, out_dtype=dtype,
-              name=name)
+              use_bias=False, kernel_init={"fan_out": conv_init, "fan_in": fan_in_init}[fan],
+              dtype=conv_dtype or dtype, out_dtype=dtype, name=name)
 
 
 class BatchNorm(nn.BatchNorm):
@@ -79,24 +112,32 @@ def _batch_norm(train: bool, name: str, zero_scale: bool = False,
 
 
 class BasicBlock(nn.Module):
-  """conv3×3(stride) → BN → ReLU → conv3×3 → BN(γ=0) → + shortcut; no ReLU after the add."""
+  """conv3×3(stride) → BN → ReLU → conv3×3 → BN → + shortcut [→ ReLU], as `style` says.
+
+  cl_lite (default): second BN at γ = 0, no ReLU after the add, zero channels appended to the
+  subsampled shortcut. He et al. (`HE_BLOCK`): γ = 1, ReLU after the add, symmetric zero padding.
+  """
   features: int
   stride: int = 1
   dtype: Any = jnp.float32  # activations; parameters are float32
   conv_dtype: Any = None  # the convolutions' inputs and kernels (None: dtype)
+  style: BlockStyle = CL_LITE_BLOCK
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    y = _conv3x3(self.features, self.stride, "conv_a", self.dtype, self.conv_dtype)(x)
+    fan = self.style.conv_fan
+    y = _conv3x3(self.features, self.stride, "conv_a", self.dtype, self.conv_dtype, fan)(x)
     y = nn.relu(_batch_norm(train, "bn_a", dtype=self.dtype)(y))
-    y = _conv3x3(self.features, 1, "conv_b", self.dtype, self.conv_dtype)(y)
-    y = _batch_norm(train, "bn_b", zero_scale=True, dtype=self.dtype)(y)
+    y = _conv3x3(self.features, 1, "conv_b", self.dtype, self.conv_dtype, fan)(y)
+    y = _batch_norm(train, "bn_b", zero_scale=self.style.zero_init_residual, dtype=self.dtype)(y)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
       shortcut = x[:, ::self.stride, ::self.stride, :]
       pad = self.features - shortcut.shape[-1]
-      shortcut = jnp.concatenate([shortcut, jnp.zeros_like(shortcut[..., :pad])], axis=-1)
-    return y + shortcut
+      before = pad // 2 if self.style.shortcut_pad == "symmetric" else 0
+      shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (before, pad - before)))
+    y = y + shortcut
+    return nn.relu(y) if self.style.relu_after_add else y
 
 
 class Stage(nn.Module):
@@ -106,21 +147,31 @@ class Stage(nn.Module):
   stride: int = 1
   dtype: Any = jnp.float32
   conv_dtype: Any = None
+  style: BlockStyle = CL_LITE_BLOCK
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     for i in range(self.num_blocks):
       x = BasicBlock(self.features, self.stride if i == 0 else 1, self.dtype, self.conv_dtype,
-                     name=f"block{i}")(x, train=train)
+                     self.style, name=f"block{i}")(x, train=train)
     return x
 
 
+def _torch_bias_init(fan_in: int):
+  """PyTorch's default nn.Linear bias init: U(±1/√fan_in)."""
+  bound = 1.0 / fan_in ** 0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
 class TaskHeads(nn.Module):
-  """One bias-free classifier per task on the pooled feature; logits concatenated in task order.
+  """One classifier per task on the pooled feature; logits concatenated in task order.
 
   kind="rfd": Linear(F→F) → Linear(F→n_t), both bias-free, no nonlinearity, PyTorch default init
     (RFD's init call is a silent no-op, spec §2.2).
   kind="linear": a single Linear(F→n_t), bias-free, N(0, 1e-3) init (R-DFCIL / cl-lite).
+  kind="abd": Linear(F→n_t) with bias, kaiming-normal(fan_in) weights N(0, 2/F) and PyTorch's
+    default bias U(±1/√F): ABD's single `last` = Linear(F→C) cut into one block of outputs per task
+    (same function and init; the split lets an unseen task's outputs stay frozen: `trainable_mask`).
   """
   task_sizes: Sequence[int]
   kind: str = "rfd"
@@ -137,8 +188,12 @@ class TaskHeads(nn.Module):
       elif self.kind == "linear":
         logits.append(nn.Dense(size, use_bias=False, kernel_init=nn.initializers.normal(1e-3),
                                name=f"task{t}_out")(pooled))
+      elif self.kind == "abd":
+        logits.append(nn.Dense(size, kernel_init=fan_in_init,
+                               bias_init=_torch_bias_init(pooled.shape[-1]),
+                               name=f"task{t}_out")(pooled))
       else:
-        raise ValueError(f"config.model.head={self.kind!r}: expected 'rfd' or 'linear'")
+        raise ValueError(f"config.model.head={self.kind!r}: expected 'rfd', 'linear' or 'abd'")
     return jnp.concatenate(logits, axis=-1)
 
 
@@ -159,9 +214,10 @@ class _StagedResNet(nn.Module):
     return stem, self.stages[0](stem, train=train)
 
   def from_stage1(self, f1: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Stages 2–4, global average pool and head on a given stage-1 map.
+    """Stages 2.. (to 4, or 3 for "resnet32_he"), global average pool and head on a given
+    stage-1 map.
 
-    Returns (logits (B, C), features) with features "stage2".."stage4" and "pooled" (B, F).
+    Returns (logits (B, C), features) with features "stage2".. and "pooled" (B, F).
     """
     features = {}
     x = f1
@@ -178,7 +234,8 @@ class _StagedResNet(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, Any]]:
     """x: (B, H, W, 3) normalised images → (logits (B, C), features).
 
-    features: "stem", "stage1".."stage4" (NHWC maps) and "pooled" (B, F).
+    features: "stem", "stage1".."stage4" ("stage3" for "resnet32_he"; NHWC maps) and "pooled"
+    (B, F).
     """
     stem, f1 = self._stem_and_stage1(x, train=train)
     logits, features = self.from_stage1(f1, train=train)
@@ -186,13 +243,17 @@ class _StagedResNet(nn.Module):
 
 
 class CifarResNet(_StagedResNet):
-  """ResNet-32 (cl_lite `resnet_cifar`), exposing stage features and a stage-1 split.
+  """ResNet-32 (cl_lite `resnet_cifar`, or He et al.'s), exposing stage features and a stage-1
+  split.
 
   Attributes:
     task_sizes: classes per task; the head has sum(task_sizes) outputs.
-    head: "rfd" (two linears per task) or "linear".
+    head: "rfd" (two linears per task), "linear" or "abd" (see `TaskHeads`).
     stage_blocks: blocks per stage; (5, 5, 4, 1) is ResNet-32.
     widths: channels per stage.
+    style: how the blocks are built (`BlockStyle`); `HE_BLOCK` with stage_blocks (5, 5, 5) and
+      widths (16, 32, 64) is He et al.'s ResNet-32 (`config.model.name = "resnet32_he"`), whose
+      stem conv is then kaiming-normal(fan_in) too.
     dtype: of the backbone's activations and stage features (config.dtype: bfloat16 for mixed
       precision). Parameters and BatchNorm statistics stay float32; "pooled", the head and the
       logits are float32.
@@ -206,14 +267,16 @@ class CifarResNet(_StagedResNet):
   widths: Sequence[int] = (16, 32, 64, 64)
   dtype: Any = jnp.float32
   conv_dtype: Any = None
+  style: BlockStyle = CL_LITE_BLOCK
 
   def setup(self):
-    self.stem_conv = _conv3x3(self.widths[0], 1, "stem_conv", self.dtype, self.conv_dtype)
+    self.stem_conv = _conv3x3(self.widths[0], 1, "stem_conv", self.dtype, self.conv_dtype,
+                              self.style.conv_fan)
     self.stem_bn = BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                              name="stem_bn")  # mode set per call
     strides = [1] + [2 if self.widths[i] != self.widths[i - 1] else 1
                      for i in range(1, len(self.widths))]
-    self.stages = [Stage(w, n, s, self.dtype, self.conv_dtype, name=f"stage{i + 1}")
+    self.stages = [Stage(w, n, s, self.dtype, self.conv_dtype, self.style, name=f"stage{i + 1}")
                    for i, (w, n, s) in enumerate(zip(self.widths, self.stage_blocks, strides))]
     self.classifier = TaskHeads(tuple(self.task_sizes), self.head, name="head")
 
@@ -315,19 +378,25 @@ def mask_unseen(logits: jax.Array, num_seen: jax.Array | int) -> jax.Array:
   return mask_classes(logits, 0, num_seen)
 
 
+# He et al.'s CIFAR ResNet-32 as ABD builds it (spec §6.2): 3 stages × 5 blocks at 16/32/64.
+HE_RESNET32 = dict(stage_blocks=(5, 5, 5), widths=(16, 32, 64), style=HE_BLOCK)
+MODEL_NAMES = ("resnet32", "resnet32_he", "resnet18")
+
+
 def build_model(model_config, task_sizes: Sequence[int], *, dtype: str = "float32") -> nn.Module:
   """The backbone named by `model_config.name` with a head for `task_sizes`.
 
-  dtype: of the activations (config.dtype), "float32" or "bfloat16" (CIFAR ResNet-32 only so far).
+  "resnet32": cl_lite's (RFD); "resnet32_he": He et al.'s (ABD's); "resnet18": PODNet's.
+  dtype: of the activations (config.dtype), "float32" or "bfloat16" (the CIFAR ResNet-32s only).
   `model_config.conv_dtype` ("float32", the default, or "bfloat16"): what the convolutions alone
   run in (inputs and kernels cast, result cast back; BN, params, losses, optimizer untouched).
   """
   conv_dtype = getattr(model_config, "conv_dtype", "float32")
   conv_dtype = None if conv_dtype == "float32" else jnp.dtype(conv_dtype)
-  if model_config.name == "resnet32":
+  if model_config.name in ("resnet32", "resnet32_he"):
+    he = HE_RESNET32 if model_config.name == "resnet32_he" else {}
     return CifarResNet(task_sizes=tuple(task_sizes), head=model_config.head,
-                       dtype=jnp.dtype(dtype), conv_dtype=conv_dtype)
+                       dtype=jnp.dtype(dtype), conv_dtype=conv_dtype, **he)
   if model_config.name == "resnet18":
     return ResNet18(task_sizes=tuple(task_sizes), head=model_config.head, conv_dtype=conv_dtype)
-  raise ValueError(
-      f"config.model.name={model_config.name!r}: expected one of ('resnet32', 'resnet18')")
+  raise ValueError(f"config.model.name={model_config.name!r}: expected one of {MODEL_NAMES}")
