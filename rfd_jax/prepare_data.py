@@ -1,10 +1,13 @@
-"""Convert CIFAR archives you have into TFDS array_record datasets, without TensorFlow or network.
+"""Convert dataset files you have into TFDS array_record datasets, without TensorFlow or network.
 
 Usage:
   python -m rfd_jax.prepare_data cifar10  --archive /path/to/cifar-10-python.tar.gz  --data_dir DIR
   python -m rfd_jax.prepare_data cifar100 --archive /path/to/cifar-100-python.tar.gz --data_dir DIR
+  python -m rfd_jax.prepare_data fashion_mnist [--source DIR_OF_IDX_FILES] --data_dir DIR
 
 CIFAR: the "python version" archives from https://www.cs.toronto.edu/~kriz/cifar.html.
+Fashion-MNIST: the four idx files, by default from Debian's `dataset-fashion-mnist` package
+(/usr/share/datasets/fashion-mnist).
 
 The output, `DIR/<name>/<version>/`, is what `tfds.data_source(name, data_dir=DIR)` and
 `--config.data.data_dir=DIR` read (see rfd_jax/prepare/tfds_writer.py). All files are parsed and
@@ -22,7 +25,7 @@ from collections.abc import Sequence
 
 from etils import epath
 
-from rfd_jax.prepare import cifar, tfds_writer
+from rfd_jax.prepare import cifar, fashion_mnist, tfds_writer
 
 
 def _argument_parser() -> argparse.ArgumentParser:
@@ -36,6 +39,12 @@ def _argument_parser() -> argparse.ArgumentParser:
     sub = datasets.add_parser(
         name, help=f"from {archive_name} (python version, {cifar.CIFAR_DOWNLOAD_PAGE})")
     sub.add_argument("--archive", required=True, help=f"path of {archive_name}")
+  sub = datasets.add_parser(
+      fashion_mnist.DATASET_NAME,
+      help=f"from the four idx files (Debian package {fashion_mnist.DEBIAN_PACKAGE})")
+  sub.add_argument("--source", default=fashion_mnist.DEFAULT_SOURCE,
+                   help=f"directory holding {', '.join(fashion_mnist.FILE_NAMES)} "
+                        "(default: %(default)s)")
   for sub in datasets.choices.values():
     sub.add_argument("--data_dir", required=True,
                      help="TFDS data directory to write into (then use "
@@ -55,13 +64,25 @@ def _prepare_cifar(args) -> epath.Path:
                      overwrite=args.overwrite)
 
 
+def _prepare_fashion_mnist(args) -> epath.Path:
+  print(f"Reading the Fashion-MNIST idx files in {args.source} ...", flush=True)
+  splits = fashion_mnist.read_fashion_mnist(args.source)
+  for split, split_data in splits.items():
+    official = fashion_mnist.OFFICIAL_COUNTS[split]
+    note = "" if len(split_data.labels) == official else f" (the official files have {official})"
+    print(f"  {split}: {len(split_data.labels)} images{note}", flush=True)
+  print(f"Writing fashion_mnist (array_record) under {args.data_dir} ...", flush=True)
+  return fashion_mnist.write(splits, data_dir=args.data_dir, overwrite=args.overwrite)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Command-line entry point; returns the process exit status (0 on success, 2 on error)."""
   args = _argument_parser().parse_args(argv)
+  prepare = _prepare_fashion_mnist if args.dataset == fashion_mnist.DATASET_NAME else _prepare_cifar
   try:
     # Checked first: an existing dataset is refused before minutes of parsing.
     tfds_writer.check_writable(args.dataset, data_dir=args.data_dir, overwrite=args.overwrite)
-    target_dir = _prepare_cifar(args)
+    target_dir = prepare(args)
   except (FileNotFoundError, FileExistsError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
