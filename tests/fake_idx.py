@@ -1,11 +1,15 @@
-"""Test helpers: tiny gzip'd Fashion-MNIST idx files, written from the format's definition."""
+"""Test helpers: tiny gzip'd Fashion-MNIST idx files, written from the format's definition, and a
+guard that turns any network access (a tfds download attempt hangs here) into a failure."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import socket
 import struct
 
 import numpy as np
+import pytest
 
 from rfd_jax.prepare import fashion_mnist
 
@@ -38,3 +42,17 @@ def write_fake_fashion_mnist(directory, *, rng: np.random.Generator,
     write_gzip(directory / labels_name, idx_bytes(labels))
     expected[split] = (images, labels.astype(np.int64))
   return expected
+
+
+@contextlib.contextmanager
+def no_network():
+  """Makes any connection attempt raise instead of hanging."""
+
+  def refuse(*args, **kwargs):
+    raise AssertionError(f"network access attempted: {args}")
+
+  with pytest.MonkeyPatch.context() as patch:
+    for owner, name in ((socket.socket, "connect"), (socket, "create_connection"),
+                        (socket, "getaddrinfo")):
+      patch.setattr(owner, name, refuse)
+    yield

@@ -16,7 +16,13 @@ from configs import fashion_mnist as fashion_mnist_config
 from rfd_jax import config_validation, input_pipeline, prepare_data
 from rfd_jax.prepare import fashion_mnist
 
-from fake_idx import idx_bytes, write_fake_fashion_mnist, write_gzip
+from fake_idx import idx_bytes, no_network, write_fake_fashion_mnist, write_gzip
+
+@pytest.fixture(autouse=True, scope="module")
+def _offline():
+  with no_network():
+    yield
+
 
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                  "Sneaker", "Bag", "Ankle boot"]

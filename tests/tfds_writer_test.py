@@ -12,6 +12,14 @@ from PIL import Image
 from rfd_jax import tfds_data
 from rfd_jax.prepare import tfds_writer
 
+from fake_idx import no_network
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _offline():
+  with no_network():
+    yield
+
 
 def _examples(num: int, *, fail_after: int | None = None):
   for index in range(num):
