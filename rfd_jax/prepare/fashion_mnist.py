@@ -60,10 +60,12 @@ class FashionSplit:
 
 def missing_files_message(source: epath.PathLike, missing: list[str]) -> str:
   """The one-line explanation of where the files come from, for files missing from source."""
+  four = "these four files" if len(missing) == len(FILE_NAMES) else (
+      f"the four files {', '.join(FILE_NAMES)}")
   return (f"Fashion-MNIST files missing from {source}: {', '.join(missing)}. Install them with "
-          f"`apt-get install {DEBIAN_PACKAGE}` (into {DEFAULT_SOURCE}), or put the four files "
-          f"{', '.join(FILE_NAMES)} (from https://github.com/zalandoresearch/fashion-mnist) in a "
-          "directory and pass it with --source.")
+          f"`apt-get install {DEBIAN_PACKAGE}` (into {DEFAULT_SOURCE}), or put {four} (from "
+          "https://github.com/zalandoresearch/fashion-mnist) in a directory and pass it with "
+          "--source.")
 
 
 def _read_gzip(path: epath.Path) -> bytes:
