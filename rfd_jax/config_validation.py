@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rfd_jax import input_pipeline, tasks
+from rfd_jax import image_folders, input_pipeline, tasks
 
 METHODS = ("rfd", "rdfcil", "abd", "deepinversion", "finetune", "joint")
 GENERATOR_POLICIES = ("auto", "fresh", "reuse")
@@ -59,6 +59,13 @@ def validate(config) -> tasks.TaskSpec:
            "CPU core).")
   _require(data.get("cache_gb", 0.0) >= 0,
            f"config.data.cache_gb={data.get('cache_gb')} must be >= 0.")
+  per_class = data.get("train_per_class", 0)
+  _require(isinstance(per_class, int) and not isinstance(per_class, bool) and per_class >= 0,
+           f"config.data.train_per_class={per_class!r} must be an integer >= 0 (0: all training "
+           "images).")
+  _require(per_class == 0 or data.dataset not in image_folders.FOLDER_DATASETS,
+           f"config.data.train_per_class={per_class} is not supported for the folder dataset "
+           f"{data.dataset}; use 0.")
   _require(0 <= data.crop_padding < data.image_size,
            f"config.data.crop_padding={data.crop_padding} must be in [0, image_size).")
   _require(data.crop_fill in ("normalized", "black"),

@@ -5,7 +5,9 @@ training, augments) it on the device, so that work fuses into the step. Augmenta
 by default: normalise first, then a random crop of the image zero-padded by 4 (zero in normalised
 space, i.e. the mean colour) and a horizontal flip with probability 1/2. Datasets where that is
 unnatural (digits: black background, no mirror symmetry) configure it, and ABD's recipe adds a
-colour jitter before the crop (see `Augmentation`).
+colour jitter before the crop (see `Augmentation`). Grey datasets (digits, fashion_mnist) are
+resized to config.data.image_size and repeated to 3 channels; `config.data.train_per_class` > 0
+keeps only the first N training images of each class.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +35,8 @@ DATASETS = {
     "digits": DatasetInfo(10, 32, None, None, resized=True),
     "cifar10": DatasetInfo(10, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": DatasetInfo(100, 32, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    # Grey 28x28, resized; mean / std of the 60,000 training images at 28 px (0.28604, 0.35302).
+    "fashion_mnist": DatasetInfo(10, 28, (0.2860,) * 3, (0.3530,) * 3, resized=True),
     # Folder datasets (rfd_jax/image_folders.py).
     "tiny_imagenet": DatasetInfo(200, 64, (0.4803, 0.4481, 0.3976), (0.2764, 0.2688, 0.2816),
                                  resized=True),
@@ -81,6 +86,37 @@ def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
                    for img in images])
 
 
+def _grey_to_rgb(grey: np.ndarray, size: int) -> np.ndarray:
+  """uint8 (N, h, w) → (N, size, size, 3): bilinear resize, the grey channel repeated 3 times."""
+  return np.repeat(_resize_uint8(grey, size)[..., None], 3, axis=-1)
+
+
+def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
+  """Indices (ascending) of the first `per_class` examples of each class in `labels` (N,) order."""
+  rank = np.empty(len(labels), np.int64)  # rank[i]: how many earlier examples share i's label
+  for label in np.unique(labels):
+    where = np.flatnonzero(labels == label)
+    rank[where] = np.arange(len(where))
+  return np.flatnonzero(rank < per_class)
+
+
+def keep_first_per_class(data: Dataset, per_class: int) -> Dataset:
+  """The dataset with only the first `per_class` training images of each class (test unchanged).
+
+  "First" is the order of `data.train_*` (for TFDS data, the prepared record order: TFDS's fixed
+  hash of the file indices), so the subset is deterministic. Normalisation stays the full set's.
+  """
+  keep = first_per_class(data.train_labels, per_class)
+  counts = np.bincount(data.train_labels[keep])
+  logging.info("config.data.train_per_class=%d: training on %d of %d %s images", per_class,
+               len(keep), len(data.train_labels), data.name)
+  if counts.min(initial=per_class) < per_class:
+    logging.warning("%s has fewer than %d training images in class(es) %s; using all of those",
+                    data.name, per_class, np.flatnonzero(counts < per_class).tolist())
+  return dataclasses.replace(data, train_images=data.train_images[keep],
+                             train_labels=data.train_labels[keep])
+
+
 def load_digits(image_size: int = 32) -> Dataset:
   """scikit-learn's 8×8 digits (ships with the wheel, no download) as grey-on-RGB uint8 images.
 
@@ -90,8 +126,7 @@ def load_digits(image_size: int = 32) -> Dataset:
   from sklearn import datasets, model_selection  # pylint: disable=g-import-not-at-top
   digits = datasets.load_digits()
   grey = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-  grey = _resize_uint8(grey, image_size)
-  images = np.repeat(grey[..., None], 3, axis=-1)
+  images = _grey_to_rgb(grey, image_size)
   labels = digits.target.astype(np.int64)
   tr_x, te_x, tr_y, te_y = model_selection.train_test_split(
       images, labels, test_size=DIGITS_TEST_FRACTION, stratify=labels,
@@ -106,22 +141,34 @@ def load_dataset(data_config) -> Dataset:
   """Loads `data_config.dataset` into host memory (the ImageNet-sized sets lazily).
 
   Raises:
-    ValueError: unknown dataset.
+    ValueError: unknown dataset, or train_per_class for a folder dataset.
     FileNotFoundError: prepared TFDS data or image files missing; the message says what to put
       where.
   """
   info = dataset_info(data_config.dataset)
+  per_class = data_config.get("train_per_class", 0)
   if data_config.dataset == "digits":
-    return load_digits(data_config.image_size)
+    data = load_digits(data_config.image_size)
+    return keep_first_per_class(data, per_class) if per_class else data
   from rfd_jax import image_folders  # pylint: disable=g-import-not-at-top
   if data_config.dataset in image_folders.FOLDER_DATASETS:
+    if per_class:
+      raise ValueError(f"config.data.train_per_class={per_class} is not supported for the folder "
+                       f"dataset {data_config.dataset}; use 0.")
     return image_folders.load(data_config)
   from rfd_jax import tfds_data  # pylint: disable=g-import-not-at-top
   data_dir = data_config.data_dir or None
   tr_x, tr_y = tfds_data.load_split(data_config.dataset, "train", data_dir)
   te_x, te_y = tfds_data.load_split(data_config.dataset, "test", data_dir)
-  return Dataset(data_config.dataset, tr_x, tr_y, te_x, te_y,
+  data = Dataset(data_config.dataset, tr_x, tr_y, te_x, te_y,
                  np.asarray(info.mean, np.float32), np.asarray(info.std, np.float32))
+  if per_class:
+    data = keep_first_per_class(data, per_class)
+  if tr_x.shape[-1] == 1:  # fashion_mnist: grey, handled like digits (after subsetting: cheaper)
+    data = dataclasses.replace(
+        data, train_images=_grey_to_rgb(data.train_images[..., 0], data_config.image_size),
+        test_images=_grey_to_rgb(data.test_images[..., 0], data_config.image_size))
+  return data
 
 
 def epoch_batches(num_examples: int, batch_size: int, *, seed: int, task: int,

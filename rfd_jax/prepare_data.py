@@ -1,397 +1,91 @@
-"""Convert an official CIFAR python archive into a TFDS array_record dataset, without TensorFlow.
+"""Convert dataset files you have into TFDS array_record datasets, without TensorFlow or network.
 
 Usage:
-  python -m rfd_jax.prepare_data cifar10 --archive /path/to/cifar-10-python.tar.gz --data_dir DIR
+  python -m rfd_jax.prepare_data cifar10  --archive /path/to/cifar-10-python.tar.gz  --data_dir DIR
   python -m rfd_jax.prepare_data cifar100 --archive /path/to/cifar-100-python.tar.gz --data_dir DIR
+  python -m rfd_jax.prepare_data fashion_mnist [--source DIR_OF_IDX_FILES] --data_dir DIR
 
-The archives are the "CIFAR-10/100 python version" files from
-https://www.cs.toronto.edu/~kriz/cifar.html, downloaded by the user; nothing is downloaded here.
+CIFAR: the "python version" archives from https://www.cs.toronto.edu/~kriz/cifar.html.
+Fashion-MNIST: the four idx files, by default from Debian's `dataset-fashion-mnist` package
+(/usr/share/datasets/fashion-mnist).
 
-The output is `DIR/<name>/<version>/` (version = the one of tfds's registered builder, e.g. 3.0.2)
-holding `dataset_info.json`, `features.json`, label-name files and `<name>-<split>.array_record-*`
-shards, exactly what `tfds.data_source(name, data_dir=DIR, download=False)` reads.
+The output, `DIR/<name>/<version>/`, is what `tfds.data_source(name, data_dir=DIR)` and
+`--config.data.data_dir=DIR` read (see rfd_jax/prepare/tfds_writer.py). All files are parsed and
+checked before anything is written, and the dataset is renamed into place only once complete.
 
-How it works: the registered tfds builder class (`tfds.builder_cls(name)`) is subclassed only to
-replace its `_split_generators`, which normally downloads the *binary* archive, by one that yields
-the examples parsed from the python archive. Everything else -- features, version, split names,
-example ids, the key-hash shuffling of the records, the writing of shards and metadata -- is tfds's
-own code, so the result matches a regular tfds preparation (same features, splits, ids and record
-order). TensorFlow is only needed by tfds to PNG-encode numpy images, so the images are
-PNG-encoded with Pillow here and handed to tfds as bytes.
-
-Archive layout (python pickles, each a dict):
-  cifar-10-batches-py/{data_batch_1..5, test_batch}: data (N, 3072) uint8, labels list[int];
-  cifar-10-batches-py/batches.meta: label_names;
-  cifar-100-python/{train, test}: data, fine_labels, coarse_labels;
-  cifar-100-python/meta: fine_label_names, coarse_label_names.
-Each 3072-byte row is 3 planes of 32x32 (red, then green, then blue), row-major.
+Exit status: 0 done; 2 bad arguments, missing or malformed input, or an existing dataset without
+--overwrite (one `error:` line on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import io
-import pickle
-import shutil
 import sys
-import tarfile
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 
-import numpy as np
-import tensorflow_datasets as tfds
 from etils import epath
-from PIL import Image
 
-IMAGE_SIZE = 32
-NUM_CHANNELS = 3
-ROW_LENGTH = NUM_CHANNELS * IMAGE_SIZE * IMAGE_SIZE
-CIFAR_DOWNLOAD_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
-
-
-@dataclasses.dataclass(frozen=True)
-class ArchiveLayout:
-  """Where a CIFAR python archive keeps each split and which pickle keys map to which feature.
-
-  Attributes:
-    archive_name: file name of the official archive.
-    split_members: split name -> archive member base names, in the order their rows are numbered.
-    label_keys: tfds feature name -> key of the label list in the split pickles.
-    meta_member: archive member base name of the label-name pickle.
-    label_name_keys: tfds feature name -> key of the label-name list in the meta pickle.
-  """
-
-  archive_name: str
-  split_members: Mapping[str, tuple[str, ...]]
-  label_keys: Mapping[str, str]
-  meta_member: str
-  label_name_keys: Mapping[str, str]
-
-
-ARCHIVE_LAYOUTS: Mapping[str, ArchiveLayout] = {
-    "cifar10": ArchiveLayout(
-        archive_name="cifar-10-python.tar.gz",
-        split_members={
-            "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
-            "test": ("test_batch",),
-        },
-        label_keys={"label": "labels"},
-        meta_member="batches.meta",
-        label_name_keys={"label": "label_names"},
-    ),
-    "cifar100": ArchiveLayout(
-        archive_name="cifar-100-python.tar.gz",
-        split_members={"train": ("train",), "test": ("test",)},
-        label_keys={"label": "fine_labels", "coarse_label": "coarse_labels"},
-        meta_member="meta",
-        label_name_keys={"label": "fine_label_names", "coarse_label": "coarse_label_names"},
-    ),
-}
-
-# The official pickles hold only builtins and numpy arrays; refusing every other global keeps a
-# wrong or tampered file from running code at unpickling time.
-_ALLOWED_PICKLE_GLOBALS = frozenset({
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),  # Pickle protocol 5 (not used by the official files).
-    ("numpy._core.numeric", "_frombuffer"),
-    ("_codecs", "encode"),
-})
-
-
-@dataclasses.dataclass(frozen=True)
-class CifarSplit:
-  """One split parsed from the archive.
-
-  Attributes:
-    images: uint8 array of shape (N, 32, 32, 3), HWC, RGB.
-    labels: tfds feature name ("label", and "coarse_label" for cifar100) -> int64 array (N,).
-  """
-
-  images: np.ndarray
-  labels: Mapping[str, np.ndarray]
-
-
-@dataclasses.dataclass(frozen=True)
-class CifarArchive:
-  """Everything the converter needs from an archive.
-
-  Attributes:
-    splits: split name ("train", "test") -> its examples.
-    label_names: tfds feature name -> class names indexed by label id.
-  """
-
-  splits: Mapping[str, CifarSplit]
-  label_names: Mapping[str, list[str]]
-
-
-class _CifarUnpickler(pickle.Unpickler):
-  """Unpickler that only reconstructs the numpy arrays the official CIFAR pickles contain."""
-
-  def find_class(self, module: str, name: str):
-    if (module, name) not in _ALLOWED_PICKLE_GLOBALS:
-      raise pickle.UnpicklingError(
-          f"unexpected object {module}.{name} in the pickle; official CIFAR pickles hold only "
-          "lists, strings and numpy arrays")
-    if module.startswith("numpy.core.") and int(np.__version__.split(".")[0]) >= 2:
-      module = "numpy._core." + module[len("numpy.core."):]  # Avoids the numpy.core shim's warning.
-    return super().find_class(module, name)
-
-
-def rows_to_hwc_images(rows: np.ndarray) -> np.ndarray:
-  """Turns CIFAR pickle rows (N, 3072) -- R, G, B planes of 32x32 -- into (N, 32, 32, 3) uint8."""
-  rows = np.asarray(rows, dtype=np.uint8)
-  return rows.reshape(-1, NUM_CHANNELS, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
-
-
-def _unpickle_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> dict[str, object]:
-  """Loads one pickled dict from the archive, with str keys (the official files use bytes keys)."""
-  file = archive.extractfile(member)
-  if file is None:
-    raise ValueError(f"archive member {member.name!r} is not a regular file")
-  with file:
-    try:
-      # encoding="bytes" is how the Python-2 pickles of the official archives must be read.
-      content = _CifarUnpickler(file, encoding="bytes").load()
-    except Exception as error:
-      raise ValueError(
-          f"archive member {member.name!r} is not a readable CIFAR pickle: {error}") from error
-  if not isinstance(content, dict):
-    raise ValueError(f"archive member {member.name!r} holds a {type(content).__name__}, not a dict")
-  return {key.decode("latin1") if isinstance(key, bytes) else key: value
-          for key, value in content.items()}
-
-
-def _require_key(content: Mapping[str, object], key: str, *, member_name: str) -> object:
-  if key not in content:
-    raise ValueError(
-        f"archive member {member_name!r} has no {key!r} entry (keys: {sorted(content)}); is this "
-        "the right archive for this dataset?")
-  return content[key]
-
-
-def _parse_split(archive: tarfile.TarFile, members: Sequence[tarfile.TarInfo], *,
-                 label_keys: Mapping[str, str]) -> CifarSplit:
-  """Concatenates the images and labels of the given split members, in member order."""
-  images, labels = [], {feature: [] for feature in label_keys}
-  for member in members:
-    content = _unpickle_member(archive, member)
-    rows = np.asarray(_require_key(content, "data", member_name=member.name))
-    if rows.ndim != 2 or rows.shape[1] != ROW_LENGTH:
-      raise ValueError(
-          f"archive member {member.name!r}: 'data' has shape {rows.shape}, expected "
-          f"(num_images, {ROW_LENGTH})")
-    for feature, key in label_keys.items():
-      member_labels = np.asarray(_require_key(content, key, member_name=member.name),
-                                 dtype=np.int64)
-      if member_labels.shape != (rows.shape[0],):
-        raise ValueError(
-            f"archive member {member.name!r}: {key!r} has {member_labels.size} labels for "
-            f"{rows.shape[0]} images")
-      labels[feature].append(member_labels)
-    images.append(rows_to_hwc_images(rows))
-  return CifarSplit(
-      images=np.concatenate(images),
-      labels={feature: np.concatenate(parts) for feature, parts in labels.items()})
-
-
-def read_cifar_archive(archive_path: epath.PathLike, *, dataset_name: str) -> CifarArchive:
-  """Parses an official CIFAR python archive (.tar.gz) into arrays and label names.
-
-  Image and label counts come from the files themselves, so truncated archives work too.
-
-  Args:
-    archive_path: path of cifar-10-python.tar.gz or cifar-100-python.tar.gz.
-    dataset_name: "cifar10" or "cifar100".
-
-  Returns:
-    The parsed splits (images (N, 32, 32, 3) uint8 HWC, labels (N,) int64) and label names.
-
-  Raises:
-    FileNotFoundError: the archive does not exist.
-    ValueError: unknown dataset, not a tar archive, members or pickle entries missing or malformed,
-      labels out of range.
-  """
-  layout = _layout(dataset_name)
-  archive_path = epath.Path(archive_path).expanduser()
-  if not archive_path.is_file():
-    raise FileNotFoundError(
-        f"CIFAR archive not found: {archive_path}. Download {layout.archive_name} (the python "
-        f"version) from {CIFAR_DOWNLOAD_PAGE} and pass its path with --archive.")
-  try:
-    archive = tarfile.open(archive_path, mode="r:*")
-  except tarfile.TarError as error:
-    raise ValueError(
-        f"{archive_path} is not a readable tar archive ({error}); expected {layout.archive_name} "
-        f"(python version) from {CIFAR_DOWNLOAD_PAGE}") from error
-  with archive:
-    members_by_basename: dict[str, list[tarfile.TarInfo]] = {}
-    for member in archive.getmembers():
-      if member.isfile():
-        members_by_basename.setdefault(member.name.rsplit("/", 1)[-1], []).append(member)
-    wanted = [name for names in layout.split_members.values() for name in names]
-    wanted.append(layout.meta_member)
-    missing = [name for name in wanted if name not in members_by_basename]
-    if missing:
-      raise ValueError(
-          f"{archive_path} does not look like {layout.archive_name}: missing members {missing} "
-          f"(found: {sorted(members_by_basename)[:12]}). For {dataset_name}, use the python "
-          f"version of the archive from {CIFAR_DOWNLOAD_PAGE}.")
-    duplicated = [name for name in wanted if len(members_by_basename[name]) > 1]
-    if duplicated:
-      raise ValueError(f"{archive_path} holds several members named {duplicated}")
-
-    meta = _unpickle_member(archive, members_by_basename[layout.meta_member][0])
-    label_names = {}
-    for feature, key in layout.label_name_keys.items():
-      names = _require_key(meta, key, member_name=layout.meta_member)
-      label_names[feature] = [
-          name.decode("utf-8") if isinstance(name, bytes) else str(name) for name in names]
-
-    splits = {
-        split: _parse_split(archive, [members_by_basename[name][0] for name in member_names],
-                            label_keys=layout.label_keys)
-        for split, member_names in layout.split_members.items()
-    }
-  for split, split_data in splits.items():
-    for feature, labels in split_data.labels.items():
-      num_classes = len(label_names[feature])
-      if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"{split} {feature} values span [{labels.min()}, {labels.max()}], outside the "
-            f"{num_classes} classes named in {layout.meta_member}")
-  return CifarArchive(splits=splits, label_names=label_names)
-
-
-def encode_png(image: np.ndarray) -> bytes:
-  """PNG-encodes one (H, W, 3) uint8 image (losslessly, as tfds does for CIFAR)."""
-  buffer = io.BytesIO()
-  Image.fromarray(image).save(buffer, format="PNG")
-  return buffer.getvalue()
-
-
-def _iter_examples(split: CifarSplit, *,
-                   id_prefix: str) -> Iterator[tuple[int, dict[str, object]]]:
-  """Yields (key, example) as tfds's Cifar10._generate_examples: key = row index, id = prefix+index.
-
-  Using the same keys as tfds makes the writer's key-hash shuffle give the same record order.
-  """
-  for index, image in enumerate(split.images):
-    example = {"id": f"{id_prefix}{index:05d}", "image": encode_png(image)}
-    example.update({feature: int(labels[index]) for feature, labels in split.labels.items()})
-    yield index, example
-
-
-def _builder_class_for(dataset_name: str, archive: CifarArchive) -> type:
-  """Subclass of tfds's registered builder whose examples come from `archive`, not a download."""
-  registered_cls = tfds.builder_cls(dataset_name)
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download.
-    for feature, names in archive.label_names.items():
-      self.info.features[feature].names = names
-    return {split: _iter_examples(split_data, id_prefix=f"{split}_")
-            for split, split_data in archive.splits.items()}
-
-  return type(
-      registered_cls.__name__,
-      (registered_cls,),
-      {
-          "name": dataset_name,
-          # dataset_info.json records the builder's module; keep the one of the real builder.
-          "__module__": registered_cls.__module__,
-          # tfds looks for URL checksum files next to the builder's code (through
-          # importlib_resources, which may be absent); nothing is downloaded, so there are none.
-          "code_path": None,
-          "_split_generators": _split_generators,
-      },
-      skip_registration=True,
-  )
-
-
-def prepared_dir(dataset_name: str, *, data_dir: epath.PathLike) -> epath.Path:
-  """Returns `<data_dir>/<dataset_name>/<version of tfds's registered builder>`."""
-  version = tfds.builder_cls(dataset_name).VERSION
-  return epath.Path(data_dir).expanduser() / dataset_name / str(version)
-
-
-def write_tfds_dataset(archive: CifarArchive, *, dataset_name: str, data_dir: epath.PathLike,
-                       overwrite: bool = False) -> epath.Path:
-  """Writes `archive` as the TFDS dataset `dataset_name` in array_record format under `data_dir`.
-
-  Returns:
-    The dataset directory `<data_dir>/<dataset_name>/<version>`.
-
-  Raises:
-    FileExistsError: the dataset directory already exists and `overwrite` is False.
-  """
-  _layout(dataset_name)
-  data_dir = epath.Path(data_dir).expanduser()
-  target_dir = prepared_dir(dataset_name, data_dir=data_dir)
-  _check_writable(target_dir, overwrite=overwrite)
-  if target_dir.exists():
-    # Removed up front: tfds would otherwise restore the old metadata into the new builder.
-    shutil.rmtree(target_dir)
-  builder = _builder_class_for(dataset_name, archive)(data_dir=str(data_dir),
-                                                      file_format="array_record")
-  download_config = tfds.download.DownloadConfig(try_download_gcs=False)
-  with tempfile.TemporaryDirectory(prefix="rfd_jax_prepare_data_") as unused_download_dir:
-    builder.download_and_prepare(download_dir=unused_download_dir,
-                                 download_config=download_config)
-  return target_dir
-
-
-def _check_writable(target_dir: epath.Path, *, overwrite: bool) -> None:
-  if target_dir.exists() and not overwrite:
-    raise FileExistsError(
-        f"{target_dir} already exists. Pass --overwrite to replace it, or choose another "
-        "--data_dir.")
-
-
-def _layout(dataset_name: str) -> ArchiveLayout:
-  if dataset_name not in ARCHIVE_LAYOUTS:
-    raise ValueError(f"unsupported dataset {dataset_name!r}; expected one of "
-                     f"{sorted(ARCHIVE_LAYOUTS)}")
-  return ARCHIVE_LAYOUTS[dataset_name]
+from rfd_jax.prepare import cifar, fashion_mnist, tfds_writer
 
 
 def _argument_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m rfd_jax.prepare_data",
-      description=(
-          "Convert the official CIFAR python archive (downloaded by you from "
-          f"{CIFAR_DOWNLOAD_PAGE}) into a TFDS array_record dataset readable without TensorFlow."))
-  parser.add_argument("dataset", choices=sorted(ARCHIVE_LAYOUTS))
-  parser.add_argument("--archive", required=True,
-                      help="path of cifar-10-python.tar.gz or cifar-100-python.tar.gz")
-  parser.add_argument("--data_dir", required=True,
-                      help="TFDS data directory to write into (then use "
-                           "--config.data.data_dir=<this dir>)")
-  parser.add_argument("--overwrite", action="store_true",
-                      help="replace an already prepared dataset of the same version")
+      description="Convert dataset files you have into a TFDS array_record dataset readable "
+                  "without TensorFlow (nothing is downloaded).")
+  datasets = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+  for name, archive_name in (("cifar10", "cifar-10-python.tar.gz"),
+                             ("cifar100", "cifar-100-python.tar.gz")):
+    sub = datasets.add_parser(
+        name, help=f"from {archive_name} (python version, {cifar.CIFAR_DOWNLOAD_PAGE})")
+    sub.add_argument("--archive", required=True, help=f"path of {archive_name}")
+  sub = datasets.add_parser(
+      fashion_mnist.DATASET_NAME,
+      help=f"from the four idx files (Debian package {fashion_mnist.DEBIAN_PACKAGE})")
+  sub.add_argument("--source", default=fashion_mnist.DEFAULT_SOURCE,
+                   help=f"directory holding {', '.join(fashion_mnist.FILE_NAMES)} "
+                        "(default: %(default)s)")
+  for sub in datasets.choices.values():
+    sub.add_argument("--data_dir", required=True,
+                     help="TFDS data directory to write into (then use "
+                          "--config.data.data_dir=<this dir>)")
+    sub.add_argument("--overwrite", action="store_true",
+                     help="replace an already prepared dataset of the same version")
   return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """Command-line entry point; returns the process exit status (0 on success, 1 on error)."""
-  args = _argument_parser().parse_args(argv)
+def _prepare_cifar(args) -> epath.Path:
   print(f"Reading {args.archive} ...", flush=True)
+  archive = cifar.read_cifar_archive(args.archive, dataset_name=args.dataset)
+  for split, split_data in archive.splits.items():
+    print(f"  {split}: {len(split_data.images)} images", flush=True)
+  print(f"Writing {args.dataset} (array_record) under {args.data_dir} ...", flush=True)
+  return cifar.write(archive, dataset_name=args.dataset, data_dir=args.data_dir,
+                     overwrite=args.overwrite)
+
+
+def _prepare_fashion_mnist(args) -> epath.Path:
+  print(f"Reading the Fashion-MNIST idx files in {args.source} ...", flush=True)
+  splits = fashion_mnist.read_fashion_mnist(args.source)
+  for split, split_data in splits.items():
+    official = fashion_mnist.OFFICIAL_COUNTS[split]
+    note = "" if len(split_data.labels) == official else f" (the official files have {official})"
+    print(f"  {split}: {len(split_data.labels)} images{note}", flush=True)
+  print(f"Writing fashion_mnist (array_record) under {args.data_dir} ...", flush=True)
+  return fashion_mnist.write(splits, data_dir=args.data_dir, overwrite=args.overwrite)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Command-line entry point; returns the process exit status (0 on success, 2 on error)."""
+  args = _argument_parser().parse_args(argv)
+  prepare = _prepare_fashion_mnist if args.dataset == fashion_mnist.DATASET_NAME else _prepare_cifar
   try:
-    _check_writable(prepared_dir(args.dataset, data_dir=args.data_dir), overwrite=args.overwrite)
-    archive = read_cifar_archive(args.archive, dataset_name=args.dataset)
-    for split, split_data in archive.splits.items():
-      print(f"  {split}: {len(split_data.images)} images", flush=True)
-    print(f"Writing {args.dataset} (array_record) under {args.data_dir} ...", flush=True)
-    target_dir = write_tfds_dataset(archive, dataset_name=args.dataset, data_dir=args.data_dir,
-                                    overwrite=args.overwrite)
+    # Checked first: an existing dataset is refused before minutes of parsing.
+    tfds_writer.check_writable(args.dataset, data_dir=args.data_dir, overwrite=args.overwrite)
+    target_dir = prepare(args)
   except (FileNotFoundError, FileExistsError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr)
-    return 1
+    return 2
   print(f"Done: {args.dataset} prepared at {target_dir}", flush=True)
   print(f"Use it with --config.data.data_dir={epath.Path(args.data_dir).expanduser()}", flush=True)
   return 0

@@ -1,4 +1,4 @@
-"""Read a prepared TFDS CIFAR split into numpy arrays, without TensorFlow.
+"""Read a prepared TFDS split (CIFAR-10/100, Fashion-MNIST) into numpy arrays, without TensorFlow.
 
 The data must have been prepared in TFDS's array_record format, under
 `<data_dir>/<name>/<version>/` (e.g. `~/tensorflow_datasets/cifar10/3.0.2/`), either by
@@ -18,9 +18,11 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-SUPPORTED_DATASETS = ("cifar10", "cifar100")
+SUPPORTED_DATASETS = ("cifar10", "cifar100", "fashion_mnist")
+IMAGE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "fashion_mnist": (28, 28, 1)}
 CIFAR_DOWNLOAD_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 ARCHIVE_NAMES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"  # Debian; installs the four idx files
 DATASET_INFO_FILENAME = "dataset_info.json"
 
 # Records fetched per `__getitems__` call: large enough to amortise the per-call overhead, small
@@ -99,26 +101,35 @@ def check_prepared(name: str, split: str, *, data_dir: str | os.PathLike[str] | 
   if other_versions:
     lines.append(f"Other versions found next to it: {other_versions} (this tfds expects "
                  f"{dataset_dir.name}).")
-  lines.append(
-      f"Fix: download {ARCHIVE_NAMES[name]} (python version) from {CIFAR_DOWNLOAD_PAGE}, then run\n"
-      f"  python -m rfd_jax.prepare_data {name} --archive /path/to/{ARCHIVE_NAMES[name]} "
-      f"--data_dir {root}\n"
-      f"and pass --config.data.data_dir={root}.")
+  lines.append(_how_to_prepare(name, root))
   raise PreparedDataNotFoundError("\n".join(lines))
+
+
+def _how_to_prepare(name: str, root: epath.Path) -> str:
+  if name == "fashion_mnist":
+    return (f"Fix: `apt-get install {FASHION_MNIST_PACKAGE}` (or put the four idx files in a "
+            "directory and add --source DIR), then run\n"
+            f"  python -m rfd_jax.prepare_data fashion_mnist --data_dir {root}\n"
+            f"and pass --config.data.data_dir={root}.")
+  return (f"Fix: download {ARCHIVE_NAMES[name]} (python version) from {CIFAR_DOWNLOAD_PAGE}, then "
+          f"run\n  python -m rfd_jax.prepare_data {name} --archive /path/to/{ARCHIVE_NAMES[name]} "
+          f"--data_dir {root}\n"
+          f"and pass --config.data.data_dir={root}.")
 
 
 def load_split(name: str, split: str,
                data_dir: str | os.PathLike[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Reads a whole prepared CIFAR split into memory.
+  """Reads a whole prepared split into memory.
 
   Args:
-    name: "cifar10" or "cifar100".
+    name: "cifar10", "cifar100" or "fashion_mnist".
     split: a TFDS split, e.g. "train", "test" or "train[:10%]".
     data_dir: TFDS data directory; None means TFDS's default ($TFDS_DATA_DIR, else
       ~/tensorflow_datasets).
 
   Returns:
-    images: uint8 array (N, 32, 32, 3), HWC, RGB, in the prepared record order.
+    images: uint8 array (N, H, W, C) in the prepared record order: (N, 32, 32, 3) RGB for CIFAR,
+      (N, 28, 28, 1) grey for fashion_mnist.
     labels: int64 array (N,); for cifar100 the fine `label` feature (0..99).
 
   Raises:
@@ -141,5 +152,5 @@ def load_split(name: str, split: str,
       images[start + offset] = image
       labels[start + offset] = example["label"]
   if images is None:
-    images = np.empty((0, 32, 32, 3), dtype=np.uint8)
+    images = np.empty((0, *IMAGE_SHAPES[name]), dtype=np.uint8)
   return images, labels

@@ -51,6 +51,23 @@ def test_cifar10_through_mocked_tfds(tmp_path):
   assert data.num_classes == 10
 
 
+def test_first_per_class_keeps_the_first_n_of_each_class_in_order():
+  labels = np.array([3, 1, 3, 3, 0, 1, 1, 3])
+  np.testing.assert_array_equal(input_pipeline.first_per_class(labels, 2), [0, 1, 2, 4, 5])
+  np.testing.assert_array_equal(input_pipeline.first_per_class(labels, 9), np.arange(8))
+
+
+def test_train_per_class_subsets_training_images_only():
+  cfg = ml_collections.ConfigDict({"dataset": "digits", "data_dir": "", "image_size": 8,
+                                   "train_per_class": 5})
+  data, full = input_pipeline.load_dataset(cfg), input_pipeline.load_digits(8)
+  np.testing.assert_array_equal(np.bincount(data.train_labels), [5] * 10)
+  keep = input_pipeline.first_per_class(full.train_labels, 5)
+  np.testing.assert_array_equal(data.train_images, full.train_images[keep])
+  np.testing.assert_array_equal(data.test_labels, full.test_labels)
+  np.testing.assert_array_equal(data.mean, full.mean)  # normalisation stays the full set's
+
+
 def test_epoch_batches_deterministic_and_drop_last():
   a = input_pipeline.epoch_batches(103, 10, seed=0, task=1, epoch=2)
   b = input_pipeline.epoch_batches(103, 10, seed=0, task=1, epoch=2)

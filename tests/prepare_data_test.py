@@ -12,6 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from rfd_jax import prepare_data
+from rfd_jax.prepare import cifar
 from rfd_jax import tfds_data
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -98,7 +99,7 @@ def _record_indices(name: str, split: str, data_dir) -> np.ndarray:
 
 def test_rows_to_hwc_images_matches_the_plane_layout():
   rows = np.arange(2 * 3072, dtype=np.int64).reshape(2, 3072) % 251
-  np.testing.assert_array_equal(prepare_data.rows_to_hwc_images(rows),
+  np.testing.assert_array_equal(cifar.rows_to_hwc_images(rows),
                                 _rows_to_images_by_definition(rows.astype(np.uint8)))
 
 
@@ -164,7 +165,7 @@ def test_existing_dataset_needs_overwrite(tmp_path, capsys):
   assert prepare_data.main(args) == 0
   capsys.readouterr()
 
-  assert prepare_data.main(args) == 1
+  assert prepare_data.main(args) == 2
   assert "already exists" in capsys.readouterr().err
 
   new_expected = _write_fake_cifar10(archive_path, rng=np.random.default_rng(3),
@@ -177,7 +178,7 @@ def test_existing_dataset_needs_overwrite(tmp_path, capsys):
 def test_missing_archive_is_reported(tmp_path, capsys):
   status = prepare_data.main(["cifar10", "--archive", str(tmp_path / "nope.tar.gz"),
                               "--data_dir", str(tmp_path / "tfds")])
-  assert status == 1
+  assert status == 2
   err = capsys.readouterr().err
   assert "nope.tar.gz" in err and "cifar-10-python.tar.gz" in err
   assert not (tmp_path / "tfds" / "cifar10").exists()
@@ -188,14 +189,14 @@ def test_wrong_archive_is_reported(tmp_path, capsys):
   _write_fake_cifar100(archive_path, rng=np.random.default_rng(4))
   status = prepare_data.main(["cifar10", "--archive", str(archive_path),
                               "--data_dir", str(tmp_path / "tfds")])
-  assert status == 1
+  assert status == 2
   err = capsys.readouterr().err
   assert "data_batch_1" in err and "cifar-10-python.tar.gz" in err
 
   not_a_tar = tmp_path / "cifar-10-python.tar.gz"
   not_a_tar.write_bytes(b"<html>not an archive</html>")
   assert prepare_data.main(["cifar10", "--archive", str(not_a_tar),
-                            "--data_dir", str(tmp_path / "tfds")]) == 1
+                            "--data_dir", str(tmp_path / "tfds")]) == 2
   assert "not a readable tar archive" in capsys.readouterr().err
 
 
@@ -205,7 +206,7 @@ def test_pickles_with_foreign_objects_are_refused(tmp_path):
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
       _add_pickle(archive, f"cifar-10-batches-py/{name}", {"data": os.getcwd}, protocol=2)
   with pytest.raises(ValueError, match="posix.getcwd|os.getcwd|unexpected object"):
-    prepare_data.read_cifar_archive(archive_path, dataset_name="cifar10")
+    cifar.read_cifar_archive(archive_path, dataset_name="cifar10")
 
 
 def test_label_out_of_range_is_refused(tmp_path):
@@ -217,4 +218,4 @@ def test_label_out_of_range_is_refused(tmp_path):
     _add_pickle(archive, "cifar-10-batches-py/batches.meta", {"label_names": CIFAR10_NAMES},
                 protocol=2)
   with pytest.raises(ValueError, match="outside the 10 classes"):
-    prepare_data.read_cifar_archive(archive_path, dataset_name="cifar10")
+    cifar.read_cifar_archive(archive_path, dataset_name="cifar10")

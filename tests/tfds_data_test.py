@@ -79,6 +79,14 @@ def test_missing_data_fails_fast_with_fix(tmp_path, no_network):
   assert "https://www.cs.toronto.edu/~kriz/cifar.html" in message
 
 
+def test_missing_fashion_mnist_names_the_debian_package_and_converter(tmp_path):
+  with pytest.raises(tfds_data.PreparedDataNotFoundError) as error:
+    tfds_data.load_split("fashion_mnist", "train", tmp_path)
+  message = str(error.value)
+  assert "apt-get install dataset-fashion-mnist" in message and "--source" in message
+  assert f"python -m rfd_jax.prepare_data fashion_mnist --data_dir {tmp_path}" in message
+
+
 def test_missing_data_uses_tfds_data_dir_env_when_data_dir_is_none(tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
   with pytest.raises(tfds_data.PreparedDataNotFoundError, match="--data_dir " + str(tmp_path)):
