@@ -205,6 +205,9 @@ def flag_error_message(error: Exception, config: ml_collections.ConfigDict | Non
       current = _value_of(config, path)
     except (KeyError, AttributeError):
       return text
+    if isinstance(current, ml_collections.ConfigDict):
+      return (f"--{name}.{path}={value}: {name}.{path} is a group of fields; override them one by "
+              f"one, e.g. --{name}.{path}.{next(iter(current.keys()))}=...")
     if isinstance(current, bool):
       reason = "expected True or False"
     kind = type(current).__name__
@@ -238,11 +241,35 @@ def parse_flags(argv: Sequence[str], *, config_flag: str = "config",
       if message:
         fail(message)
   try:
-    return flag_values(argv)
+    remaining = flag_values(argv)
   except flags.Error as e:
     fail(flag_error_message(e, config, config_flag))
   except Exception as e:  # pylint: disable=broad-except  (ml_collections' own errors, one line)
     fail(f"{_first_line(e)}")
+  if config is not None:
+    for path in override_paths(argv, config_flag):
+      message = tuple_type_message(config, flag_values[config_flag].value, path, config_flag)
+      if message:
+        fail(message)
+  return remaining
+
+
+def tuple_type_message(default: ml_collections.ConfigDict, parsed: ml_collections.ConfigDict,
+                       path: str, name: str = "config") -> str | None:
+  """The error text if the override of tuple field `path` has elements of another type than the
+  default's (ml_collections keeps unparsable elements as strings: "abc" → ("abc",)), else None."""
+  before, after = _value_of(default, path), _value_of(parsed, path)
+  if not (isinstance(before, tuple) and before and isinstance(after, tuple)):
+    return None
+  kinds = {type(v) for v in before}
+  numeric = kinds <= {int, float}
+  bad = [v for v in after if not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                  if numeric else type(v) in kinds)]
+  if not bad:
+    return None
+  kind = "numbers" if numeric else " / ".join(sorted(k.__name__ for k in kinds))
+  return (f"--{name}.{path}: {bad[0]!r} is not one of the {kind} that {name}.{path} holds "
+          f"(now {before!r}); pass e.g. --{name}.{path}='{before!r}'.")
 
 
 def format_config(config: ml_collections.ConfigDict, name: str = "config") -> str:
