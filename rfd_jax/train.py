@@ -608,7 +608,7 @@ def _build_run(config, workdir, spec, mesh, checkpoints) -> tuple[Run, RunState]
     if len(idx) < batch_size:
       raise config_validation.ConfigError(
           f"config.data.batch_size={batch_size} exceeds the {len(idx)} training images of task "
-          f"{t}; lower it.")
+          f"{t + 1}/{spec.num_tasks}; lower it.")
   run.total_steps = sum(
       sum(p.num_epochs for p in task_phases(config, learner, t))
       * (len(run.task_indices[t]) // batch_size) for t in range(spec.num_tasks))
