@@ -109,7 +109,7 @@ def synthesis_loss(trainable: dict[str, Any], gen_batch_stats: Any, teacher_vars
           + weights["triplet"] * loss_tri)
   metrics = {"synthesis/loss": loss, "synthesis/loss_bn": loss_bn, "synthesis/loss_oh": loss_oh,
              "synthesis/loss_adv": loss_adv, "synthesis/loss_triplet": loss_tri,
-             "synthesis/teacher_student_agree": jnp.mean(
+             "synthesis/teacher_student_agree": 100.0 * jnp.mean(  # percent, like accuracies
                  jnp.argmax(t_logits, -1) == jnp.argmax(s_logits, -1))}
   return loss, (updates["batch_stats"], images, metrics)
 
@@ -206,8 +206,8 @@ def student_loss(trainable, batch_stats, views, t_logits, t_features, rng, *, st
   loss = loss_kd + weights["cd"] * loss_cd + weights["striplet"] * loss_tri
   metrics = {"train/loss": loss, "train/loss_kd": loss_kd, "train/loss_cd": loss_cd,
              "train/loss_triplet": loss_tri,
-             "train/teacher_agreement": jnp.mean(jnp.argmax(s_logits, -1)
-                                                 == jnp.argmax(t_logits, -1))}
+             "train/teacher_agreement": 100.0 * jnp.mean(  # percent, like accuracies
+                 jnp.argmax(s_logits, -1) == jnp.argmax(t_logits, -1))}
   return loss, (updates["batch_stats"], metrics)
 
 

@@ -1,4 +1,5 @@
-r"""Entry point: `python -m rfd_jax.main --config configs/digits.py [--workdir DIR] [--config.x=y]`.
+r"""Runs an experiment: python -m rfd_jax.main --config configs/<name>.py [--workdir DIR]
+[--config.<field>=<value> ...]
 
 Runs (or resumes, from WORKDIR/checkpoints) the job of the config (`config.job`):
   dfcil (default; configs without a `job` field): the class-incremental experiment;
@@ -6,25 +7,36 @@ Runs (or resumes, from WORKDIR/checkpoints) the job of the config (`config.job`)
   dfkd: RGAL data-free knowledge distillation teacher → student (configs/dfkd_*.py).
 It writes config.json, metrics.jsonl and results.json under the workdir and prints the results.
 
-Exit status: 0 done; 2 config error or refused resume (config differs from the checkpoint's);
-3 (checkpointing.EXIT_NON_FINITE) a loss became NaN/inf, nothing saved after the last good
-checkpoint; 75 (checkpointing.EXIT_PREEMPTED) stopped by SIGTERM/SIGINT after saving a checkpoint:
-rerun the same command to resume.
+A config's fields, with their values after any overrides (nothing runs):
+  python -m rfd_jax.main --config configs/digits.py --print_config
+Any of them can be overridden, e.g. --config.optim.lr=0.05 --config.data.class_order=seed1.
+The config, the workdir, the data, config.init_from and the dfkd teacher are checked before
+anything is created or written. On CPU (jaxlib 0.10.x, no accelerator plugin) the program sets
+XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (faster); set XLA_FLAGS yourself, even empty,
+to turn that off.
+
+Exit status: 0 done; 2 a usage or config error (one `error:` line) or a refused resume (config
+differs from the checkpoint's); 3 (checkpointing.EXIT_NON_FINITE) a loss became NaN/inf, nothing
+saved after the last good checkpoint; 75 (checkpointing.EXIT_PREEMPTED) stopped by SIGTERM/SIGINT
+after saving a checkpoint: rerun the same command to resume.
 """
 
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
 from ml_collections import config_flags
 
-from rfd_jax import checkpointing, config_validation, jobs, metrics, parallel, train
+from rfd_jax import (checkpointing, cli, config_validation, metrics, parallel, preflight, train,
+                     xla_env)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory (default: runs/<dataset>-<method>-<class_order>).")
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config", False, "Print the config's fields and values (after the overrides); run nothing.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -37,53 +49,62 @@ def default_workdir(config) -> str:
   return os.path.join("runs", f"{config.data.dataset}-{config.method}-{order}")
 
 
+def run_job(config, workdir: str) -> tuple[str, dict]:
+  """Checks everything checkable before the workdir is touched, then runs the config's job. A
+  config, data or workdir error ends the program: one `error:` line, exit status 2."""
+  try:
+    job = preflight.check(config, workdir)
+    if job == "teacher":
+      from rfd_jax import teacher  # pylint: disable=g-import-not-at-top
+      return job, teacher.train_teacher(config, workdir)
+    if job == "dfkd":
+      from rfd_jax import dfkd  # pylint: disable=g-import-not-at-top
+      return job, dfkd.train_dfkd(config, workdir)
+    return job, train.train_and_evaluate(config, workdir)
+  except (config_validation.ConfigError, FileNotFoundError) as e:
+    cli.fail(str(e))
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  parallel.maybe_initialize_distributed()  # first JAX call: multi-host runs join their cluster here
+    cli.fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value (see --help).")
   config = _CONFIG.value
+  if _PRINT_CONFIG.value:
+    cli.write_stdout(cli.format_config(config))
+    return
+  xla_env.set_fast_cpu_flags(log=logging.info)  # before JAX creates its backend, which reads it
+  parallel.maybe_initialize_distributed()  # first JAX call: multi-host runs join their cluster here
   workdir = _WORKDIR.value or default_workdir(config)
   logging.info("JAX %s: process %d of %d, %d local / %d global devices: %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices())
   logging.info("workdir %s", os.path.abspath(workdir))
   try:
-    job = jobs.job_of(config)
-    if job == "teacher":
-      from rfd_jax import teacher  # pylint: disable=g-import-not-at-top
-      results = teacher.train_teacher(config, workdir)
-    elif job == "dfkd":
-      from rfd_jax import dfkd  # pylint: disable=g-import-not-at-top
-      results = dfkd.train_dfkd(config, workdir)
-    else:
-      results = train.train_and_evaluate(config, workdir)
-  except (config_validation.ConfigError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    job, results = run_job(config, workdir)
   except checkpointing.NonFiniteError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(checkpointing.EXIT_NON_FINITE)
   except checkpointing.Preempted as e:
     print(f"preempted: {e}", file=sys.stderr)
     sys.exit(checkpointing.EXIT_PREEMPTED)
-  if not parallel.is_main_process():
-    return
+  if parallel.is_main_process():
+    print(summary(job, results, workdir))
+
+
+def summary(job: str, results: dict, workdir: str) -> str:
+  """The text printed at the end of a run."""
+  where = f"results in {os.path.join(workdir, 'results.json')}"
   if job == "teacher":
-    print(f"\nteacher {results['model']} on {results['dataset']}: test accuracy "
-          f"{results['accuracy']:.2f}% after {len(results['accuracies'])} epochs "
-          f"(results in {os.path.join(workdir, 'results.json')})")
-    return
+    return (f"\nteacher {results['model']} on {results['dataset']}: test accuracy "
+            f"{results['accuracy']:.2f}% after {len(results['accuracies'])} epochs ({where})")
   if job == "dfkd":
-    print(f"\ndfkd {results['teacher']} → {results['student']} on {results['dataset']}: teacher "
-          f"{results['teacher_accuracy']:.2f}%, student {results['accuracy']:.2f}% after the last "
-          f"epoch, best {results['best_accuracy']:.2f}% (results in "
-          f"{os.path.join(workdir, 'results.json')})")
-    return
-  print(f"\n{results['method']} on {results['dataset']}, {results['num_tasks']} tasks "
-        f"(results in {os.path.join(workdir, 'results.json')})\n")
-  print(metrics.format_table(results))
+    return (f"\ndfkd {results['teacher']} → {results['student']} on {results['dataset']}: teacher "
+            f"{results['teacher_accuracy']:.2f}%, student {results['accuracy']:.2f}% after the "
+            f"last epoch, best {results['best_accuracy']:.2f}% ({where})")
+  return (f"\n{results['method']} on {results['dataset']}, {results['num_tasks']} tasks "
+          f"({where})\n\n{metrics.format_table(results)}")
 
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  cli.run(main)

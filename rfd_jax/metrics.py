@@ -95,14 +95,15 @@ def summarize(rows: list[EvalRow]) -> dict:
 
 
 def format_table(results: dict) -> str:
-  """A plain-text results table: the accuracy matrix with A_t per row, then the summary."""
+  """A plain-text results table: the accuracy matrix with A_t per row, then the summary. Tasks
+  are numbered from 1, as in the logs."""
   matrix = results["acc_matrix"]
   num = len(matrix)
-  head = "after task | " + " ".join(f"{'T' + str(j):>6}" for j in range(num)) + " |    A_t"
+  head = "after task | " + " ".join(f"{'T' + str(j + 1):>6}" for j in range(num)) + " |    A_t"
   lines = [head, "-" * len(head)]
   for l, row in enumerate(matrix):
     cells = " ".join(f"{v:6.2f}" if v is not None else f"{'':>6}" for v in row)
-    lines.append(f"{l:>10} | {cells} | {results['acc_seen'][l]:6.2f}")
+    lines.append(f"{l + 1:>10} | {cells} | {results['acc_seen'][l]:6.2f}")
   forget = results["forgetting"]
   lines.append("")
   lines.append(f"final accuracy A_T        {results['final_acc']:6.2f}")

@@ -1,7 +1,9 @@
 """PNG figures of a run: synthetic replay grids, the accuracy matrix, A_t curves, sweep comparisons.
 
 matplotlib's object-oriented API on the Agg canvas (no pyplot, no display). Every figure has a
-fixed size in pixels (figsize × DPI, no tight bounding box), so outputs are comparable across runs.
+fixed size in pixels (figsize × DPI, no tight bounding box), so outputs are comparable across runs;
+the charts use constrained layout so that their labels fit inside that size. Tasks are numbered
+from 1 in titles, axes and file names, as in the logs.
 """
 
 from __future__ import annotations
@@ -71,8 +73,9 @@ def save_synthetic_grid(path: str, gen_vars, teacher_vars, rng, *, generator, te
                         num_images: int = 64) -> None:
   """The replay of task `task` (t >= 1) as a grid: `num_images` images from the generator, sorted
   and captioned by the teacher's label as an original class id (spec.class_order maps model
-  labels to class ids). Every process samples, as the variables may be global arrays spanning
-  processes; only the one with `write` (process 0) saves."""
+  labels to class ids). The title numbers the task from 1 (as the logs) and names the old classes
+  that have no image among those shown. Every process samples, as the variables may be global
+  arrays spanning processes; only the one with `write` (process 0) saves."""
   # Imported here: the other figures (report, sweep) need no JAX.
   import jax  # pylint: disable=g-import-not-at-top
   from rfd_jax import inversion  # pylint: disable=g-import-not-at-top
@@ -86,10 +89,26 @@ def save_synthetic_grid(path: str, gen_vars, teacher_vars, rng, *, generator, te
   by_label = np.argsort(labels, kind="stable")  # same-label images side by side
   images, class_ids = np.asarray(images)[by_label], np.asarray(spec.class_order)[labels][by_label]
   old = sorted(spec.class_order[:num_old])
-  old_text = ", ".join(map(str, old)) if len(old) <= 12 else f"{len(old)} classes"
   save_image_grid(path, images, class_ids.tolist(), mean=mean, std=std,
-                  title=f"task {task}: synthetic replay of old classes ({old_text}), "
-                  "captioned with the teacher's labels")
+                  title=replay_title(task, spec.num_tasks, old, class_ids.tolist()))
+
+
+def _classes_text(classes: Sequence[int], limit: int = 12) -> str:
+  return ", ".join(map(str, classes)) if len(classes) <= limit else f"{len(classes)} classes"
+
+
+def replay_title(task: int, num_tasks: int, old_classes: Sequence[int],
+                 shown_labels: Sequence[int]) -> str:
+  """The title of task `task`'s (0-based) replay grid: the task from 1, the old classes, and on a
+  second line those of them without an image among `shown_labels` (the teacher may never predict
+  a class, or a small sample may miss it)."""
+  title = (f"task {task + 1}/{num_tasks}: synthetic replay of old classes "
+           f"({_classes_text(old_classes)}), captioned with the teacher's labels")
+  missing = sorted(set(old_classes) - set(shown_labels))
+  if missing:
+    title += (f"\nno image of {'class' if len(missing) == 1 else 'classes'} "
+              f"{_classes_text(missing)} among these {len(shown_labels)}")
+  return title
 
 
 def save_accuracy_matrix(path: str, acc_matrix: Sequence[Sequence[float | None]]) -> None:
@@ -97,7 +116,7 @@ def save_accuracy_matrix(path: str, acc_matrix: Sequence[Sequence[float | None]]
   entries above the diagonal (None) are blank. 6.4 × 4.8 in at 100 DPI: 640 × 480 px."""
   matrix = np.array([[np.nan if v is None else v for v in row] for row in acc_matrix], np.float64)
   num = len(matrix)
-  fig = Figure(figsize=(6.4, 4.8))
+  fig = Figure(figsize=(6.4, 4.8), layout="constrained")
   ax = fig.subplots()
   image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=0, vmax=100)
   fig.colorbar(image, ax=ax, label="accuracy (%)")
@@ -109,8 +128,8 @@ def save_accuracy_matrix(path: str, acc_matrix: Sequence[Sequence[float | None]]
                   ha="center", va="center", fontsize=8,
                   color="black" if matrix[t, j] > 60 else "white")
   ticks = np.arange(num) if num <= 20 else np.arange(0, num, max(num // 10, 1))
-  ax.set_xticks(ticks)
-  ax.set_yticks(ticks)
+  ax.set_xticks(ticks, [str(t + 1) for t in ticks])  # tasks from 1, as in the logs
+  ax.set_yticks(ticks, [str(t + 1) for t in ticks])
   ax.set_xlabel("evaluated on task j")
   ax.set_ylabel("after training task t")
   ax.set_title("accuracy matrix a[t, j] (%)")
@@ -120,7 +139,7 @@ def save_accuracy_matrix(path: str, acc_matrix: Sequence[Sequence[float | None]]
 def save_accuracy_curve(path: str, acc_seen: Sequence[float],
                         classes_seen: Sequence[int] | None = None) -> None:
   """A_t (accuracy over all classes seen after task t) against t. 640 × 480 px."""
-  fig = Figure(figsize=(6.4, 4.8))
+  fig = Figure(figsize=(6.4, 4.8), layout="constrained")
   ax = fig.subplots()
   tasks = np.arange(len(acc_seen))
   ax.plot(tasks, acc_seen, marker="o")
@@ -131,12 +150,13 @@ def save_accuracy_curve(path: str, acc_seen: Sequence[float],
 
 
 def _task_axis(ax, num_tasks: int, classes_seen: Sequence[int] | None) -> None:
-  ax.set_xticks(np.arange(num_tasks))
+  labels = [str(t + 1) for t in range(num_tasks)]  # tasks from 1, as in the logs
   if classes_seen is not None and num_tasks <= 20:
-    ax.set_xticklabels([f"{t}\n({c})" for t, c in zip(range(num_tasks), classes_seen)])
+    labels = [f"{t + 1}\n({c})" for t, c in zip(range(num_tasks), classes_seen)]
     ax.set_xlabel("after task t (classes seen)")
   else:
     ax.set_xlabel("after task t")
+  ax.set_xticks(np.arange(num_tasks), labels)
   ax.set_ylim(0, 101)
   ax.grid(alpha=0.3)
 
@@ -155,7 +175,7 @@ def save_comparison(path: str, curves: Mapping[str, Sequence[Sequence[float]]],
 
   curves: label → list of A_t sequences (one per run, all of the same length per label).
   """
-  fig = Figure(figsize=(12.8, 4.8))
+  fig = Figure(figsize=(12.8, 4.8), layout="constrained")
   left, right = fig.subplots(1, 2)
   labels = list(curves)
   finals, errors = [], []
@@ -182,5 +202,4 @@ def save_comparison(path: str, curves: Mapping[str, Sequence[Sequence[float]]],
   right.set_ylim(0, 105)
   right.set_ylabel("final accuracy A_T (%)")
   right.grid(axis="y", alpha=0.3)
-  fig.subplots_adjust(bottom=0.2, wspace=0.25)
   _save(fig, path)

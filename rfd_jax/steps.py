@@ -62,7 +62,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
     hparams: "lr" f32 scalar, "num_seen" int32 scalar, "trainable" 0/1 mask pytree (see
       `state.trainable_mask`).
   Returns:
-    (new_state, metrics) with metrics "train/loss", "train/acc" (batch means).
+    (new_state, metrics) with metrics "train/loss", "train/acc" (batch means; the accuracy in
+    percent, like eval/*).
   """
   images = _real_images(batch, rng, mean, std, augmentation)
   labels = batch["labels"]
@@ -81,7 +82,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   new_state = _update(state, grads, batch_stats, hparams, tx=tx, weight_decay=weight_decay)
   new_state = new_state.replace(class_counts=_count_labels(state.class_counts, labels))
   metrics = {"train/loss": loss,
-             "train/acc": jnp.mean(losses.accuracy(logits=logits, labels=labels))}
+             "train/acc": 100.0 * jnp.mean(losses.accuracy(logits=logits, labels=labels))}
   return new_state, metrics
 
 
@@ -127,7 +128,8 @@ def distill_train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.
   new_state = _update(state, grads, batch_stats, hparams, tx=tx, weight_decay=weight_decay)
   new_state = new_state.replace(
       class_counts=_count_labels(state.class_counts, batch["labels"], syn_labels))
-  return new_state, {"train/loss": loss, **metrics}
+  # The learners report train/acc as a fraction; the run's metrics are in percent like eval/*.
+  return new_state, {"train/loss": loss, **metrics, "train/acc": 100.0 * metrics["train/acc"]}
 
 
 def eval_step(variables: dict[str, Any], images: jax.Array, num_seen: jax.Array, *,

@@ -123,6 +123,19 @@ def parse_method_entry(text: str) -> MethodEntry:
   return MethodEntry(label, (("method", method), *overrides.items()))
 
 
+def check_methods(entries: Sequence[MethodEntry]) -> None:
+  """SweepError naming the first entry whose method rfd_jax.main does not know (a dry run would
+  print its commands and every run would fail)."""
+  # Imported here: config_validation imports JAX, which the summaries do not need.
+  from rfd_jax import config_validation  # pylint: disable=g-import-not-at-top
+  for entry in entries:
+    if entry.method not in config_validation.METHODS:
+      raise SweepError(
+          f"--methods: unknown method {entry.method!r} (entry {entry.label!r}); known methods: "
+          f"{', '.join(config_validation.METHODS)}. A label that is not a method names its "
+          f"method, e.g. {entry.label}:method=rfd.")
+
+
 def run_dir(workdir: str, label: str, order: str, seed: int) -> str:
   """WORKDIR/<label>/<order>, with -s<seed> appended for seeds other than 0."""
   return os.path.join(workdir, label, order if seed == 0 else f"{order}-s{seed}")
@@ -348,6 +361,7 @@ def plan_from_args(args: argparse.Namespace) -> tuple[list[Run], list[tuple[str,
     raise SweepError(f"--seeds {args.seeds!r}: comma-separated integers expected.") from e
   if args.methods:
     entries = [parse_method_entry(e) for e in split_list(args.methods)]
+    check_methods(entries)
     labels = [e.label for e in entries]
     if len(set(labels)) < len(labels):
       raise SweepError(f"--methods: duplicate labels in {labels}.")

@@ -67,7 +67,8 @@ def classifier_step(state: ClassifierState, batch: dict[str, jax.Array], rng: ja
                     augmentation: input_pipeline.Augmentation
                     ) -> tuple[ClassifierState, dict[str, jax.Array]]:
   """One SGD step of cross-entropy on an augmented real batch ("images" uint8 (B, H, W, 3),
-  "labels" int32 (B,)). Returns the new state and {"train/loss", "train/accuracy"}."""
+  "labels" int32 (B,)). Returns the new state and {"train/loss", "train/accuracy"} (batch means;
+  the accuracy in percent, like the test accuracy)."""
   images = input_pipeline.augment(rng, input_pipeline.normalize(batch["images"], mean, std),
                                   augmentation, mean, std)
 
@@ -79,7 +80,7 @@ def classifier_step(state: ClassifierState, batch: dict[str, jax.Array], rng: ja
 
   (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   params, opt_state = apply_sgd(tx, grads, state.opt_state, state.params, lr)
-  acc = losses.accuracy(logits=logits, labels=batch["labels"])
+  acc = 100.0 * jnp.mean(losses.accuracy(logits=logits, labels=batch["labels"]))
   return (state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                         opt_state=opt_state), {"train/loss": loss, "train/accuracy": acc})
 
@@ -173,12 +174,17 @@ def train_teacher(config, workdir: str) -> dict:
   return results
 
 
-def load_teacher(path: str, *, model_name: str, dataset: str, image_size: int, mesh
-                 ) -> tuple[nn.Module, dict, dict]:
-  """The classifier of a finished `teacher` run: (model, variables, its config dict).
+def check_teacher_checkpoint(path: str, *, model_name: str, dataset: str, image_size: int
+                             ) -> tuple[str, int, dict]:
+  """The newest checkpoint of a finished `teacher` run at `path`, checked without loading arrays:
+  (checkpoints directory, checkpoint id, its JSON record). Reads only, so a dfkd run can call it
+  before it creates its workdir.
 
   path: the teacher run's workdir, its checkpoints directory or one checkpoint. The teacher's
   model must be `model_name`, its dataset and image size the caller's.
+
+  Raises:
+    config_validation.ConfigError: no such run, no checkpoint, or a teacher that does not match.
   """
   if not path:
     raise config_validation.ConfigError(
@@ -196,29 +202,45 @@ def load_teacher(path: str, *, model_name: str, dataset: str, image_size: int, m
     if not ids:
       raise config_validation.ConfigError(f"config.teacher_ckpt={path!r} holds no checkpoint.")
     meta = source.read_meta(ids[-1])
-    saved = meta["config"]
-    if saved.get("job") != "teacher":
+  finally:
+    source.close()
+  saved = meta["config"]
+  if saved.get("job") != "teacher":
+    raise config_validation.ConfigError(
+        f"config.teacher_ckpt={path!r} is a {saved.get('job', 'dfcil')!r} run, not a teacher "
+        "run (configs/teacher_*.py).")
+  for field, have, want in (("model.name", saved["model"]["name"], model_name),
+                            ("data.dataset", saved["data"]["dataset"], dataset),
+                            ("data.image_size", saved["data"]["image_size"], image_size)):
+    if have != want:
       raise config_validation.ConfigError(
-          f"config.teacher_ckpt={path!r} is a {saved.get('job', 'dfcil')!r} run, not a teacher "
-          "run (configs/teacher_*.py).")
-    for field, have, want in (("model.name", saved["model"]["name"], model_name),
-                              ("data.dataset", saved["data"]["dataset"], dataset),
-                              ("data.image_size", saved["data"]["image_size"], image_size)):
-      if have != want:
-        raise config_validation.ConfigError(
-            f"config.teacher_ckpt={path!r} was trained with {field}={have!r}, this run expects "
-            f"{want!r} (config.teacher_model / config.data); point it at a matching teacher run.")
-    if meta["epoch"] < saved["optim"]["epochs"]:
-      logging.warning("teacher %s stopped after %d of %d epochs", path, meta["epoch"],
-                      saved["optim"]["epochs"])
-    model = dfkd_nets.build_classifier(saved["model"]["name"],
-                                       input_pipeline.dataset_info(dataset).num_classes,
-                                       dtype=saved.get("dtype", "float32"))
-    tx = sgd(saved["optim"]["momentum"], saved["optim"]["weight_decay"])
-    abstract = jax.eval_shape(lambda: create_classifier_state(model, jax.random.key(0),
-                                                              image_size, tx))
-    abstract = checkpointing.abstract_like(abstract, parallel.replicated(mesh))
-    restored = source.restore(lambda _: {"state": abstract}, only_id=ids[-1])
+          f"config.teacher_ckpt={path!r} was trained with {field}={have!r}, this run expects "
+          f"{want!r} (config.teacher_model / config.data); point it at a matching teacher run.")
+  return directory, ids[-1], meta
+
+
+def load_teacher(path: str, *, model_name: str, dataset: str, image_size: int, mesh
+                 ) -> tuple[nn.Module, dict, dict]:
+  """The classifier of a finished `teacher` run: (model, variables, its checkpoint record).
+
+  path, model_name, dataset, image_size: as `check_teacher_checkpoint`.
+  """
+  directory, checkpoint_id, meta = check_teacher_checkpoint(
+      path, model_name=model_name, dataset=dataset, image_size=image_size)
+  saved = meta["config"]
+  if meta["epoch"] < saved["optim"]["epochs"]:
+    logging.warning("teacher %s stopped after %d of %d epochs", path, meta["epoch"],
+                    saved["optim"]["epochs"])
+  model = dfkd_nets.build_classifier(saved["model"]["name"],
+                                     input_pipeline.dataset_info(dataset).num_classes,
+                                     dtype=saved.get("dtype", "float32"))
+  tx = sgd(saved["optim"]["momentum"], saved["optim"]["weight_decay"])
+  abstract = jax.eval_shape(lambda: create_classifier_state(model, jax.random.key(0),
+                                                            image_size, tx))
+  abstract = checkpointing.abstract_like(abstract, parallel.replicated(mesh))
+  source = checkpointing.Checkpoints(directory, keep=1, read_only=True)
+  try:
+    restored = source.restore(lambda _: {"state": abstract}, only_id=checkpoint_id)
   finally:
     source.close()
   if restored is None:

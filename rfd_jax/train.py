@@ -411,7 +411,7 @@ def invert_teacher(run: Run, rs: RunState) -> None:
                run.spec.num_tasks, num_old, time.time() - inversion_start)
   if config.log.images:
     plots.save_synthetic_grid(
-        os.path.join(run.workdir, f"synthetic_task{task}.png"), rs.gen_state.variables,
+        os.path.join(run.workdir, f"synthetic_task{task + 1}.png"), rs.gen_state.variables,
         rs.teacher_vars, jax.random.fold_in(run.root_key, 40_000 + task), generator=run.generator,
         teacher=run.model, spec=run.spec, task=task, mean=run.data.mean, std=run.data.std,
         write=parallel.is_main_process())
@@ -500,11 +500,15 @@ def train_epoch(run: Run, rs: RunState, phase: Phase, step_fn, phase_hparams: di
     if config.log.progress:  # so wall times are real
       elapsed = time.time() - epoch_start
       per_step = (time.time() - rs.steady_start) / max(rs.steps_this_process - 1, 1)
+      # After task 1 the real batches hold only the new classes, scored against every seen class:
+      # near 0% while the model still predicts old classes. Said on the line, so it is not alarming.
+      what = ("" if task == 0 or config.method == "joint" else
+              f" (real new-class images, scored over all {run.spec.num_seen(task)} seen classes)")
       logging.info(
-          "task %d/%d %-8s epoch %3d/%d  loss %.4f  acc %5.1f%%  lr %.4g  %6.0f img/s  "
+          "task %d/%d %-8s epoch %3d/%d  loss %.4f  acc %5.1f%%%s  lr %.4g  %6.0f img/s  "
           "ETA %s", task + 1, run.spec.num_tasks, phase.name, epoch + 1,
           phase.first_epoch + phase.num_epochs, epoch_means["train/loss"],
-          100 * epoch_means["train/acc"], lr,
+          epoch_means["train/acc"], what, lr,
           len(epoch_metrics) * batch_size / max(elapsed, 1e-9),
           _format_duration(per_step * (run.total_steps - rs.done_steps)))
   rs.epoch, rs.step_in_epoch = epoch + 1, 0
@@ -611,7 +615,7 @@ def _build_run(config, workdir, spec, mesh, checkpoints) -> tuple[Run, RunState]
     if len(idx) < batch_size:
       raise config_validation.ConfigError(
           f"config.data.batch_size={batch_size} exceeds the {len(idx)} training images of task "
-          f"{t}; lower it.")
+          f"{t + 1}/{spec.num_tasks}; lower it.")
   run.total_steps = sum(
       sum(p.num_epochs for p in task_phases(config, learner, t))
       * (len(run.task_indices[t]) // batch_size) for t in range(spec.num_tasks))

@@ -52,6 +52,9 @@ def test_teacher_learns_and_writes_results(teacher_run):
   workdir, results = teacher_run
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)["accuracies"] == results["accuracies"]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    train_acc = [json.loads(line)["train/accuracy"] for line in f]
+  assert all(isinstance(a, float) and 0 <= a <= 100 for a in train_acc)  # batch mean, percent
   assert len(results["accuracies"]) == 2
   assert results["accuracy"] > 30.0  # 10 classes: chance is 10%
 
@@ -74,7 +77,11 @@ def test_dfkd_resumed_run_equals_uninterrupted(teacher_run, tmp_path):
   with open(tmp_path / "part" / "metrics.jsonl") as f:
     losses = [json.loads(line)["train/loss"] for line in f]
   with open(tmp_path / "full" / "metrics.jsonl") as f:
-    assert [json.loads(line)["train/loss"] for line in f] == losses
+    lines = [json.loads(line) for line in f]
+  assert [line["train/loss"] for line in lines] == losses
+  for key in ("train/teacher_agreement", "synthesis/teacher_student_agree"):  # percent
+    assert all(0 <= line[key] <= 100 for line in lines)
+  assert max(line["train/teacher_agreement"] for line in lines) > 1
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -214,7 +214,7 @@ def test_each_step_compiles_once_per_run_whatever_the_number_of_tasks(monkeypatc
   triplets = [r["train/loss_triplet"] for r in logged if "train/loss_triplet" in r]
   assert len(triplets) >= 4 and all(np.isfinite(t) for t in triplets)
   grids = sorted(f for f in os.listdir(tmp_path) if f.startswith("synthetic_task"))
-  assert grids == [f"synthetic_task{t}.png" for t in range(1, 5)]
+  assert grids == [f"synthetic_task{t}.png" for t in range(2, 6)]  # tasks 2-5, numbered from 1
   assert Image.open(tmp_path / grids[0]).size == (800, 840)  # 64 images, 8 × 8
 
 

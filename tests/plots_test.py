@@ -55,3 +55,22 @@ def test_curve_run_plots_and_comparison_sizes(tmp_path):
   plots.save_comparison(str(tmp_path / "c.png"), {"a": [[90, 70], [80, 60]], "b": [[90, 40]]},
                         [5, 10])
   assert Image.open(tmp_path / "c.png").size == (1280, 480)
+
+
+def test_replay_title_numbers_tasks_from_1_and_names_missing_classes():
+  title = plots.replay_title(1, 5, [3, 7], [3, 3, 7, 7])
+  assert title.startswith("task 2/5: synthetic replay of old classes (3, 7)") and "\n" not in title
+  title = plots.replay_title(2, 5, [3, 7, 9, 1], [3, 3, 7, 7])
+  assert title.splitlines()[1] == "no image of classes 1, 9 among these 4"
+  assert plots.replay_title(2, 5, [3, 7, 9], [3]).splitlines()[1].startswith("no image of classes")
+  assert "no image of class 9 " in plots.replay_title(2, 5, [3, 9], [3])
+
+
+def test_curve_labels_fit_inside_the_png(tmp_path):
+  """The two-line task ticks and the x-axis label below them are drawn, not cut off."""
+  path = str(tmp_path / "curve.png")
+  plots.save_accuracy_curve(path, [99.0, 70.0, 60.0, 50.0, 45.0], [2, 4, 6, 8, 10])
+  ink = np.asarray(Image.open(path).convert("L")) < 128  # text and lines
+  assert ink.shape == (480, 640)
+  assert not ink[-2:].any() and not ink[:, :2].any()  # a blank margin at the borders
+  assert ink[-40:].any()  # the x-axis label is in the bottom band

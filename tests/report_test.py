@@ -27,8 +27,9 @@ def test_prints_the_results_table(tmp_path):
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
   assert "abd on digits, 2 tasks of 5/5 classes, seed 0" in lines[1]
-  assert "         0 |  98.50        |  98.50" in lines
-  assert "         1 |  80.25  60.00 |  70.00" in lines
+  assert "after task |     T1     T2 |    A_t" in lines  # tasks from 1, as in the logs
+  assert "         1 |  98.50        |  98.50" in lines
+  assert "         2 |  80.25  60.00 |  70.00" in lines
   assert "final accuracy A_T         70.00" in lines
   assert "average incremental acc    84.25" in lines
   assert "forgetting                 18.25" in lines

@@ -73,6 +73,19 @@ def test_bad_arguments_exit_2(tmp_path, args, capsys):
   assert capsys.readouterr().err.startswith("error: ")
 
 
+@pytest.mark.parametrize("methods, unknown", [("foo", "'foo' (entry 'foo')"),
+                                              ("abd,x:method=fdr", "'fdr' (entry 'x')")])
+def test_unknown_method_exits_2_listing_the_known_ones(tmp_path, capsys, methods, unknown):
+  workdir = tmp_path / "sw"
+  assert sweep.main(["--config", "configs/digits.py", "--workdir", str(workdir), "--dry_run",
+                     "--methods", methods]) == 2
+  captured = capsys.readouterr()
+  assert not captured.out and not os.path.exists(workdir)
+  errors = captured.err.splitlines()
+  assert len(errors) == 1 and errors[0].startswith(f"error: --methods: unknown method {unknown}")
+  assert "known methods: rfd, rdfcil, abd, deepinversion, finetune, joint" in errors[0]
+
+
 def test_runs_summarizes_and_reports_failures(tmp_path, monkeypatch, capsys):
   workdir = str(tmp_path / "sw")
   values = {("abd", "seed0"): (60.0, 80.0, 20.0), ("abd", "seed1"): (64.0, 81.0, 10.0),

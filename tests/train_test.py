@@ -77,6 +77,9 @@ def test_config_and_metrics_files(tiny_run):
   train_lines = [l for l in lines if "train/loss" in l]
   eval_lines = [l for l in lines if "eval/acc_seen" in l]
   assert train_lines and all(np.isfinite(l["train/loss"]) for l in train_lines)
+  # accuracies in percent, like eval/*: 2 classes per task, so well above 1% at some step
+  assert all(0 <= l["train/acc"] <= 100 for l in train_lines)
+  assert max(l["train/acc"] for l in train_lines) > 1
   assert [l["task"] for l in eval_lines] == [0, 1, 2, 3, 4]
   assert [l["step"] for l in train_lines] == sorted(l["step"] for l in train_lines)
 
@@ -98,10 +101,13 @@ def test_pngs_and_tensorboard_events(tiny_run):
 def test_cli_run_reproduces_in_process_results(tiny_run, tmp_path):
   """Same config + seed → same metrics, through a separate process."""
   _, results = tiny_run
+  # The same XLA settings as this process: main.py would otherwise set its faster CPU flag,
+  # which changes float rounding (rfd_jax/xla_env.py).
+  env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
   proc = subprocess.run(
       [sys.executable, "-m", "rfd_jax.main", "--config", "configs/digits.py",
        "--workdir", str(tmp_path), *TINY_OVERRIDES],
-      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "final accuracy A_T" in proc.stdout
   with open(tmp_path / "results.json") as f:
@@ -114,21 +120,3 @@ def test_task_train_indices_finetune_vs_joint():
   np.testing.assert_array_equal(train.task_train_indices("finetune", labels, spec, 1), [2, 3, 6])
   np.testing.assert_array_equal(train.task_train_indices("joint", labels, spec, 1),
                                 [0, 1, 2, 3, 6, 7])
-
-
-@pytest.mark.parametrize("override, field", [
-    ("--config.data.dataset=imagenet7", "config.data.dataset"),
-    ("--config.method=icarl", "config.method"),
-    ("--config.data.num_tasks=3", "config.data.num_tasks"),
-    ("--config.data.class_order=0,1,2", "config.data.class_order"),
-    ("--config.optim.ft_epochs=30", "config.optim.ft_epochs"),
-    ("--config.data.batch_size=4096", "config.data.batch_size"),
-])
-def test_bad_config_exits_2_naming_the_field(override, field, tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "-m", "rfd_jax.main", "--config", "configs/digits.py",
-       "--workdir", str(tmp_path), override],
-      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  error_lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
-  assert len(error_lines) == 1 and field in error_lines[0]
