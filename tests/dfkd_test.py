@@ -21,7 +21,9 @@ def tiny_teacher_config():
   config = teacher_digits.get_config("wrn16_1")
   config.data.image_size = 8
   config.data.batch_size = 64
-  config.optim.epochs = 2
+  # 3 epochs: after 2 the cosine schedule leaves the tiny teacher at 22% on this machine's XLA:CPU
+  # (over 30% elsewhere); 3 give 60%
+  config.optim.epochs = 3
   config.log.progress = False
   return config
 
@@ -55,7 +57,7 @@ def test_teacher_learns_and_writes_results(teacher_run):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     train_acc = [json.loads(line)["train/accuracy"] for line in f]
   assert all(isinstance(a, float) and 0 <= a <= 100 for a in train_acc)  # batch mean, percent
-  assert len(results["accuracies"]) == 2
+  assert len(results["accuracies"]) == 3
   assert results["accuracy"] > 30.0  # 10 classes: chance is 10%
 
 
