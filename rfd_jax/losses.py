@@ -7,12 +7,17 @@ import jax
 import jax.numpy as jnp
 
 
+def _at_least_f32(x: jax.Array) -> jax.Array:
+  """x upcast to float32 (bfloat16 activations), float64 kept: the gradient tests run in float64."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def cross_entropy(*, logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Per-example CE, −log softmax(logits)[label].
 
   logits: float (B, C); labels: int (B,) → float (B,).
   """
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_probs = jax.nn.log_softmax(_at_least_f32(logits), axis=-1)
   return -jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
 
 
@@ -59,7 +64,7 @@ def class_balance_loss(*, logits: jax.Array, num_classes) -> jax.Array:
   = 1 − H(p̄)/log C_old: 0 when the batch's predictions are balanced over the C_old classes.
   logits (B, C) with classes >= num_classes masked out; num_classes may be traced. 0 if C_old = 1.
   """
-  mean_probs = jnp.mean(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=0)
+  mean_probs = jnp.mean(jax.nn.softmax(_at_least_f32(logits), axis=-1), axis=0)
   # Masked classes have p̄ = 0 exactly; the inner where keeps log() and its gradient finite there.
   positive = mean_probs > 0
   neg_entropy = jnp.sum(jnp.where(positive, mean_probs * jnp.log(jnp.where(positive, mean_probs,
@@ -87,7 +92,8 @@ def smoothness_prior(*, images: jax.Array) -> jax.Array:
   """
   channels = images.shape[-1]
   padded = jnp.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
-  kernel = jnp.tile(gaussian_blur_kernel()[:, :, None, None], (1, 1, 1, channels))
+  kernel = jnp.tile(gaussian_blur_kernel()[:, :, None, None].astype(images.dtype),
+                    (1, 1, 1, channels))
   blurred = jax.lax.conv_general_dilated(
       padded, kernel, window_strides=(1, 1), padding="VALID",
       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels)
@@ -145,7 +151,7 @@ def rkd_angle(*, student: jax.Array, teacher: jax.Array) -> jax.Array:
     inv_norm = jnp.where(sq > 0, jax.lax.rsqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
     unit = diff * inv_norm
     return jnp.einsum("ijd,ikd->ijk", unit, unit)
-  return jnp.mean(jnp.abs(angles(student.astype(jnp.float32)) - angles(teacher.astype(jnp.float32))))
+  return jnp.mean(jnp.abs(angles(_at_least_f32(student)) - angles(_at_least_f32(teacher))))
 
 
 def soft_cross_entropy(*, student: jax.Array, teacher: jax.Array, num_classes, temperature: float,
@@ -206,7 +212,7 @@ def dist_loss(*, student: jax.Array, teacher: jax.Array, num_classes,
   returns inter + intra. student, teacher (B, C); num_classes may be traced.
   """
   keep = jnp.arange(student.shape[-1]) < num_classes
-  probs = lambda z: jax.nn.softmax(jnp.where(keep, z.astype(jnp.float32) / temperature, -1e9),
+  probs = lambda z: jax.nn.softmax(jnp.where(keep, _at_least_f32(z) / temperature, -1e9),
                                    axis=-1)
   p, q = probs(student), probs(teacher)
   mask = jnp.broadcast_to(keep, p.shape).astype(jnp.float32)
@@ -221,4 +227,4 @@ def feature_mse(*, student: jax.Array, hybrid: jax.Array) -> jax.Array:
 
   Gradients flow into both sides. student, hybrid (B, F) → scalar.
   """
-  return jnp.mean((student.astype(jnp.float32) - hybrid.astype(jnp.float32)) ** 2)
+  return jnp.mean((_at_least_f32(student) - _at_least_f32(hybrid)) ** 2)

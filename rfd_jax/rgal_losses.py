@@ -17,6 +17,11 @@ _PAIRWISE_EPS = 1e-6  # torch.nn.functional.pairwise_distance's eps
 _DIST_CLIP = 1e-4     # keeps log d and log(1 − d²/4) finite: d is clipped to [1e-4, 2 − 1e-4]
 
 
+def _at_least_f32(x: jax.Array) -> jax.Array:
+  """x upcast to float32 (bfloat16 activations), float64 kept: the gradient tests run in float64."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _safe_sqrt(sq: jax.Array) -> jax.Array:
   """sqrt(max(sq, 0)) with a zero (not NaN) gradient where sq <= 0."""
   positive = sq > 0
@@ -25,7 +30,7 @@ def _safe_sqrt(sq: jax.Array) -> jax.Array:
 
 def l2_normalize(x: jax.Array) -> jax.Array:
   """x / max(‖x‖₂, 1e-12) along the last axis (torch's F.normalize). (..., D) → (..., D)."""
-  x = x.astype(jnp.float32)
+  x = _at_least_f32(x)
   norm = _safe_sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
   return x / jnp.maximum(norm, 1e-12)
 
@@ -33,7 +38,7 @@ def l2_normalize(x: jax.Array) -> jax.Array:
 def embedding(features: jax.Array) -> jax.Array:
   """The triplet losses' embedding of a stage map (B, H, W, C) or a vector (B, C): global average
   pooled (maps), then L2-normalised. → float32 (B, C)."""
-  features = features.astype(jnp.float32)
+  features = _at_least_f32(features)
   if features.ndim == 4:
     features = jnp.mean(features, axis=(1, 2))
   return l2_normalize(features)
@@ -50,7 +55,7 @@ def sphere_distances(emb: jax.Array) -> jax.Array:
   not 0: the released code adds 1 on the diagonal before the sqrt so that log d_ii stays finite.
   The sqrt's gradient is 0 (not NaN) where two rows coincide.
   """
-  emb = emb.astype(jnp.float32)
+  emb = _at_least_f32(emb)
   sq = 2.0 - 2.0 * emb @ emb.T
   sq = jnp.maximum(sq, 0.0) + jnp.eye(emb.shape[0], dtype=jnp.float32)
   return _safe_sqrt(sq)
@@ -80,7 +85,7 @@ def negative_log_weights(dist: jax.Array, labels: jax.Array, *, num_dims: int, l
   where not sampleable, has_negative bool (B,): row a has at least one y_j ≠ y_a). Rows without a
   negative are all −inf.
   """
-  dist = dist.astype(jnp.float32)
+  dist = _at_least_f32(dist)
   d = jnp.clip(dist, _DIST_CLIP, 2.0 - _DIST_CLIP)
   if clamp:
     d = jnp.maximum(d, lower)
@@ -123,7 +128,7 @@ def _pairwise_distance(emb: jax.Array) -> jax.Array:
 
   Never 0 (the eps), so the gradient stays finite when two embeddings coincide.
   """
-  emb = emb.astype(jnp.float32)
+  emb = _at_least_f32(emb)
   diff = emb[:, None, :] - emb[None, :, :] + _PAIRWISE_EPS
   return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
 
@@ -216,8 +221,8 @@ def distance_weighted_triplet_loss(rng: jax.Array, *, student_logits: jax.Array,
 
 def _kl_rows(teacher_logits: jax.Array, student_logits: jax.Array) -> jax.Array:
   """Per row KL(softmax(t_i) ‖ softmax(s_i)) = Σ_c p_t,c (log p_t,c − log p_s,c). (B, C) → (B,)."""
-  log_p = jax.nn.log_softmax(teacher_logits.astype(jnp.float32), axis=-1)
-  log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
+  log_p = jax.nn.log_softmax(_at_least_f32(teacher_logits), axis=-1)
+  log_q = jax.nn.log_softmax(_at_least_f32(student_logits), axis=-1)
   return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
 
 
@@ -254,7 +259,7 @@ def bn_l2_loss(*, input_stats: dict, running_stats: dict) -> jax.Array:
   """
   inputs = traverse_util.flatten_dict(input_stats)
   running = traverse_util.flatten_dict(running_stats)
-  norm = lambda v: _safe_sqrt(jnp.sum(jnp.square(v.astype(jnp.float32))))
+  norm = lambda v: _safe_sqrt(jnp.sum(jnp.square(_at_least_f32(v))))
   total = jnp.zeros((), jnp.float32)
   for layer in sorted({key[:-1] for key in inputs}):
     total = total + norm(inputs[layer + ("input_mean",)] - running[layer + ("mean",)])
@@ -270,6 +275,6 @@ def pooled_regression(*, student: Sequence[jax.Array], teacher: Sequence[jax.Arr
   average: GAP(W·x + b) = W·GAP(x) + b. The caller therefore pools first and projects the pooled
   student feature with a Dense layer. student[k], teacher[k]: (B, C_k) → float32 scalar.
   """
-  terms = [jnp.mean((s.astype(jnp.float32) - t.astype(jnp.float32)) ** 2)
+  terms = [jnp.mean((_at_least_f32(s) - _at_least_f32(t)) ** 2)
            for s, t in zip(student, teacher, strict=True)]
   return jnp.sum(jnp.stack(terms))

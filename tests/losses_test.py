@@ -1,11 +1,16 @@
-"""Each loss against an independent numpy computation (spec §4, §5.2, §6)."""
+"""Each loss against an independent numpy computation (spec §4, §5.2, §6), and its gradient
+against finite differences in float64."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from rfd_jax import losses
 from rfd_jax.models.resnet import mask_unseen
+
+from gradient_checks import FAST_COMPILE, check_gradient
 
 RNG = np.random.default_rng(0)
 
@@ -130,9 +135,7 @@ def test_rkd_angle_matches_triple_loop():
   expected = np.abs(_rkd_angles_numpy(s) - _rkd_angles_numpy(t)).mean()
   got = losses.rkd_angle(student=jnp.asarray(s, jnp.float32), teacher=jnp.asarray(t, jnp.float32))
   np.testing.assert_allclose(got, expected, rtol=1e-5)
-  grad = jax.grad(lambda e: losses.rkd_angle(student=e, teacher=jnp.asarray(t, jnp.float32)))(
-      jnp.asarray(s, jnp.float32))
-  assert np.all(np.isfinite(grad))  # the i == j zero vectors must not give NaN
+  # its gradient: test_rkd_angle_float32_gradient_matches_numpy and test_rkd_angle_gradients
 
 
 def test_soft_cross_entropy_lwf_is_abds_loss_fn_kd():
@@ -215,3 +218,140 @@ def test_feature_mse_and_its_gradient_into_both_sides():
   np.testing.assert_allclose(value, ((a - b) ** 2).mean(), rtol=1e-6)
   np.testing.assert_allclose(ga, 2 * (a - b) / a.size, rtol=1e-5)
   np.testing.assert_allclose(gb, -ga, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients against central finite differences in float64 (gradient_checks.check_gradient), with
+# respect to every differentiable input, each required to be clearly nonzero. Inputs are random
+# normal draws from fixed seeds, so no abs or hinge sits at its kink. Not checked: accuracy
+# (argmax), class_balance_weights (label counts) and gaussian_blur_kernel (a constant): no
+# differentiable input. Traced class counts sit below C, so the masks are exercised.
+
+
+def _normal(seed, *shape, scale=1.0):
+  return scale * np.random.default_rng(seed).normal(size=shape)
+
+
+def test_cross_entropy_gradients():
+  labels = jnp.asarray([0, 2, 1, 1, 2])
+  check_gradient(lambda z: jnp.mean(losses.cross_entropy(logits=z, labels=labels)),
+                 _normal(1, 5, 4))
+  # as the fine-tuning phase uses it: over the seen classes (3 of 4), with class weights
+  weights = np.random.default_rng(2).uniform(0.5, 2.0, size=4)
+  g_logits, g_weights = check_gradient(
+      lambda z, w: losses.weighted_cross_entropy(logits=mask_unseen(z, jnp.int32(3)),
+                                                 labels=labels, class_weights=w),
+      _normal(3, 5, 4), weights, min_norm=0.0)
+  assert np.linalg.norm(g_logits[:, :3]) > 1e-2
+  np.testing.assert_array_equal(g_logits[:, 3], 0.0)  # the unseen class
+  assert np.linalg.norm(g_weights[:3]) > 1e-2  # class 3 never occurs as a label
+
+
+def test_class_balance_loss_gradient():
+  check_gradient(lambda z: losses.class_balance_loss(logits=mask_unseen(z, jnp.int32(3)),
+                                                     num_classes=jnp.int32(3)),
+                 _normal(4, 6, 5))
+
+
+def test_smoothness_prior_gradient():
+  check_gradient(lambda x: losses.smoothness_prior(images=x), _normal(5, 2, 6, 5, 3))
+
+
+def test_bn_statistics_kl_gradient_into_both_statistics():
+  rng = np.random.default_rng(6)
+  stats = lambda mean_key, var_key: {
+      layer: {mean_key: rng.normal(size=c), var_key: rng.uniform(0.5, 2.0, size=c)}
+      for layer, c in (("a", 3), ("b", 4))}
+  inputs, running = stats("input_mean", "input_var"), stats("mean", "var")
+  check_gradient(lambda i, r: losses.bn_statistics_kl(input_stats=i, running_stats=r),
+                 inputs, running)
+
+
+def _two_sided(fn, student, teacher, **kwargs):
+  """check_gradient of fn(student=, teacher=) with respect to both."""
+  return check_gradient(lambda s, t: fn(student=s, teacher=t, **kwargs), student, teacher)
+
+
+def test_masked_l1_gradient():
+  s, t = _normal(7, 4, 6), _normal(8, 4, 6)
+  assert np.abs(s - t)[:, :3].min() > 1e-3  # |·| away from its kink
+  g_s, g_t = _two_sided(losses.masked_l1, s, t, num_classes=jnp.int32(3))
+  np.testing.assert_array_equal(g_s[:, 3:], 0.0)
+  np.testing.assert_array_equal(g_t[:, 3:], 0.0)
+
+
+def test_rkd_angle_gradients():
+  # Both sides: the teacher side trains R-DFCIL's teacher projection. |A_s − A_t| sits at its kink
+  # only where both are constant (i = j or i = k: 0; j = k: 1), where no input moves it.
+  g_s, g_t = _two_sided(losses.rkd_angle, _normal(9, 6, 4), _normal(10, 6, 4))
+  chex.assert_shape([g_s, g_t], (6, 4))
+
+
+def test_soft_cross_entropy_gradient():
+  g_s, _ = _two_sided(losses.soft_cross_entropy, _normal(11, 4, 5), _normal(12, 4, 5),
+                      num_classes=jnp.int32(3), temperature=2.0)
+  np.testing.assert_array_equal(g_s[:, 3:], 0.0)
+
+
+def test_masked_squared_error_gradient():
+  g_s, _ = _two_sided(losses.masked_squared_error, _normal(13, 4, 6), _normal(14, 4, 6),
+                      num_classes=jnp.int32(2))
+  np.testing.assert_array_equal(g_s[:, 2:], 0.0)
+
+
+def test_dist_loss_gradient():
+  g_s, g_t = _two_sided(losses.dist_loss, _normal(15, 6, 7, scale=3.0),
+                        _normal(16, 6, 7, scale=3.0), num_classes=jnp.int32(4), temperature=4.0)
+  np.testing.assert_array_equal(g_s[:, 4:], 0.0)
+  np.testing.assert_array_equal(g_t[:, 4:], 0.0)
+
+
+def test_feature_mse_gradient():
+  check_gradient(lambda s, h: losses.feature_mse(student=s, hybrid=h), _normal(17, 3, 5),
+                 _normal(18, 3, 5))
+
+
+# ---------------------------------------------------------------------------------------------
+# rkd_angle in float32 at the sizes R-DFCIL uses: its gradient was once exactly 0 there.
+
+
+def _rkd_angle_value_and_grad_numpy(student, teacher):
+  """mean |A_s − A_t| and its gradient w.r.t. the student, analytically, in float64.
+
+  d_ij = e_j − e_i, u_ij = d_ij/‖d_ij‖ (0 for i = j), A[i,j,k] = ⟨u_ij, u_ik⟩, L = mean |A_s − A_t|:
+    ∂L/∂A_s[i,j,k] = sign(A_s − A_t)[i,j,k] / B³ =: S[i,j,k]
+    ∂L/∂u_ij = Σ_k (S[i,j,k] + S[i,k,j]) u_ik          (u_ij is both A's first and second vector)
+    ∂L/∂d_ij = (I − u_ij u_ijᵀ) ∂L/∂u_ij / ‖d_ij‖      (0 for i = j: u_ii = 0 does not move)
+    ∂L/∂e_m = Σ_i ∂L/∂d_im − Σ_j ∂L/∂d_mj
+  """
+  def units(e):
+    diff = e[None, :, :] - e[:, None, :]
+    norm = np.linalg.norm(diff, axis=-1, keepdims=True)
+    return np.divide(diff, norm, out=np.zeros_like(diff), where=norm > 0), norm
+
+  (u_s, norm_s), (u_t, _) = units(np.float64(student)), units(np.float64(teacher))
+  a_s, a_t = (np.einsum("ijd,ikd->ijk", u, u, optimize=True) for u in (u_s, u_t))
+  size = len(student)
+  sign = np.sign(a_s - a_t) / size ** 3
+  g_u = np.einsum("ijk,ikd->ijd", sign + sign.transpose(0, 2, 1), u_s, optimize=True)
+  g_d = (g_u - u_s * np.sum(u_s * g_u, axis=-1, keepdims=True)) / np.maximum(norm_s, 1e-30)
+  g_d = np.where(norm_s > 0, g_d, 0.0)
+  return np.abs(a_s - a_t).mean(), g_d.sum(0) - g_d.sum(1)
+
+
+@pytest.mark.parametrize("batch", [8, 32, 128])
+def test_rkd_angle_float32_gradient_matches_numpy(batch):
+  for dim in (16, 128):
+    rng = np.random.default_rng(batch + dim)
+    s, t = (rng.normal(size=(batch, dim)).astype(np.float32) for _ in "st")
+    value, grad = jax.jit(jax.value_and_grad(
+        lambda e, t=t: losses.rkd_angle(student=e, teacher=jnp.asarray(t))),
+                          compiler_options=FAST_COMPILE)(jnp.asarray(s))
+    chex.assert_type([value, grad], jnp.float32)
+    chex.assert_shape(grad, (batch, dim))
+    expected_value, expected = _rkd_angle_value_and_grad_numpy(s, t)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+    grad = np.asarray(grad)
+    assert np.linalg.norm(grad) > 0.5 * np.linalg.norm(expected) > 0
+    # float32 rounding can flip a few signs of A_s − A_t where the two nearly agree
+    np.testing.assert_allclose(grad, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())

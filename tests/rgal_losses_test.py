@@ -1,4 +1,5 @@
-"""RGAL's losses against independent numpy loops over the spec formulas (rgal.md §3.3–3.5, §4.2–4.3)."""
+"""RGAL's losses against independent numpy loops over the spec formulas (rgal.md §3.3–3.5,
+§4.2–4.3), and their gradients against finite differences in float64."""
 
 import chex
 import jax
@@ -6,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rfd_jax import rgal_losses
+
+from gradient_checks import check_gradient
 
 RNG = np.random.default_rng(0)
 # The losses take any key type; "rbg" keys compile about twice as fast as threefry on CPU.
@@ -406,3 +409,108 @@ def test_pooled_regression_matches_numpy():
   chex.assert_type(got, jnp.float32)
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients against central finite differences in float64 (gradient_checks.check_gradient), with
+# respect to every differentiable input, each required to be clearly nonzero. Inputs are random
+# draws from fixed seeds, so no hinge, norm or argmax sits at its kink. Mining
+# (negative_log_weights, sample_negatives, and the mining/label logits of the mined losses) is
+# behind stop_gradient by construction: the wrapper tests above assert that gradient is exactly 0,
+# so it is closed over here.
+
+
+def _normal(seed, *shape, scale=1.0):
+  return scale * np.random.default_rng(seed).normal(size=shape)
+
+
+def test_l2_normalize_embedding_and_sphere_distances_gradients():
+  """One check of a sum of the three, each on its own input (one compilation)."""
+  vector_weights = jnp.asarray(_normal(20, 5, 6))  # random read-outs of the non-scalar outputs
+  pair_weights = jnp.asarray(_normal(23, 5, 5))
+  # sphere_distances on unit rows, as used: the diagonal's max(2 − 2‖e_i‖², 0) = max(0, 0) is
+  # at its kink, but ‖e_i‖ = 1 does not move, so no direction crosses it.
+  check_gradient(
+      lambda x, maps, y: (jnp.sum(vector_weights * rgal_losses.l2_normalize(x))
+                          + jnp.sum(vector_weights * rgal_losses.embedding(maps))
+                          + jnp.sum(pair_weights * rgal_losses.sphere_distances(
+                              rgal_losses.l2_normalize(y)))),
+      _normal(21, 5, 6), _normal(22, 5, 3, 3, 6), _normal(24, 5, 6))
+
+
+def test_triplet_loss_gradients_both_directions():
+  labels, negatives = np.array([0, 0, 1, 1, 1, 2]), np.array(
+      [[2, 3, 0, 5, 0, 0], [4, 5, 0, 0, 1, 3], [0, 1, 5, 0, 5, 1], [5, 0, 1, 1, 0, 0],
+       [1, 0, 0, 5, 0, 0], [0, 1, 2, 3, 4, 0]])
+  layers = [_unit(_normal(25, 6, 8)), _unit(_normal(26, 6, 5))]
+  for swap in (False, True):
+    for f in layers:  # each hinge away from its kink, and some triplets active
+      dist = np.linalg.norm(f[:, None] - f[None] + 1e-6, axis=-1)
+      d_ap, d_an = dist, np.take_along_axis(dist, negatives, axis=1)
+      hinge = (d_an - d_ap if swap else d_ap - d_an) + 0.5
+      cells = (labels[:, None] == labels[None]) & ~np.eye(6, dtype=bool)
+      assert np.abs(hinge[cells]).min() > 1e-3 and np.any(hinge[cells] > 0)
+    check_gradient(
+        lambda embeddings, swap=swap: rgal_losses.triplet_loss(
+            embeddings=embeddings, labels=jnp.asarray(labels), negatives=jnp.asarray(negatives),
+            has_negative=jnp.ones(6, bool), margin=0.5, swap=swap), layers)
+
+
+def test_mined_triplet_losses_gradients():
+  """The three mined losses summed, each on its own embeddings (one compilation; each argument's
+  gradient is its loss's): mined_triplet_loss mining in the first 3 of 6 logit columns (traced
+  num_dims, the replay triplet's old classes) on raw maps; focal_triplet_loss both directions on
+  two layers; distance_weighted_triplet_loss."""
+  mining = _normal(27, 12, 6, scale=3.0)
+  mining[:, 3:] = 0.0
+  sample_logits, student, teacher = (jnp.asarray(_normal(seed, 12, 4, scale=3.0))
+                                     for seed in (29, 32, 33))
+
+  def total(maps, focal_pull, focal_push, weighted):
+    mined = rgal_losses.mined_triplet_loss(
+        _key(7), mining=jnp.asarray(mining), labels=jnp.argmax(jnp.asarray(mining[:, :3]), -1),
+        num_dims=jnp.int32(3), embeddings=[rgal_losses.embedding(maps)], lower=0.5, upper=1.4,
+        clamp=True)
+    focal = sum(rgal_losses.focal_triplet_loss(_key(8), sample_logits=sample_logits,
+                                               embeddings=embeddings, swap=swap)
+                for embeddings, swap in ((focal_pull, False), (focal_push, True)))
+    return mined + focal + rgal_losses.distance_weighted_triplet_loss(
+        _key(9), student_logits=student, teacher_logits=teacher, embeddings=weighted)
+
+  two_layers = [_unit(_normal(30, 12, 8)), _unit(_normal(31, 12, 5))]
+  check_gradient(total, _normal(28, 12, 2, 2, 5), two_layers, two_layers,
+                 [_unit(_normal(34, 12, 8))])
+
+
+def test_adversarial_kl_gradients_into_teacher_and_student():
+  t = _normal(35, 6, 4, scale=2.0)
+  s = t + _normal(36, 6, 4, scale=0.5)
+  mask = np.argmax(s, -1) == np.argmax(t, -1)
+  assert 0 < mask.sum() < 6  # some rows agree (gradient), some do not (masked out)
+  top2 = lambda z: np.diff(np.sort(z, -1)[:, -2:], axis=-1)
+  assert min(top2(s).min(), top2(t).min()) > 1e-3  # no argmax tie: the mask does not flip
+  g_t, g_s = check_gradient(lambda tt, ss: rgal_losses.adversarial_kl(
+      teacher_logits=tt, student_logits=ss), t, s)
+  np.testing.assert_array_equal(g_s[~mask], 0.0)
+  np.testing.assert_array_equal(g_t[~mask], 0.0)
+
+
+def test_kd_loss_gradients():
+  check_gradient(lambda s, t: rgal_losses.kd_loss(student_logits=s, teacher_logits=t,
+                                                  temperature=4.0),
+                 _normal(37, 6, 7, scale=5.0), _normal(38, 6, 7, scale=5.0))
+
+
+def test_bn_l2_loss_gradient_into_both_statistics():
+  rng = np.random.default_rng(39)
+  stats = lambda mean_key, var_key: {
+      "block1": {"bn1": {mean_key: rng.normal(size=3), var_key: rng.uniform(0.5, 2, size=3)}},
+      "bn_final": {mean_key: rng.normal(size=4), var_key: rng.uniform(0.5, 2, size=4)}}
+  # the norms are away from their kink at 0: inputs and running statistics differ
+  check_gradient(lambda i, r: rgal_losses.bn_l2_loss(input_stats=i, running_stats=r),
+                 stats("input_mean", "input_var"), stats("mean", "var"))
+
+
+def test_pooled_regression_gradients():
+  check_gradient(lambda s, t: rgal_losses.pooled_regression(student=s, teacher=t),
+                 [_normal(40, 4, 6), _normal(41, 4, 3)], [_normal(42, 4, 6), _normal(43, 4, 3)])

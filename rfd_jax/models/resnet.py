@@ -224,7 +224,8 @@ class _StagedResNet(nn.Module):
     for i, stage in enumerate(self.stages[1:], start=2):
       x = stage(x, train=train)
       features[f"stage{i}"] = x
-    features["pooled"] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # f32 from here on
+    # f32 from here on (float64 kept: the gradient tests run the network in float64)
+    features["pooled"] = jnp.mean(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axis=(1, 2))
     return self.classifier(features["pooled"]), features
 
   def head_logits(self, pooled: jax.Array) -> jax.Array:
