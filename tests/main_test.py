@@ -83,7 +83,7 @@ def test_good_overrides_parse(capsys):
 
 
 @pytest.mark.parametrize("content, argument, expected", [
-    (None, "", "does not exist; pass a config file, one of configs/cifar10.py"),
+    (None, "", "does not exist; pass a config file, one of configs/"),
     ("def get_config(:\n", "", "loading it failed: SyntaxError"),
     ("import missing_module_xyz\n", "", "loading it failed: ModuleNotFoundError"),
     ("x = 1\n", "", "defines no get_config() function"),
