@@ -11,7 +11,8 @@ steps: inversion iterations and phase boundaries save without a train step in be
 
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a crash
 mid-save leaves the previous checkpoints intact; `restore` also falls back from an unreadable
-newest checkpoint to older ones, newest first.
+newest checkpoint to older ones, newest first, and refuses (UnreadableCheckpointsError) a workdir
+whose checkpoints are all unreadable rather than start from scratch and rotate them away.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ class NonFiniteError(Exception):
 
 class ConfigMismatchError(config_validation.ConfigError):
   """A resume whose config differs from the checkpoint's in fields that change the result."""
+
+
+class UnreadableCheckpointsError(config_validation.ConfigError):
+  """The workdir holds checkpoints but none can be read: resuming is impossible, and starting from
+  scratch there would let the checkpoint rotation delete them, so the run refuses."""
 
 
 def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -122,6 +128,10 @@ def _quiet_orbax_info_logs() -> None:
 
 
 def _first_line(error: Exception) -> str:
+  """The root cause's type and first line: Orbax wraps TensorStore's OUT_OF_RANGE / DATA_LOSS
+  errors, which name the array and the file, in a generic "Encountered error while reading"."""
+  while error.__cause__ is not None:
+    error = error.__cause__
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0][:300] if text else ''}"
 
@@ -133,6 +143,7 @@ class Checkpoints:
 
   def __init__(self, directory: str, *, keep: int, read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    self._read_only = read_only
     _quiet_orbax_info_logs()
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
@@ -168,29 +179,45 @@ class Checkpoints:
     abstract_arrays(meta) → the abstract (jax.ShapeDtypeStruct) tree of the arrays recorded in
     `meta`. check_meta(meta) may raise (e.g. ConfigMismatchError) to refuse a checkpoint; that
     error propagates. A checkpoint that cannot be read is reported and the next older one tried.
+    Raises UnreadableCheckpointsError when the directory holds checkpoints and none is readable
+    (unless `read_only` or `only_id`, where the caller reports it): None means no checkpoint at all.
     """
     ids = self.all_ids() if only_id is None else [only_id]
+    unreadable = []  # (checkpoint id, why) of the checkpoints tried and failed
     for position, checkpoint_id in enumerate(reversed(ids)):
+      older = ids[:len(ids) - position - 1]
       try:
         meta = self.read_meta(checkpoint_id)
       except Exception as e:  # pylint: disable=broad-except
-        self._report_unreadable(checkpoint_id, e, ids[:len(ids) - position - 1])
+        unreadable.append(self._report_unreadable(checkpoint_id, e, older))
         continue
       if check_meta is not None:
         check_meta(meta)
       try:
         arrays = self.read_arrays(checkpoint_id, abstract_arrays(meta))
       except Exception as e:  # pylint: disable=broad-except
-        self._report_unreadable(checkpoint_id, e, ids[:len(ids) - position - 1])
+        unreadable.append(self._report_unreadable(checkpoint_id, e, older))
         continue
       return Restored(checkpoint_id, os.path.join(self.directory, str(checkpoint_id)), arrays,
                       meta)
+    if unreadable and only_id is None and not self._read_only:
+      # Starting from scratch here would save new checkpoints whose rotation (`keep`) deletes
+      # these: a user's checkpoints are never deleted without being asked.
+      raise UnreadableCheckpointsError(
+          f"every checkpoint in {self.directory} is unreadable: "
+          + "; ".join(f"{i}: {why}" for i, why in sorted(unreadable))
+          + f". Nothing was deleted. To start afresh, pass a new --workdir, or move or delete "
+          f"{self.directory} yourself.")
     return None
 
-  def _report_unreadable(self, checkpoint_id: int, error: Exception, older: list[int]) -> None:
+  def _report_unreadable(self, checkpoint_id: int, error: Exception, older: list[int]
+                         ) -> tuple[int, str]:
+    """Logs one line; returns (checkpoint_id, why in one line)."""
+    why = _first_line(error)
     logging.error("checkpoint %s/%d is corrupted or incomplete (%s); %s", self.directory,
-                  checkpoint_id, _first_line(error),
+                  checkpoint_id, why,
                   f"falling back to checkpoint {older[-1]}" if older else "no older checkpoint")
+    return checkpoint_id, why
 
   def wait(self) -> None:
     """Blocks until the last save is on disk."""

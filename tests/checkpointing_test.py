@@ -17,6 +17,8 @@ import signal
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from configs import digits
@@ -142,6 +144,59 @@ def test_a_corrupted_newest_checkpoint_is_reported_and_an_older_one_used(chain):
   assert re.search(rf"checkpoint \S+/{chain['corrupted']} is corrupted or incomplete .*; "
                    r"falling back to checkpoint \d+", stderr), stderr[-3000:]
   # the results equal the reference's: test_killed_and_resumed_run_equals_the_uninterrupted_one
+
+
+def _truncate_biggest_data_file(checkpoint_dir):
+  data_files = glob.glob(os.path.join(checkpoint_dir, "arrays", "**", "d", "*"), recursive=True)
+  biggest = max(data_files, key=os.path.getsize)
+  with open(biggest, "r+b") as f:
+    f.truncate(os.path.getsize(biggest) // 2)
+
+
+def test_a_workdir_whose_checkpoints_are_all_unreadable_is_refused_and_kept(
+    reference, cache_dir, tmp_path):
+  ids = sorted(_metas(reference))[-2:]
+  for checkpoint_id in ids:
+    _copy_checkpoint(reference, checkpoint_id, tmp_path)
+    _truncate_biggest_data_file(tmp_path / "checkpoints" / str(checkpoint_id))
+  before = _tree_digest(tmp_path / "checkpoints")
+  proc = _run(tmp_path, cache_dir, "--config.ckpt.keep=1")  # a save would rotate both away
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1, proc.stderr[-3000:]
+  assert f"every checkpoint in {tmp_path / 'checkpoints'} is unreadable" in errors[0]
+  assert all(f"{i}: " in errors[0] for i in ids), errors[0]
+  assert "Nothing was deleted" in errors[0] and "new --workdir" in errors[0]
+  assert "Traceback" not in proc.stderr and "starting from scratch" not in proc.stderr
+  assert _tree_digest(tmp_path / "checkpoints") == before
+  assert not os.path.exists(tmp_path / "results.json")
+
+
+def test_no_checkpoint_starts_from_scratch_unreadable_ones_are_refused(tmp_path):
+  arrays = {"w": np.arange(1000, dtype=np.float32)}
+  abstract = lambda meta: {"w": jax.ShapeDtypeStruct((1000,), np.float32, sharding=(
+      jax.sharding.SingleDeviceSharding(jax.devices()[0])))}
+  directory = str(tmp_path / "checkpoints")
+  ckpts = checkpointing.Checkpoints(directory, keep=3)
+  assert ckpts.restore(abstract) is None  # no checkpoint at all: the caller starts from scratch
+  for step in range(2):
+    ckpts.save(arrays, {"step": step})
+  ckpts.close()
+  ckpts = checkpointing.Checkpoints(directory, keep=3)
+  assert ckpts.restore(abstract).checkpoint_id == 1
+  for checkpoint_id in (0, 1):
+    _truncate_biggest_data_file(os.path.join(directory, str(checkpoint_id)))
+  before = _tree_digest(directory)
+  with pytest.raises(checkpointing.UnreadableCheckpointsError, match=r"every checkpoint in .* is "
+                     r"unreadable: 0: .*OUT_OF_RANGE.*; 1: .*Nothing was deleted"):
+    ckpts.restore(abstract)
+  ckpts.close()
+  assert isinstance(checkpointing.UnreadableCheckpointsError("x"), config_validation.ConfigError)
+  # a read-only source (config.init_from, a dfkd teacher) leaves the message to its caller
+  source = checkpointing.Checkpoints(directory, keep=1, read_only=True)
+  assert source.restore(abstract) is None
+  source.close()
+  assert _tree_digest(directory) == before
 
 
 def test_a_resume_with_a_different_config_is_refused(reference, cache_dir, tmp_path):
