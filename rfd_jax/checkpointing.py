@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
+import logging as std_logging
 import os
 import signal
+import sys
 import threading
+import time
 from typing import Any
 
 from absl import logging
@@ -136,6 +140,49 @@ def _first_line(error: Exception) -> str:
   return f"{type(error).__name__}: {text[0][:300] if text else ''}"
 
 
+def _quiet_read(read) -> tuple[Any, str | None]:
+  """(read(), None), or (None, why in one line) if it raised, without the flood a failed Orbax
+  read leaves behind.
+
+  Orbax reads every array in asyncio tasks on a fresh event loop, and on the first error closes
+  that loop with the other reads still pending (asyncio_utils._run_sync_via_new_loop). Each orphan
+  then reports itself once it finishes or is garbage-collected: "Task exception was never
+  retrieved" / "Task was destroyed but it is pending!" through the `asyncio` logger, TensorStore's
+  completion callback failing with "RuntimeError: Event loop is closed" and Orbax's coroutine
+  re-raising on close ("Exception ignored in ...") through sys.unraisablehook; each with a
+  traceback and the array's whole TensorStore spec (tens of thousands of lines for a model).
+  Those are consequences of the one error reported here, so they are silenced while the read runs
+  and while its orphans drain (their reads finish within milliseconds on a local disk; at most 5 s
+  is waited), then the hooks are put back.
+  """
+  silenced = []  # monotonic times of the silenced reports
+  def silence(record):
+    del record
+    silenced.append(time.monotonic())
+    return False
+  asyncio_logger = std_logging.getLogger("asyncio")
+  asyncio_logger.addFilter(silence)
+  previous_hook = sys.unraisablehook
+  sys.unraisablehook = silence
+  try:
+    try:
+      return read(), None
+    except Exception as e:  # pylint: disable=broad-except
+      why = _first_line(e)
+    # `e` and its traceback, which hold the orphaned tasks, are released here
+    start = time.monotonic()
+    while time.monotonic() - start < 5.0:
+      gc.collect()
+      time.sleep(0.05)
+      last = max(silenced, default=start)
+      if time.monotonic() - last > 0.25 and time.monotonic() - start > 0.25:
+        break
+    return None, why
+  finally:
+    sys.unraisablehook = previous_hook
+    asyncio_logger.removeFilter(silence)
+
+
 class Checkpoints:
   """The run's checkpoints in `directory`: asynchronous saves keeping the last `keep`, and
   fault-tolerant restore. Every process must make the same calls (Orbax coordinates the writes;
@@ -186,17 +233,14 @@ class Checkpoints:
     unreadable = []  # (checkpoint id, why) of the checkpoints tried and failed
     for position, checkpoint_id in enumerate(reversed(ids)):
       older = ids[:len(ids) - position - 1]
-      try:
-        meta = self.read_meta(checkpoint_id)
-      except Exception as e:  # pylint: disable=broad-except
-        unreadable.append(self._report_unreadable(checkpoint_id, e, older))
-        continue
-      if check_meta is not None:
-        check_meta(meta)
-      try:
-        arrays = self.read_arrays(checkpoint_id, abstract_arrays(meta))
-      except Exception as e:  # pylint: disable=broad-except
-        unreadable.append(self._report_unreadable(checkpoint_id, e, older))
+      meta, why = _quiet_read(lambda: self.read_meta(checkpoint_id))
+      if why is None:
+        if check_meta is not None:
+          check_meta(meta)
+        arrays, why = _quiet_read(lambda: self.read_arrays(checkpoint_id, abstract_arrays(meta)))
+      if why is not None:
+        unreadable.append((checkpoint_id, why))
+        self._report_unreadable(checkpoint_id, why, older)
         continue
       return Restored(checkpoint_id, os.path.join(self.directory, str(checkpoint_id)), arrays,
                       meta)
@@ -210,14 +254,10 @@ class Checkpoints:
           f"{self.directory} yourself.")
     return None
 
-  def _report_unreadable(self, checkpoint_id: int, error: Exception, older: list[int]
-                         ) -> tuple[int, str]:
-    """Logs one line; returns (checkpoint_id, why in one line)."""
-    why = _first_line(error)
+  def _report_unreadable(self, checkpoint_id: int, why: str, older: list[int]) -> None:
     logging.error("checkpoint %s/%d is corrupted or incomplete (%s); %s", self.directory,
                   checkpoint_id, why,
                   f"falling back to checkpoint {older[-1]}" if older else "no older checkpoint")
-    return checkpoint_id, why
 
   def wait(self) -> None:
     """Blocks until the last save is on disk."""
