@@ -70,6 +70,24 @@ class UnreadableCheckpointsError(config_validation.ConfigError):
   scratch there would let the checkpoint rotation delete them, so the run refuses."""
 
 
+def invocation_seconds(earlier: list[float], start: float) -> list[float]:
+  """The wall seconds of each invocation of a run: those recorded in the checkpoint it resumed
+  from (`earlier`), then this one's so far (since `start`, its time.time() at startup).
+
+  Stored in every checkpoint's record, so that the count follows the run state: a resume from an
+  older checkpoint (the newest unreadable, or killed before its save finished) counts the
+  invocations that led to that state, and the work redone is counted in the current invocation;
+  what a killed invocation did after its last checkpoint is lost with its state.
+  """
+  return [*earlier, time.time() - start]
+
+
+def wall_times(earlier: list[float], start: float) -> dict[str, Any]:
+  """results.json's wall time: the total over the run's invocations, and each one's."""
+  per_invocation = invocation_seconds(earlier, start)
+  return {"wall_seconds": sum(per_invocation), "wall_seconds_per_invocation": per_invocation}
+
+
 def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
   """{"optim": {"lr": 0.1}} → {"optim.lr": 0.1}; tuples become lists (as after a JSON trip)."""
   flat = {}

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -112,6 +113,35 @@ def _chain(tmp_path_factory, cache_dir, reference):
   procs["last"] = _run(workdir, cache_dir, init)
   return {"workdir": str(workdir), "procs": procs, "sigterm_metas": sigterm_metas,
           "corrupted": newest}
+
+
+@pytest.fixture(scope="module", name="killed")
+def _killed(tmp_path_factory, cache_dir):
+  """The reference run from scratch, killed (-9) in task 2's fine-tuning, then resumed; with the
+  wall time of each invocation measured from outside."""
+  workdir = tmp_path_factory.mktemp("killed")
+  procs, seconds = [], []
+  for kill_at in ("finetune:1:14", ""):
+    start = time.time()
+    procs.append(_run(workdir, cache_dir, kill_at=kill_at))
+    seconds.append(time.time() - start)
+  return {"workdir": str(workdir), "procs": procs, "seconds": seconds}
+
+
+def test_the_wall_time_of_a_resumed_run_is_the_total_over_its_invocations(killed, reference):
+  killed_proc, resumed_proc = killed["procs"]
+  assert killed_proc.returncode == -signal.SIGKILL, killed_proc.stderr[-3000:]
+  assert resumed_proc.returncode == 0, resumed_proc.stderr[-3000:]
+  with open(os.path.join(killed["workdir"], "results.json")) as f:
+    results = json.load(f)
+  per_invocation = results["wall_seconds_per_invocation"]
+  assert len(per_invocation) == 2
+  assert results["wall_seconds"] == pytest.approx(sum(per_invocation))
+  # each invocation's time as seen from inside: up to its last checkpoint for the killed one
+  assert 0 < per_invocation[0] < killed["seconds"][0]
+  assert 0 < per_invocation[1] < killed["seconds"][1]
+  assert per_invocation[0] > per_invocation[1]  # the killed one did most of the run
+  assert _results(killed["workdir"]) == _results(reference)
 
 
 def test_killed_and_resumed_run_equals_the_uninterrupted_one(chain, reference):
