@@ -338,8 +338,10 @@ def train_dfkd(config, workdir: str, *, stop_after_epochs: int | None = None) ->
       augmentation=augmentation, pair_sample=config.student.pair_sample, pairs=pairs,
       weights={"cd": float(rgal.cd), "striplet": float(rgal.striplet)},
       temperature=float(rgal.kd_temperature)), donate_argnums=(0,))
-  writer = writers.MetricWriter(workdir, enabled=parallel.is_main_process(),
-                                hparams=config.to_dict())
+  writer = writers.MetricWriter(  # only the records of the restored state (see MetricWriter)
+      workdir, enabled=parallel.is_main_process(), hparams=config.to_dict(),
+      keep_records=(restored.meta.get("metrics_records") if restored is not None else
+                    0 if ckpts.checkpoints is not None else None))
   epochs, batch = config.optim.epochs, config.data.batch_size
   num_classes = info.num_classes
   logging.info("dfkd %s → %s on %s: %d epochs × (%d synthesis iterations at batch %d, %d student "
@@ -394,6 +396,7 @@ def train_dfkd(config, workdir: str, *, stop_after_epochs: int | None = None) ->
               time.time() - epoch_start)
         ckpts.save({"state": state, "pool": pool},
                    {"epoch": epoch + 1, "accuracies": accuracies, "pool_size": len(pool),
+                    "metrics_records": writer.records,
                     "invocation_seconds": checkpointing.invocation_seconds(earlier, run_start)})
         done_here = epoch + 1 - first_epoch
         last = epoch + 1 == epochs

@@ -132,8 +132,10 @@ def train_teacher(config, workdir: str) -> dict:
   step_fn = jax.jit(functools.partial(
       classifier_step, model=model, tx=tx, mean=data.mean, std=data.std,
       augmentation=input_pipeline.Augmentation.from_config(config.data)), donate_argnums=(0,))
-  writer = writers.MetricWriter(workdir, enabled=parallel.is_main_process(),
-                                hparams=config.to_dict())
+  writer = writers.MetricWriter(  # only the records of the restored state (see MetricWriter)
+      workdir, enabled=parallel.is_main_process(), hparams=config.to_dict(),
+      keep_records=(restored.meta.get("metrics_records") if restored is not None else
+                    0 if ckpts.checkpoints is not None else None))
   logging.info("teacher %s on %s: %d train / %d test images, %d epochs × %d steps", config.model.name,
                data.name, len(labels), len(data.test_labels), config.optim.epochs, steps_per_epoch)
   signals = checkpointing.StopSignals() if ckpts.checkpoints else checkpointing.no_stop_signals()
@@ -161,6 +163,7 @@ def train_teacher(config, workdir: str) -> dict:
                        config.optim.epochs, lr, metrics["train/loss"], acc,
                        time.time() - epoch_start)
         ckpts.save({"state": state}, {"epoch": epoch + 1, "accuracies": accuracies,
+                                      "metrics_records": writer.records,
                                       "invocation_seconds": checkpointing.invocation_seconds(
                                           earlier, run_start)})
         if jobs.stop_requested(signals) and epoch + 1 < config.optim.epochs:

@@ -202,6 +202,7 @@ class RunState:
   rows: list[metrics.EvalRow] = dataclasses.field(default_factory=list)
   task_seconds: list[float] = dataclasses.field(default_factory=list)
   earlier_invocations: list[float] = dataclasses.field(default_factory=list)  # their wall seconds
+  metrics_records: int | None = None  # lines of metrics.jsonl up to here (None: keep the file)
   # Not stored: bookkeeping of this process.
   invocation_start: float = 0.0  # wall time at which this invocation started
   task_start: float = 0.0  # wall time at which the current task would have started
@@ -289,6 +290,7 @@ def save_checkpoint(run: Run, rs: RunState) -> None:
           "task_seconds": rs.task_seconds, "task_elapsed": time.time() - rs.task_start,
           "invocation_seconds": checkpointing.invocation_seconds(rs.earlier_invocations,
                                                                  rs.invocation_start),
+          "metrics_records": run.writer.records,
           "arrays": sorted(arrays), "config": _config_dict(run.config)}
   checkpoint_id = run.checkpoints.save(arrays, meta)
   rs.saved_position = rs.position()
@@ -360,6 +362,8 @@ def restore_run_state(run: Run, rs: RunState) -> RunState:
     logging.info("no checkpoint in %s%s: starting from scratch",
                  os.path.join(run.workdir, "checkpoints"),
                  "" if run.checkpoints is not None else " (config.ckpt.enabled=False)")
+    if run.checkpoints is not None:  # records of a run killed before its first checkpoint
+      rs.metrics_records = 0
     return rs
   meta, arrays = restored.meta, restored.arrays
   rs = RunState(
@@ -369,9 +373,11 @@ def restore_run_state(run: Run, rs: RunState) -> RunState:
       step_in_epoch=meta["step_in_epoch"], step_in_task=meta["step_in_task"],
       done_steps=meta["done_steps"], rows=[metrics.EvalRow(**r) for r in meta["rows"]],
       task_seconds=meta["task_seconds"], task_start=time.time() - meta["task_elapsed"],
-      earlier_invocations=meta.get("invocation_seconds", []), invocation_start=rs.invocation_start)
+      earlier_invocations=meta.get("invocation_seconds", []), invocation_start=rs.invocation_start,
+      metrics_records=0)  # from config.init_from: the records of another workdir
   if restored.directory.startswith(os.path.abspath(run.workdir)):
     rs.saved_position = rs.position()
+    rs.metrics_records = meta.get("metrics_records")
   logging.info("resumed at %s", _describe_position(run, rs))
   return rs
 
@@ -630,7 +636,7 @@ def _build_run(config, workdir, spec, mesh, checkpoints, invocation_start
   # ---- Jitted steps (built once) and outputs.
   run.fns = build_step_fns(config, learner, run.model, run.generator, run.tx, data, mesh)
   run.writer = writers.MetricWriter(workdir, enabled=parallel.is_main_process(),
-                                    hparams=config.to_dict())
+                                    hparams=config.to_dict(), keep_records=rs.metrics_records)
   return run, rs
 
 

@@ -117,15 +117,26 @@ def _chain(tmp_path_factory, cache_dir, reference):
 
 @pytest.fixture(scope="module", name="killed")
 def _killed(tmp_path_factory, cache_dir):
-  """The reference run from scratch, killed (-9) in task 2's fine-tuning, then resumed; with the
-  wall time of each invocation measured from outside."""
+  """The reference run from scratch, killed (-9) at task 2's second train step, after its first
+  log record (step 10) and before its next checkpoint, then resumed; with the wall time of each
+  invocation measured from outside and metrics.jsonl as the kill left it."""
   workdir = tmp_path_factory.mktemp("killed")
   procs, seconds = [], []
-  for kill_at in ("finetune:1:14", ""):
+  for kill_at in ("main:1:2", ""):
     start = time.time()
     procs.append(_run(workdir, cache_dir, kill_at=kill_at))
     seconds.append(time.time() - start)
-  return {"workdir": str(workdir), "procs": procs, "seconds": seconds}
+    if kill_at:
+      with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        metrics_at_kill = [json.loads(line) for line in f]
+      metas_at_kill = _metas(workdir)
+  return {"workdir": str(workdir), "procs": procs, "seconds": seconds,
+          "metrics_at_kill": metrics_at_kill, "metas_at_kill": metas_at_kill}
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
 
 
 def test_the_wall_time_of_a_resumed_run_is_the_total_over_its_invocations(killed, reference):
@@ -140,8 +151,15 @@ def test_the_wall_time_of_a_resumed_run_is_the_total_over_its_invocations(killed
   # each invocation's time as seen from inside: up to its last checkpoint for the killed one
   assert 0 < per_invocation[0] < killed["seconds"][0]
   assert 0 < per_invocation[1] < killed["seconds"][1]
-  assert per_invocation[0] > per_invocation[1]  # the killed one did most of the run
   assert _results(killed["workdir"]) == _results(reference)
+
+
+def test_a_resumed_run_has_each_metrics_record_once(killed, reference):
+  # the killed invocation had written step 10's train record past its newest checkpoint
+  newest = killed["metas_at_kill"][max(killed["metas_at_kill"])]
+  assert newest["metrics_records"] < len(killed["metrics_at_kill"])
+  assert killed["metrics_at_kill"][-1]["step"] == 10 and "train/loss" in killed["metrics_at_kill"][-1]
+  assert _metrics(killed["workdir"]) == _metrics(reference)
 
 
 def test_killed_and_resumed_run_equals_the_uninterrupted_one(chain, reference):
