@@ -1,7 +1,9 @@
 """Preemption safety: a tiny rdfcil digits run (2 tasks: inversion, main phase, head fine-tuning)
 killed and resumed gives the uninterrupted run's results exactly; SIGTERM saves and exits 75; a
-corrupted newest checkpoint is skipped; a changed config is refused; a non-finite loss stops the run
-(exit 3) without touching the last good checkpoint.
+corrupted newest checkpoint is skipped in one log line, and a workdir of unreadable checkpoints is
+refused and kept; a changed config is refused; a non-finite loss stops the run (exit 3) without
+touching the last good checkpoint; a resumed run reports its wall time over all invocations and
+each metrics record once.
 
 Runs are subprocesses interrupted at exact points by the RFD_JAX_TEST_KILL_AT hook
 (checkpointing.ENV_TEST_KILL_AT); they share a JAX compilation cache so only the first compiles.
