@@ -11,17 +11,22 @@ steps: inversion iterations and phase boundaries save without a train step in be
 
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a crash
 mid-save leaves the previous checkpoints intact; `restore` also falls back from an unreadable
-newest checkpoint to older ones, newest first.
+newest checkpoint to older ones, newest first, and refuses (UnreadableCheckpointsError) a workdir
+whose checkpoints are all unreadable rather than start from scratch and rotate them away.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
+import logging as std_logging
 import os
 import signal
+import sys
 import threading
+import time
 from typing import Any
 
 from absl import logging
@@ -58,6 +63,29 @@ class NonFiniteError(Exception):
 
 class ConfigMismatchError(config_validation.ConfigError):
   """A resume whose config differs from the checkpoint's in fields that change the result."""
+
+
+class UnreadableCheckpointsError(config_validation.ConfigError):
+  """The workdir holds checkpoints but none can be read: resuming is impossible, and starting from
+  scratch there would let the checkpoint rotation delete them, so the run refuses."""
+
+
+def invocation_seconds(earlier: list[float], start: float) -> list[float]:
+  """The wall seconds of each invocation of a run: those recorded in the checkpoint it resumed
+  from (`earlier`), then this one's so far (since `start`, its time.time() at startup).
+
+  Stored in every checkpoint's record, so that the count follows the run state: a resume from an
+  older checkpoint (the newest unreadable, or killed before its save finished) counts the
+  invocations that led to that state, and the work redone is counted in the current invocation;
+  what a killed invocation did after its last checkpoint is lost with its state.
+  """
+  return [*earlier, time.time() - start]
+
+
+def wall_times(earlier: list[float], start: float) -> dict[str, Any]:
+  """results.json's wall time: the total over the run's invocations, and each one's."""
+  per_invocation = invocation_seconds(earlier, start)
+  return {"wall_seconds": sum(per_invocation), "wall_seconds_per_invocation": per_invocation}
 
 
 def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -122,8 +150,55 @@ def _quiet_orbax_info_logs() -> None:
 
 
 def _first_line(error: Exception) -> str:
+  """The root cause's type and first line: Orbax wraps TensorStore's OUT_OF_RANGE / DATA_LOSS
+  errors, which name the array and the file, in a generic "Encountered error while reading"."""
+  while error.__cause__ is not None:
+    error = error.__cause__
   text = str(error).strip().splitlines()
   return f"{type(error).__name__}: {text[0][:300] if text else ''}"
+
+
+def _quiet_read(read) -> tuple[Any, str | None]:
+  """(read(), None), or (None, why in one line) if it raised, without the flood a failed Orbax
+  read leaves behind.
+
+  Orbax reads every array in asyncio tasks on a fresh event loop, and on the first error closes
+  that loop with the other reads still pending (asyncio_utils._run_sync_via_new_loop). Each orphan
+  then reports itself once it finishes or is garbage-collected: "Task exception was never
+  retrieved" / "Task was destroyed but it is pending!" through the `asyncio` logger, TensorStore's
+  completion callback failing with "RuntimeError: Event loop is closed" and Orbax's coroutine
+  re-raising on close ("Exception ignored in ...") through sys.unraisablehook; each with a
+  traceback and the array's whole TensorStore spec (tens of thousands of lines for a model).
+  Those are consequences of the one error reported here, so they are silenced while the read runs
+  and while its orphans drain (their reads finish within milliseconds on a local disk; at most 5 s
+  is waited), then the hooks are put back.
+  """
+  silenced = []  # monotonic times of the silenced reports
+  def silence(record):
+    del record
+    silenced.append(time.monotonic())
+    return False
+  asyncio_logger = std_logging.getLogger("asyncio")
+  asyncio_logger.addFilter(silence)
+  previous_hook = sys.unraisablehook
+  sys.unraisablehook = silence
+  try:
+    try:
+      return read(), None
+    except Exception as e:  # pylint: disable=broad-except
+      why = _first_line(e)
+    # `e` and its traceback, which hold the orphaned tasks, are released here
+    start = time.monotonic()
+    while time.monotonic() - start < 5.0:
+      gc.collect()
+      time.sleep(0.05)
+      last = max(silenced, default=start)
+      if time.monotonic() - last > 0.25 and time.monotonic() - start > 0.25:
+        break
+    return None, why
+  finally:
+    sys.unraisablehook = previous_hook
+    asyncio_logger.removeFilter(silence)
 
 
 class Checkpoints:
@@ -133,6 +208,7 @@ class Checkpoints:
 
   def __init__(self, directory: str, *, keep: int, read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    self._read_only = read_only
     _quiet_orbax_info_logs()
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
@@ -168,28 +244,37 @@ class Checkpoints:
     abstract_arrays(meta) → the abstract (jax.ShapeDtypeStruct) tree of the arrays recorded in
     `meta`. check_meta(meta) may raise (e.g. ConfigMismatchError) to refuse a checkpoint; that
     error propagates. A checkpoint that cannot be read is reported and the next older one tried.
+    Raises UnreadableCheckpointsError when the directory holds checkpoints and none is readable
+    (unless `read_only` or `only_id`, where the caller reports it): None means no checkpoint at all.
     """
     ids = self.all_ids() if only_id is None else [only_id]
+    unreadable = []  # (checkpoint id, why) of the checkpoints tried and failed
     for position, checkpoint_id in enumerate(reversed(ids)):
-      try:
-        meta = self.read_meta(checkpoint_id)
-      except Exception as e:  # pylint: disable=broad-except
-        self._report_unreadable(checkpoint_id, e, ids[:len(ids) - position - 1])
-        continue
-      if check_meta is not None:
-        check_meta(meta)
-      try:
-        arrays = self.read_arrays(checkpoint_id, abstract_arrays(meta))
-      except Exception as e:  # pylint: disable=broad-except
-        self._report_unreadable(checkpoint_id, e, ids[:len(ids) - position - 1])
+      older = ids[:len(ids) - position - 1]
+      meta, why = _quiet_read(lambda: self.read_meta(checkpoint_id))
+      if why is None:
+        if check_meta is not None:
+          check_meta(meta)
+        arrays, why = _quiet_read(lambda: self.read_arrays(checkpoint_id, abstract_arrays(meta)))
+      if why is not None:
+        unreadable.append((checkpoint_id, why))
+        self._report_unreadable(checkpoint_id, why, older)
         continue
       return Restored(checkpoint_id, os.path.join(self.directory, str(checkpoint_id)), arrays,
                       meta)
+    if unreadable and only_id is None and not self._read_only:
+      # Starting from scratch here would save new checkpoints whose rotation (`keep`) deletes
+      # these: a user's checkpoints are never deleted without being asked.
+      raise UnreadableCheckpointsError(
+          f"every checkpoint in {self.directory} is unreadable: "
+          + "; ".join(f"{i}: {why}" for i, why in sorted(unreadable))
+          + f". Nothing was deleted. To start afresh, pass a new --workdir, or move or delete "
+          f"{self.directory} yourself.")
     return None
 
-  def _report_unreadable(self, checkpoint_id: int, error: Exception, older: list[int]) -> None:
+  def _report_unreadable(self, checkpoint_id: int, why: str, older: list[int]) -> None:
     logging.error("checkpoint %s/%d is corrupted or incomplete (%s); %s", self.directory,
-                  checkpoint_id, _first_line(error),
+                  checkpoint_id, why,
                   f"falling back to checkpoint {older[-1]}" if older else "no older checkpoint")
 
   def wait(self) -> None:

@@ -302,6 +302,7 @@ def train_dfkd(config, workdir: str, *, stop_after_epochs: int | None = None) ->
   state = parallel.replicate(fresh_student(), mesh)
   pool = np.zeros((0, size, size, 3), np.uint8)
   accuracies: list[float] = []
+  earlier: list[float] = []  # wall seconds of the earlier invocations (checkpointing.wall_times)
   ckpts = jobs.EpochCheckpoints.open(config, workdir)
   restored = ckpts.restore(lambda meta: {
       "state": checkpointing.abstract_like(state, rep),
@@ -309,6 +310,7 @@ def train_dfkd(config, workdir: str, *, stop_after_epochs: int | None = None) ->
   if restored is not None:
     state, pool = restored.arrays["state"], np.asarray(restored.arrays["pool"])
     accuracies = list(restored.meta["accuracies"])
+    earlier = restored.meta.get("invocation_seconds", [])
   if parallel.is_main_process():
     writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
@@ -336,8 +338,10 @@ def train_dfkd(config, workdir: str, *, stop_after_epochs: int | None = None) ->
       augmentation=augmentation, pair_sample=config.student.pair_sample, pairs=pairs,
       weights={"cd": float(rgal.cd), "striplet": float(rgal.striplet)},
       temperature=float(rgal.kd_temperature)), donate_argnums=(0,))
-  writer = writers.MetricWriter(workdir, enabled=parallel.is_main_process(),
-                                hparams=config.to_dict())
+  writer = writers.MetricWriter(  # only the records of the restored state (see MetricWriter)
+      workdir, enabled=parallel.is_main_process(), hparams=config.to_dict(),
+      keep_records=(restored.meta.get("metrics_records") if restored is not None else
+                    0 if ckpts.checkpoints is not None else None))
   epochs, batch = config.optim.epochs, config.data.batch_size
   num_classes = info.num_classes
   logging.info("dfkd %s → %s on %s: %d epochs × (%d synthesis iterations at batch %d, %d student "
@@ -391,7 +395,9 @@ def train_dfkd(config, workdir: str, *, stop_after_epochs: int | None = None) ->
               metrics["train/loss_cd"], metrics["train/loss_triplet"], lr, acc, max(accuracies),
               time.time() - epoch_start)
         ckpts.save({"state": state, "pool": pool},
-                   {"epoch": epoch + 1, "accuracies": accuracies, "pool_size": len(pool)})
+                   {"epoch": epoch + 1, "accuracies": accuracies, "pool_size": len(pool),
+                    "metrics_records": writer.records,
+                    "invocation_seconds": checkpointing.invocation_seconds(earlier, run_start)})
         done_here = epoch + 1 - first_epoch
         last = epoch + 1 == epochs
         if not last and (jobs.stop_requested(signals) or done_here == stop_after_epochs):
@@ -408,7 +414,7 @@ def train_dfkd(config, workdir: str, *, stop_after_epochs: int | None = None) ->
              "syn_triplet_direction": rgal.syn_triplet_direction,
              "teacher_accuracy": teacher_accuracy, "accuracy": accuracies[-1],
              "best_accuracy": max(accuracies), "accuracies": accuracies, "pool_size": len(pool),
-             "wall_seconds": time.time() - run_start}
+             **checkpointing.wall_times(earlier, run_start)}
   if parallel.is_main_process():
     writers.write_json(os.path.join(workdir, "results.json"), results)
   return results

@@ -16,7 +16,8 @@ XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= (faster); set XLA_FLAGS yourse
 to turn that off.
 
 Exit status: 0 done; 2 a usage or config error (one `error:` line) or a refused resume (config
-differs from the checkpoint's); 3 (checkpointing.EXIT_NON_FINITE) a loss became NaN/inf, nothing
+differs from the checkpoint's, or the workdir's checkpoints are all unreadable: nothing is deleted,
+and a new --workdir starts afresh); 3 (checkpointing.EXIT_NON_FINITE) a loss became NaN/inf, nothing
 saved after the last good checkpoint; 75 (checkpointing.EXIT_PREEMPTED) stopped by SIGTERM/SIGINT
 after saving a checkpoint: rerun the same command to resume.
 """

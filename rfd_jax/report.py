@@ -46,8 +46,11 @@ def format_report(results: dict) -> str:
            f"class order: {order_text}", "", metrics.format_table(results)]
   if "wall_seconds" in results:
     task_times = " ".join(f"{s:.0f}" for s in results.get("task_seconds", []))
+    invocations = results.get("wall_seconds_per_invocation", [])
+    over = (f" over {len(invocations)} invocations ("
+            + " + ".join(f"{s:.0f}" for s in invocations) + " s)") if len(invocations) > 1 else ""
     lines.append(f"wall time                 {_duration(results['wall_seconds'])} "
-                 f"({results['wall_seconds']:.0f} s; per task {task_times} s)")
+                 f"({results['wall_seconds']:.0f} s{over}; per task {task_times} s)")
   return "\n".join(lines)
 
 

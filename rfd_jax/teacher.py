@@ -117,9 +117,11 @@ def train_teacher(config, workdir: str) -> dict:
                                                      config.data.image_size, tx), mesh)
   ckpts = jobs.EpochCheckpoints.open(config, workdir)
   accuracies: list[float] = []
+  earlier: list[float] = []  # wall seconds of the earlier invocations (checkpointing.wall_times)
   restored = ckpts.restore(lambda meta: {"state": checkpointing.abstract_like(state, rep)})
   if restored is not None:
     state, accuracies = restored.arrays["state"], list(restored.meta["accuracies"])
+    earlier = restored.meta.get("invocation_seconds", [])
   if parallel.is_main_process():
     writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
@@ -130,8 +132,10 @@ def train_teacher(config, workdir: str) -> dict:
   step_fn = jax.jit(functools.partial(
       classifier_step, model=model, tx=tx, mean=data.mean, std=data.std,
       augmentation=input_pipeline.Augmentation.from_config(config.data)), donate_argnums=(0,))
-  writer = writers.MetricWriter(workdir, enabled=parallel.is_main_process(),
-                                hparams=config.to_dict())
+  writer = writers.MetricWriter(  # only the records of the restored state (see MetricWriter)
+      workdir, enabled=parallel.is_main_process(), hparams=config.to_dict(),
+      keep_records=(restored.meta.get("metrics_records") if restored is not None else
+                    0 if ckpts.checkpoints is not None else None))
   logging.info("teacher %s on %s: %d train / %d test images, %d epochs × %d steps", config.model.name,
                data.name, len(labels), len(data.test_labels), config.optim.epochs, steps_per_epoch)
   signals = checkpointing.StopSignals() if ckpts.checkpoints else checkpointing.no_stop_signals()
@@ -158,7 +162,10 @@ def train_teacher(config, workdir: str) -> dict:
           logging.info("epoch %3d/%d  lr %.4f  loss %.4f  test acc %.2f%%  (%.1f s)", epoch + 1,
                        config.optim.epochs, lr, metrics["train/loss"], acc,
                        time.time() - epoch_start)
-        ckpts.save({"state": state}, {"epoch": epoch + 1, "accuracies": accuracies})
+        ckpts.save({"state": state}, {"epoch": epoch + 1, "accuracies": accuracies,
+                                      "metrics_records": writer.records,
+                                      "invocation_seconds": checkpointing.invocation_seconds(
+                                          earlier, run_start)})
         if jobs.stop_requested(signals) and epoch + 1 < config.optim.epochs:
           raise checkpointing.Preempted(
               f"stopped on {signals.received} after epoch {epoch + 1}; checkpoint saved. Rerun "
@@ -168,7 +175,7 @@ def train_teacher(config, workdir: str) -> dict:
     ckpts.close()
   results = {"job": "teacher", "dataset": config.data.dataset, "model": config.model.name,
              "seed": config.seed, "accuracy": accuracies[-1], "best_accuracy": max(accuracies),
-             "accuracies": accuracies, "wall_seconds": time.time() - run_start}
+             "accuracies": accuracies, **checkpointing.wall_times(earlier, run_start)}
   if parallel.is_main_process():
     writers.write_json(os.path.join(workdir, "results.json"), results)
   return results

@@ -201,7 +201,10 @@ class RunState:
   done_steps: int = 0  # train steps of the whole run
   rows: list[metrics.EvalRow] = dataclasses.field(default_factory=list)
   task_seconds: list[float] = dataclasses.field(default_factory=list)
+  earlier_invocations: list[float] = dataclasses.field(default_factory=list)  # their wall seconds
+  metrics_records: int | None = None  # lines of metrics.jsonl up to here (None: keep the file)
   # Not stored: bookkeeping of this process.
+  invocation_start: float = 0.0  # wall time at which this invocation started
   task_start: float = 0.0  # wall time at which the current task would have started
   unchecked: list = dataclasses.field(default_factory=list)  # step metrics not yet checked finite
   saved_position: tuple | None = None
@@ -285,6 +288,9 @@ def save_checkpoint(run: Run, rs: RunState) -> None:
           "step_in_epoch": rs.step_in_epoch, "step_in_task": rs.step_in_task,
           "done_steps": rs.done_steps, "rows": [dataclasses.asdict(r) for r in rs.rows],
           "task_seconds": rs.task_seconds, "task_elapsed": time.time() - rs.task_start,
+          "invocation_seconds": checkpointing.invocation_seconds(rs.earlier_invocations,
+                                                                 rs.invocation_start),
+          "metrics_records": run.writer.records,
           "arrays": sorted(arrays), "config": _config_dict(run.config)}
   checkpoint_id = run.checkpoints.save(arrays, meta)
   rs.saved_position = rs.position()
@@ -356,6 +362,8 @@ def restore_run_state(run: Run, rs: RunState) -> RunState:
     logging.info("no checkpoint in %s%s: starting from scratch",
                  os.path.join(run.workdir, "checkpoints"),
                  "" if run.checkpoints is not None else " (config.ckpt.enabled=False)")
+    if run.checkpoints is not None:  # records of a run killed before its first checkpoint
+      rs.metrics_records = 0
     return rs
   meta, arrays = restored.meta, restored.arrays
   rs = RunState(
@@ -364,9 +372,12 @@ def restore_run_state(run: Run, rs: RunState) -> RunState:
       phase=meta["phase"], inversion_iteration=meta["inversion_iteration"], epoch=meta["epoch"],
       step_in_epoch=meta["step_in_epoch"], step_in_task=meta["step_in_task"],
       done_steps=meta["done_steps"], rows=[metrics.EvalRow(**r) for r in meta["rows"]],
-      task_seconds=meta["task_seconds"], task_start=time.time() - meta["task_elapsed"])
+      task_seconds=meta["task_seconds"], task_start=time.time() - meta["task_elapsed"],
+      earlier_invocations=meta.get("invocation_seconds", []), invocation_start=rs.invocation_start,
+      metrics_records=0)  # from config.init_from: the records of another workdir
   if restored.directory.startswith(os.path.abspath(run.workdir)):
     rs.saved_position = rs.position()
+    rs.metrics_records = meta.get("metrics_records")
   logging.info("resumed at %s", _describe_position(run, rs))
   return rs
 
@@ -562,7 +573,7 @@ def run_task(run: Run, rs: RunState) -> None:
 # ---- The whole run. -----------------------------------------------------------------------------
 
 
-def setup_run(config, workdir: str) -> tuple[Run, RunState]:
+def setup_run(config, workdir: str, invocation_start: float) -> tuple[Run, RunState]:
   """Validates the config, builds the model and restores the run state (before loading the data,
   so that a refused resume fails fast), then loads the data and builds the jitted steps."""
   spec = config_validation.validate(config)
@@ -575,14 +586,15 @@ def setup_run(config, workdir: str) -> tuple[Run, RunState]:
     checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"),
                                             keep=config.ckpt.keep)
   try:
-    return _build_run(config, workdir, spec, mesh, checkpoints)
+    return _build_run(config, workdir, spec, mesh, checkpoints, invocation_start)
   except BaseException:
     if checkpoints is not None:
       checkpoints.close()
     raise
 
 
-def _build_run(config, workdir, spec, mesh, checkpoints) -> tuple[Run, RunState]:
+def _build_run(config, workdir, spec, mesh, checkpoints, invocation_start
+               ) -> tuple[Run, RunState]:
   learner = learners.get_learner(config)
   run = Run(config=config, workdir=workdir, spec=spec, mesh=mesh, learner=learner,
             model=build_model(config.model, spec.sizes, dtype=config.dtype),
@@ -595,7 +607,8 @@ def _build_run(config, workdir, spec, mesh, checkpoints) -> tuple[Run, RunState]
       image_size=config.data.image_size, num_classes=spec.num_classes, tx=run.tx,
       aux_params=run.aux_init(0)), mesh)
   rs = RunState(state=state, class_weights=parallel.replicate(
-      np.ones((spec.num_classes,), np.float32), mesh), task_start=time.time())
+      np.ones((spec.num_classes,), np.float32), mesh), task_start=time.time(),
+      invocation_start=invocation_start)
   rs = restore_run_state(run, rs)
   if parallel.is_main_process():  # only process 0 writes files
     writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
@@ -623,7 +636,7 @@ def _build_run(config, workdir, spec, mesh, checkpoints) -> tuple[Run, RunState]
   # ---- Jitted steps (built once) and outputs.
   run.fns = build_step_fns(config, learner, run.model, run.generator, run.tx, data, mesh)
   run.writer = writers.MetricWriter(workdir, enabled=parallel.is_main_process(),
-                                    hparams=config.to_dict())
+                                    hparams=config.to_dict(), keep_records=rs.metrics_records)
   return run, rs
 
 
@@ -636,7 +649,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     checkpointing.NonFiniteError: a loss became NaN/inf; nothing saved after the last check.
   """
   run_start = time.time()
-  run, rs = setup_run(config, workdir)
+  run, rs = setup_run(config, workdir, run_start)
   signals = checkpointing.StopSignals() if run.checkpoints else checkpointing.no_stop_signals()
   try:
     with signals as run.signals:
@@ -655,7 +668,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "seed": config.seed,
       **metrics.summarize(rs.rows),
       "task_seconds": rs.task_seconds,
-      "wall_seconds": time.time() - run_start,
+      **checkpointing.wall_times(rs.earlier_invocations, run_start),  # over all invocations
   }
   if parallel.is_main_process():
     writers.write_json(os.path.join(workdir, "results.json"), results)

@@ -60,22 +60,54 @@ def is_tensorboard_scalar(name: str, value: Any) -> bool:
   return isinstance(value, numbers.Real)
 
 
+def _keep_first_lines(path: str, keep: int | None) -> int:
+  """Cuts the file at `path` (if any) to its first `keep` complete lines (all if None), by writing
+  them to a temporary file renamed over it; returns the number of lines kept."""
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = f.read().split("\n")
+  complete, partial = lines[:-1], lines[-1]  # a killed writer may leave a partial last line
+  if not partial and (keep is None or len(complete) <= keep):
+    return len(complete)
+  kept = complete[:keep] if keep is not None else complete
+  write_text(path, "".join(line + "\n" for line in kept))
+  return len(kept)
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` atomically (temp file + rename)."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 class MetricWriter:
   """Writes each log step to WORKDIR/metrics.jsonl (one JSON object per line) and, as scalars, to
   TensorBoard event files in WORKDIR (tensorboardX: no TensorFlow needed).
 
   Only the writer with `enabled` (process 0) touches the workdir. `hparams` (a nested config dict)
   is written once, to TensorBoard's hparams dashboard, with the eval metrics as its metrics.
+
+  `keep_records`: a resumed run passes the number of records of the state it resumed from (a
+  checkpoint records `records`); the lines after them, written by an invocation that was stopped
+  past that checkpoint and about to be written again, are dropped (atomically) so that each record
+  is in metrics.jsonl once. None appends to the file as it is. TensorBoard needs no such care: it
+  drops a tag's points from the step where that tag's steps go back (purge_orphaned_data).
   """
 
   HPARAM_METRICS = ("eval/acc_seen", "eval/old_acc", "eval/new_acc")
 
   def __init__(self, workdir: str, *, enabled: bool = True,
-               hparams: dict[str, Any] | None = None):
+               hparams: dict[str, Any] | None = None, keep_records: int | None = None):
     self._file, self._tb = None, None
+    self.records = 0  # lines in metrics.jsonl
     if not enabled:
       return
-    self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    path = os.path.join(workdir, "metrics.jsonl")
+    self.records = _keep_first_lines(path, keep_records)
+    self._file = open(path, "a")
     # Imported here: processes other than 0 never need it.
     import tensorboardX  # pylint: disable=g-import-not-at-top
     self._tb = tensorboardX.SummaryWriter(logdir=workdir, flush_secs=30)
@@ -98,6 +130,7 @@ class MetricWriter:
     record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
+    self.records += 1
     for name, value in metrics.items():
       if is_tensorboard_scalar(name, value):
         self._tb.add_scalar(name, float(value), global_step=int(step))

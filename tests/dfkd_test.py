@@ -76,6 +76,9 @@ def test_dfkd_resumed_run_equals_uninterrupted(teacher_run, tmp_path):
     dfkd.train_dfkd(changed, str(tmp_path / "part"))  # a checkpoint of another config: refused
   resumed = dfkd.train_dfkd(config, str(tmp_path / "part"))
   assert resumed["accuracies"] == full["accuracies"]
+  assert len(resumed["wall_seconds_per_invocation"]) == 2  # the refused call saved nothing
+  assert resumed["wall_seconds"] == pytest.approx(sum(resumed["wall_seconds_per_invocation"]))
+  assert len(full["wall_seconds_per_invocation"]) == 1
   with open(tmp_path / "part" / "metrics.jsonl") as f:
     losses = [json.loads(line)["train/loss"] for line in f]
   with open(tmp_path / "full" / "metrics.jsonl") as f:

@@ -37,6 +37,16 @@ def test_prints_the_results_table(tmp_path):
              for l in lines)
 
 
+def test_the_wall_time_of_a_resumed_run_is_the_total_over_its_invocations(tmp_path):
+  with open(tmp_path / "results.json", "w") as f:
+    json.dump({**RESULTS, "wall_seconds": 913.0,
+               "wall_seconds_per_invocation": [300.0, 529.0, 84.0]}, f)
+  proc = _report(tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert ("wall time                 0:15:13 (913 s over 3 invocations (300 + 529 + 84 s); per "
+          "task 20 66 s)") in proc.stdout.splitlines()
+
+
 def test_missing_results_json_exits_2(tmp_path):
   (tmp_path / "sweep" / "abd" / "seed0").mkdir(parents=True)
   with open(tmp_path / "sweep" / "abd" / "seed0" / "results.json", "w") as f:

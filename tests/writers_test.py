@@ -72,3 +72,31 @@ def test_disabled_writer_writes_nothing(tmp_path):
 def test_flatten_config():
   assert writers.flatten_config({"a": {"b": 1, "c": {"d": None}}, "e": (1, 2), "f": "x"}) == {
       "a.b": 1, "a.c.d": "None", "e": "(1, 2)", "f": "x"}
+
+
+def test_keep_records_drops_the_records_past_the_resumed_state(tmp_path):
+  writer = writers.MetricWriter(str(tmp_path), keep_records=0)
+  for step in range(4):
+    writer.write(step, {"train/loss": float(step)})
+  assert writer.records == 4
+  writer.close()
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 4, "train/lo')  # a writer killed mid-line
+  # a resume from the state after 2 records: records 3 and 4 (and the partial line) are dropped
+  writer = writers.MetricWriter(str(tmp_path), keep_records=2)
+  assert writer.records == 2
+  writer.write(2, {"train/loss": 2.5})
+  writer.close()
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert [json.loads(line) for line in f] == [
+        {"step": 0, "train/loss": 0.0}, {"step": 1, "train/loss": 1.0},
+        {"step": 2, "train/loss": 2.5}]
+  assert not os.path.exists(tmp_path / "metrics.jsonl.tmp")
+  # None (no checkpointing, or a checkpoint from before records were counted): appends
+  writer = writers.MetricWriter(str(tmp_path))
+  assert writer.records == 3
+  writer.close()
+  # more records wanted than the file has (it was cut by hand): all kept
+  writer = writers.MetricWriter(str(tmp_path), keep_records=10)
+  assert writer.records == 3
+  writer.close()
