@@ -61,8 +61,10 @@ class Learner:
   uses_inversion: bool
   has_finetune_phase: bool  # head fine-tuning in the last optim.ft_epochs of tasks >= 1
   reuse_generator: bool  # ABD keeps one generator (and its Adam state) across tasks
-  # ABD's single Linear covers every class from the start: its CE terms run over all outputs
-  # (unseen classes included) and the unseen rows are trained (pushed down) like the others.
+  # ABD's single Linear (with bias) covers every class from the start: its CE terms run over all
+  # outputs (unseen classes included) and the unseen rows are trained (pushed down) like the
+  # others. Only with that head (model.head = "abd"): through RFD's bias-free heads the push-down
+  # stalls learning (README, "Protocol").
   ce_over_all_outputs: bool = False
   main_loss: Callable | None = None
   finetune_loss: Callable | None = None
@@ -267,9 +269,10 @@ def _update_running_stats_twice(new_stats, old_stats, momentum: float = BN_MOMEN
 
 
 def abd_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *, model, teacher_vars,
-             mu: float):
+             mu: float, all_outputs: bool = False):
   """ABD (`AlwaysBeDreaming.update_model`): local CE (real) + global CE on detached features
-  (real ∪ syn) over ALL head outputs, both weighted per example by old/new class balance
+  (real ∪ syn) over the seen classes (all head outputs with `all_outputs`, ABD's own head), both
+  weighted per example by old/new class balance
   (old: n_old/n_seen, new: 1 − that), + μ·feature distillation through the teacher's head:
   mean_i Σ_{c<n_old} (head_T(h_S(x_i)) − z_T(x_i))²_c / n_old.
 
@@ -288,6 +291,8 @@ def abd_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *, model,
   loss_local = jnp.mean(weight[:batch] * _local_ce(z[:batch], inputs.labels, num_old, num_seen))
   head_only = model.apply({"params": params}, jax.lax.stop_gradient(feats["pooled"]),
                           method=model.head_logits)
+  if not all_outputs:
+    head_only = mask_unseen(head_only, num_seen)
   loss_global = jnp.mean(weight * losses.cross_entropy(logits=head_only, labels=labels))
   through_teacher_head = model.apply({"params": teacher_vars["params"]}, feats["pooled"],
                                      method=model.head_logits)
@@ -353,9 +358,11 @@ def get_learner(config) -> Learner:
                    reuse_generator=reuse, main_loss=rdfcil_main_loss,
                    finetune_loss=rdfcil_finetune_loss, init_aux=init_rkd_projections)
   if method == "abd":
+    all_outputs = config.model.head == "abd"
     return Learner(name=method, uses_inversion=True, has_finetune_phase=False,
-                   reuse_generator=reuse, ce_over_all_outputs=True,
-                   main_loss=functools.partial(abd_loss, mu=distill.abd_mu))
+                   reuse_generator=reuse, ce_over_all_outputs=all_outputs,
+                   main_loss=functools.partial(abd_loss, mu=distill.abd_mu,
+                                               all_outputs=all_outputs))
   if method == "deepinversion":
     return Learner(name=method, uses_inversion=True, has_finetune_phase=False,
                    reuse_generator=reuse, main_loss=functools.partial(

@@ -269,9 +269,11 @@ def test_deepinversion_is_abds_deepinversiongenbn(setup):
   np.testing.assert_allclose(float(loss), ce + mu * (kd_real + kd_syn), rtol=1e-5)
 
 
-def test_abd_global_ce_runs_over_all_outputs_and_bn_updates_twice(setup):
-  """ABD's global CE is on the head's output over every class (its single Linear covers all
-  classes; unseen ones included), and its second no-grad train-mode pass updates BN twice."""
+@pytest.mark.parametrize("all_outputs", [True, False])
+def test_abd_global_ce_and_its_double_bn_update(setup, all_outputs):
+  """ABD's global CE is on the head's output over every class with its own head (a single Linear
+  over all classes; unseen ones included), over the seen classes otherwise; its second no-grad
+  train-mode pass updates BN twice."""
   model, _, teacher, _, _, _ = setup
   num_old, num_seen = 4, 6
   student = random_train_state(model, optim.momentum_transform(0.9), image_size=SIZE,
@@ -279,7 +281,8 @@ def test_abd_global_ce_runs_over_all_outputs_and_bn_updates_twice(setup):
   t_vars, inputs = _distill_inputs(model, teacher, num_old, seed=2)
   hparams = {"num_old": jnp.int32(num_old), "num_seen": jnp.int32(num_seen)}
   _, (stats, metrics) = learners.abd_loss(student.params, {}, student.batch_stats, inputs,
-                                          hparams, model=model, teacher_vars=t_vars, mu=0.1)
+                                          hparams, model=model, teacher_vars=t_vars, mu=0.1,
+                                          all_outputs=all_outputs)
   x = jnp.concatenate([inputs.real, inputs.syn])
 
   def train_pass(batch_stats):
@@ -292,7 +295,8 @@ def test_abd_global_ce_runs_over_all_outputs_and_bn_updates_twice(setup):
   chex.assert_trees_all_close(stats, twice, rtol=1e-5, atol=1e-6)
   labels = np.concatenate([np.asarray(inputs.labels), np.asarray(inputs.syn_labels)])
   weight = np.where(labels < num_old, num_old / num_seen, 1 - num_old / num_seen)
-  global_ce = (weight * -_np_log_softmax(z)[np.arange(2 * BATCH), labels]).mean()  # all 10 outputs
+  z = z if all_outputs else z[:, :num_seen]
+  global_ce = (weight * -_np_log_softmax(z)[np.arange(2 * BATCH), labels]).mean()
   np.testing.assert_allclose(float(metrics["train/loss_global_ce"]), global_ce, rtol=1e-5)
 
 
@@ -300,6 +304,7 @@ def test_abd_global_ce_runs_over_all_outputs_and_bn_updates_twice(setup):
     ("rfd", 16, True), ("rdfcil", 16, True), ("abd", 20, False), ("deepinversion", 20, False),
     ("finetune", 20, False), ("joint", 20, False)])
 def test_learners_without_finetuning_train_every_epoch(method, main_epochs, has_ft):
+  """Every learner but rfd / rdfcil trains all optim.epochs of each task as its main phase."""
   config = digits.get_config()  # 20 epochs, 4 of them head fine-tuning
   config.method = method
   learner = learners.get_learner(config)
@@ -307,3 +312,11 @@ def test_learners_without_finetuning_train_every_epoch(method, main_epochs, has_
       ("main", main_epochs)]
   expected = [("main", main_epochs)] + ([("finetune", 4)] if has_ft else [])
   assert [(p.name, p.num_epochs) for p in train.task_phases(config, learner, 1)] == expected
+
+
+def test_abd_trains_every_head_only_with_its_own_head():
+  config = digits.get_config()
+  config.method = "abd"
+  assert not learners.get_learner(config).ce_over_all_outputs  # RFD's bias-free per-task heads
+  config.model.head = "abd"
+  assert learners.get_learner(config).ce_over_all_outputs
