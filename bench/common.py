@@ -51,6 +51,18 @@ def time_steps(step: Callable[[int], Any], steps: int) -> tuple[float, float]:
   return float(np.median(times)), (time.process_time() - cpu_start) / steps
 
 
+def peak_device_memory_mb() -> float | None:
+  """Peak bytes in use on the first device so far (jax's `Device.memory_stats()`), MiB; None where
+  the backend keeps no such statistics (XLA:CPU returns None)."""
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except (AttributeError, NotImplementedError, RuntimeError):
+    return None
+  if not stats or "peak_bytes_in_use" not in stats:
+    return None
+  return stats["peak_bytes_in_use"] / 2**20
+
+
 def peak_rss_mb() -> float:
   """The process's peak resident set size so far, MiB (Linux ru_maxrss is in KiB)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -60,11 +72,13 @@ def report(title: str, *, per_step: float, cpu_per_step: float, images: int, ste
            compile_s: float, flops: float, peak_gflops: float = 0.0) -> None:
   """Prints the header line (jax version, device, `title`) and the result line: ms/step, images/s
   (`images` per step), compile time, GFLOP/step, GFLOP/s, fraction of peak, CPU seconds per step,
-  peak RSS."""
+  peak RSS, and the peak device memory where the backend reports it (GPU, TPU)."""
   device = jax.devices()[0]
   print(f"jax {jax.__version__} on {device.platform} ({device.device_kind}), {title}")
   gflops = flops / per_step / 1e9
   fraction = f"  ({100 * gflops / peak_gflops:.1f}% of peak)" if peak_gflops else ""
+  device_mb = peak_device_memory_mb()
+  device_text = "" if device_mb is None else f"  peak device memory {device_mb:.0f} MiB"
   print(f"{1000 * per_step:9.1f} ms/step (median of {steps})  {images / per_step:8.1f} images/s  "
         f"compile {compile_s:.1f} s  {flops / 1e9:.2f} GFLOP/step  {gflops:.1f} GFLOP/s{fraction}  "
-        f"cpu {cpu_per_step:.2f} s/step  peak RSS {peak_rss_mb():.0f} MiB")
+        f"cpu {cpu_per_step:.2f} s/step  peak RSS {peak_rss_mb():.0f} MiB{device_text}")

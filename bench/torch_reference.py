@@ -3,6 +3,7 @@ the spec (docs: /work/shared/spec/rfd.md §2.1–2.3, §4, §5.1), for a speed c
 
   python bench/torch_reference.py --workload rfd_step|inversion_iter [--image_size 32]
       [--batch_size 128] [--steps 10] [--no_channels_last] [--no_flops] [--threads 0]
+      [--device cpu|cuda] [--amp none|bf16]
 
 rfd_step: the RFD main-phase train step of CIFAR-100 10 × 10, task 6 (50 old + 10 new classes):
   normalise + random-crop/flip the uint8 real batch; generator (eval, no grad) → a synthetic batch
@@ -17,7 +18,11 @@ inversion_iter: one generator (Adam) step: generator in train mode → teacher i
 
 Prints the median ms/step over --steps steps after two warm-up steps, images/s (real images, or
 generated images for the inversion), GFLOP/step counted by torch.utils.flop_counter (convs and
-matmuls, forward + backward), GFLOP/s, process CPU seconds per step and peak RSS. torch.set_num_threads is left at its default.
+matmuls, forward + backward), GFLOP/s, process CPU seconds per step and peak RSS; on CUDA also the
+peak GPU memory (torch.cuda.max_memory_allocated). torch.set_num_threads is left at its default.
+--device cuda runs on the GPU (cudnn.benchmark on, as usual for fixed shapes); --amp bf16 runs the
+forward passes and losses under torch.autocast(bfloat16) (parameters, optimizer and BN running
+statistics stay float32), the counterpart of the JAX benches' --dtype bfloat16.
 """
 
 import argparse
@@ -143,7 +148,8 @@ BLUR = (BLUR / BLUR.sum()).expand(3, 1, 5, 5).contiguous()
 
 def smoothness_prior(x):
   """mean((x − blur(reflectpad(x, 2)))²), depthwise 5×5 blur."""
-  return ((x - F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), BLUR, groups=3)) ** 2).mean()
+  blur = BLUR.to(device=x.device, dtype=x.dtype)
+  return ((x - F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), blur, groups=3)) ** 2).mean()
 
 
 # ---- Workloads -------------------------------------------------------------------------------
@@ -153,47 +159,58 @@ def _augment(images, mean, std):
   """uint8 (B, H, W, 3) → normalised (B, 3, H, W), random 4-px-pad crop (zero fill) and flip."""
   x = (images.permute(0, 3, 1, 2).float() / 255 - mean) / std
   b, _, h, w = x.shape
+  dev = x.device
   padded = F.pad(x, (4, 4, 4, 4))
-  dy, dx = torch.randint(0, 9, (b,)), torch.randint(0, 9, (b,))
-  rows = dy[:, None] + torch.arange(h)[None]
-  cols = dx[:, None] + torch.arange(w)[None]
-  flip = torch.rand(b) < 0.5
+  dy, dx = torch.randint(0, 9, (b,), device=dev), torch.randint(0, 9, (b,), device=dev)
+  rows = dy[:, None] + torch.arange(h, device=dev)[None]
+  cols = dx[:, None] + torch.arange(w, device=dev)[None]
+  flip = torch.rand(b, device=dev) < 0.5
   cols = torch.where(flip[:, None], cols.flip(1), cols)
-  return padded[torch.arange(b)[:, None, None, None], torch.arange(3)[None, :, None, None],
+  return padded[torch.arange(b, device=dev)[:, None, None, None],
+                torch.arange(3, device=dev)[None, :, None, None],
                 rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def make_rfd_step(size, batch, memory_format):
+def _autocast(device, amp):
+  """torch.autocast in bfloat16 when amp == "bf16", else a no-op context."""
+  return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
+
+
+def make_rfd_step(size, batch, memory_format, device=torch.device("cpu"), amp="none"):
   student, teacher = ResNet32(), ResNet32()
   generator = Generator(size).eval()
   for m in (student, teacher, generator):
-    m.to(memory_format=memory_format)
+    m.to(device=device, memory_format=memory_format)
   teacher.eval().requires_grad_(False)
   generator.requires_grad_(False)
   student.train()
   opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
   w = loss_weights(NUM_OLD, NUM_NEW)
   rng = np.random.default_rng(0)
-  images = torch.from_numpy(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
-  labels = torch.from_numpy(rng.integers(NUM_OLD, NUM_OLD + NUM_NEW, (batch,)))
-  mean, std = torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.25)
+  images = torch.from_numpy(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)).to(device)
+  labels = torch.from_numpy(rng.integers(NUM_OLD, NUM_OLD + NUM_NEW, (batch,))).to(device)
+  mean = torch.full((1, 3, 1, 1), 0.5, device=device)
+  std = torch.full((1, 3, 1, 1), 0.25, device=device)
 
   def step():
     real = _augment(images, mean, std).contiguous(memory_format=memory_format)
-    with torch.no_grad():
-      syn = generator(torch.randn(batch, 1000)).contiguous(memory_format=memory_format)
+    with torch.no_grad(), _autocast(device, amp):
+      syn = generator(torch.randn(batch, 1000, device=device)).contiguous(
+          memory_format=memory_format)
       t_logits, _, t_f1 = teacher(torch.cat([real, syn]))
       t_logits = t_logits[:, :NUM_OLD]
       t_real, t_syn = t_logits[:batch], t_logits[batch:]
       t_real_f1 = t_f1[:batch]
       syn_labels = t_syn.argmax(1)
-    z_real, pooled_real, _ = student(real)
-    z_syn, _, _ = student(syn)
-    _, pooled_hybrid = student.from_stage1(t_real_f1)
-    loss_ce = F.cross_entropy(z_real[:, NUM_OLD:NUM_OLD + NUM_NEW], labels - NUM_OLD)
-    loss = (w["ce"] * loss_ce + w["dist_old"] * dist_loss(z_syn[:, :NUM_OLD], t_syn)
-            + w["dist_new"] * dist_loss(z_real[:, :NUM_OLD], t_real)
-            + w["lfd"] * F.mse_loss(pooled_real, pooled_hybrid))
+    with _autocast(device, amp):
+      z_real, pooled_real, _ = student(real)
+      z_syn, _, _ = student(syn)
+      _, pooled_hybrid = student.from_stage1(t_real_f1)
+      loss_ce = F.cross_entropy(z_real[:, NUM_OLD:NUM_OLD + NUM_NEW], labels - NUM_OLD)
+      loss = (w["ce"] * loss_ce + w["dist_old"] * dist_loss(z_syn[:, :NUM_OLD].float(),
+                                                            t_syn.float())
+              + w["dist_new"] * dist_loss(z_real[:, :NUM_OLD].float(), t_real.float())
+              + w["lfd"] * F.mse_loss(pooled_real.float(), pooled_hybrid.float()))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -202,10 +219,10 @@ def make_rfd_step(size, batch, memory_format):
   return step
 
 
-def make_inversion_step(size, batch, memory_format):
+def make_inversion_step(size, batch, memory_format, device=torch.device("cpu"), amp="none"):
   teacher, generator = ResNet32(), Generator(size)
   for m in (teacher, generator):
-    m.to(memory_format=memory_format)
+    m.to(device=device, memory_format=memory_format)
   teacher.eval().requires_grad_(False)
   generator.train()
   opt = torch.optim.Adam(generator.parameters(), lr=1e-3)
@@ -213,7 +230,7 @@ def make_inversion_step(size, batch, memory_format):
   stats = []
 
   def hook(module, inputs):
-    x = inputs[0]
+    x = inputs[0].float()
     stats.append((module, x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)))
 
   for m in bn_layers:
@@ -230,13 +247,15 @@ def make_inversion_step(size, batch, memory_format):
 
   def step():
     stats.clear()
-    x = generator(torch.randn(batch, 1000)).contiguous(memory_format=memory_format)
-    logits = teacher(x)[0][:, :NUM_OLD]
-    targets = logits.argmax(1).detach()
-    loss_ce = F.cross_entropy(logits / 1000.0, targets)
-    p = F.softmax(logits, 1).mean(0)
-    loss_balance = 1 + (p * torch.log(p)).sum() / math.log(NUM_OLD)
-    loss = loss_ce + loss_balance + 1e-3 * smoothness_prior(x) + 50 * bn_kl()
+    with _autocast(device, amp):
+      x = generator(torch.randn(batch, 1000, device=device)).contiguous(
+          memory_format=memory_format)
+      logits = teacher(x)[0][:, :NUM_OLD].float()
+      targets = logits.argmax(1).detach()
+      loss_ce = F.cross_entropy(logits / 1000.0, targets)
+      p = F.softmax(logits, 1).mean(0)
+      loss_balance = 1 + (p * torch.log(p)).sum() / math.log(NUM_OLD)
+      loss = loss_ce + loss_balance + 1e-3 * smoothness_prior(x.float()) + 50 * bn_kl()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -255,13 +274,20 @@ def main():
   parser.add_argument("--no_flops", action="store_true")
   parser.add_argument("--threads", type=int, default=0,
                       help="torch.set_num_threads (0: leave torch's default, one per core)")
+  parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+  parser.add_argument("--amp", default="none", choices=("none", "bf16"),
+                      help="bf16: forward passes and losses under torch.autocast(bfloat16)")
   args = parser.parse_args()
   if args.threads:
     torch.set_num_threads(args.threads)
   torch.manual_seed(0)
+  device = torch.device(args.device)
+  cuda = device.type == "cuda"
+  if cuda:
+    torch.backends.cudnn.benchmark = True
   fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
   make = make_rfd_step if args.workload == "rfd_step" else make_inversion_step
-  step = make(args.image_size, args.batch_size, fmt)
+  step = make(args.image_size, args.batch_size, fmt, device, args.amp)
   flops = 0.0
   if not args.no_flops:
     from torch.utils.flop_counter import FlopCounterMode
@@ -269,22 +295,28 @@ def main():
       step()
     flops = counter.get_total_flops()
   step()  # warm-up (the flop-counted step is a warm-up too)
+  sync = torch.cuda.synchronize if cuda else (lambda: None)
   times = []
   cpu_start = time.process_time()
   for _ in range(args.steps):
+    sync()
     start = time.perf_counter()
     step()
+    sync()  # step() already waits for its loss (.item()); this also waits for the update
     times.append(time.perf_counter() - start)
   per_step = float(np.median(times))
   cpu_per_step = (time.process_time() - cpu_start) / args.steps
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   layout = "NCHW" if args.no_channels_last else "channels_last"
-  print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.workload}, "
-        f"{args.image_size} px, batch {args.batch_size}, {layout}")
+  where = torch.cuda.get_device_name(device) if cuda else f"{torch.get_num_threads()} threads"
+  print(f"torch {torch.__version__}, {args.device} ({where}), {args.workload}, "
+        f"{args.image_size} px, batch {args.batch_size}, {layout}, amp {args.amp}")
   flop_text = f"  {flops / 1e9:.2f} GFLOP/step  {flops / per_step / 1e9:.1f} GFLOP/s" if flops else ""
+  gpu_text = (f"  peak device memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB"
+              if cuda else "")
   print(f"{1000 * per_step:9.1f} ms/step (median of {args.steps})  "
         f"{args.batch_size / per_step:8.1f} images/s{flop_text}  cpu {cpu_per_step:.2f} s/step  "
-        f"peak RSS {rss:.0f} MiB")
+        f"peak RSS {rss:.0f} MiB{gpu_text}")
 
 
 if __name__ == "__main__":
