@@ -274,6 +274,13 @@ def format_markdown(rows: Sequence[SummaryRow], commands: Sequence[str]) -> str:
     lines.append(f"| `{row.label}` | {settings} | {orders} | {seeds} | "
                  f"{plus_minus(row.final_acc)} | {plus_minus(row.avg_inc_acc)} | "
                  f"{plus_minus(row.forgetting)} | {_wall(row.wall_seconds)} |")
+  lines += ["", "Per run: A_t, the accuracy over the classes seen after each task t = 1..T (the "
+            "last is the final accuracy).", "", "| label | class order | seed | A_t |",
+            "|---|---|---|---|"]
+  for row in rows:
+    for run, acc_seen in zip(row.runs, row.acc_seen):
+      lines.append(f"| `{row.label}` | {run.order} | {run.seed} | "
+                   f"{' / '.join(f'{a:.2f}' for a in acc_seen)} |")
   return "\n".join(lines) + "\n"
 
 
