@@ -1,13 +1,12 @@
 """Checkpoints and the resume policy: one Orbax CheckpointManager in WORKDIR/checkpoints.
 
-A checkpoint is everything the run needs to continue exactly where it stood: the arrays (student
-TrainState, class weights, frozen teacher, generator and its Adam state) and a JSON record of the
-position (task, phase, inversion iteration, epoch and step within the epoch, steps so far), the
-accuracy rows so far, the task wall times and the config. RNG keys and data shuffles are pure
-functions of (config.seed, task, epoch, step) and are not stored.
-
-Checkpoint ids are a save counter (one more than the largest id in the directory), not train
-steps: inversion iterations and phase boundaries save without a train step in between.
+A checkpoint is everything the run needs to continue exactly where it stood: the arrays (e.g. the
+student TrainState, class weights, frozen teacher, generator and its Adam state) and a JSON record
+(the global step, the results so far, the config). It is keyed by the run's global step (see
+rfd_jax.plan): checkpoints/<step>. RNG keys and data shuffles are pure functions of (config.seed,
+step) and are not stored. The last `keep` checkpoints are kept, and in addition the `keep_steps`
+ones for good (the end of every task, so that `config.init_from=<workdir>/checkpoints/<step>` can
+branch after any task).
 
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a crash
 mid-save leaves the previous checkpoints intact; `restore` also falls back from an unreadable
@@ -44,14 +43,6 @@ EXIT_PREEMPTED = 75  # SIGTERM/SIGINT: a checkpoint was saved; rerun the same co
 # Config fields a resume may change without the escape hatch: they do not change the result.
 HARMLESS_FIELDS = ("log.", "ckpt.", "init_from", "data.data_dir", "data.decode_threads",
                    "data.cache_gb")
-
-# Test-only hook: "<phase>:<task>:<count>[:<KILL|TERM|INT>]" makes the run send itself the signal
-# (default SIGKILL) right after inversion iteration <count> (phase "inversion") or train step
-# <count> of the task (phases "main", "finetune") of task <task> (0-based) has completed and any
-# checkpoint due there has been started. tests/checkpointing_test.py uses it to interrupt runs at
-# exact points.
-ENV_TEST_KILL_AT = "RFD_JAX_TEST_KILL_AT"
-
 
 class Preempted(Exception):
   """The run stopped on SIGTERM/SIGINT after saving a checkpoint."""
@@ -131,7 +122,7 @@ def check_config(saved: dict, current: dict, *, allow_change: bool, source: str)
 
 @dataclasses.dataclass
 class Restored:
-  """A checkpoint read back: its id and directory, the arrays and the JSON record."""
+  """A checkpoint read back: its step and directory, the arrays and the JSON record."""
   checkpoint_id: int
   directory: str
   arrays: dict[str, Any]
@@ -206,28 +197,36 @@ class Checkpoints:
   fault-tolerant restore. Every process must make the same calls (Orbax coordinates the writes;
   only process 0 writes replicated arrays and the JSON record)."""
 
-  def __init__(self, directory: str, *, keep: int, read_only: bool = False):
+  def __init__(self, directory: str, *, keep: int, keep_steps=(), read_only: bool = False):
     self.directory = os.path.abspath(directory)
     self._read_only = read_only
     _quiet_orbax_info_logs()
+    preservation = ocp.checkpoint_managers
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, read_only=read_only,
+            preservation_policy=preservation.AnyPreservationPolicy(
+                [preservation.LatestN(keep), preservation.CustomSteps(list(keep_steps))]),
+            create=not read_only, read_only=read_only,
             cleanup_tmp_directories=not read_only, enable_async_checkpointing=True))
-    steps = self._manager.all_steps()
-    self._next_id = (max(steps) + 1) if steps else 0
 
   def all_ids(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, arrays: dict[str, Any], meta: dict[str, Any]) -> int:
-    """Starts writing a checkpoint; returns its id. Blocks only until the arrays are copied to the
-    host (they may then be donated), and until the previous save has finished."""
-    checkpoint_id = self._next_id
-    self._next_id += 1
-    self._manager.save(checkpoint_id, force=True, args=ocp.args.Composite(
+  def save(self, step: int, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Starts writing the checkpoint of global step `step`. Blocks only until the arrays are
+    copied to the host (they may then be donated), and until the previous save has finished. An
+    unreadable checkpoint already at `step` (a resume fell back past it) is first moved aside to
+    unreadable/<step>, not deleted."""
+    if step in self._manager.all_steps():
+      self._manager.wait_until_finished()
+      aside = os.path.join(self.directory, "unreadable")
+      os.makedirs(aside, exist_ok=True)
+      target = os.path.join(aside, f"{step}.{int(time.time())}")
+      os.rename(os.path.join(self.directory, str(step)), target)
+      self._manager.reload()
+      logging.warning("moved the unreadable checkpoint %d aside to %s", step, target)
+    self._manager.save(step, force=True, args=ocp.args.Composite(
         arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)))
-    return checkpoint_id
 
   def read_meta(self, checkpoint_id: int) -> dict[str, Any]:
     return self._manager.restore(
@@ -237,15 +236,16 @@ class Checkpoints:
     return self._manager.restore(
         checkpoint_id, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(abstract)))["arrays"]
 
-  def restore(self, abstract_arrays, *, check_meta=None, only_id: int | None = None
-              ) -> Restored | None:
+  def restore(self, abstract_arrays, *, check_meta=None, only_id: int | None = None,
+              refuse_unreadable: bool | None = None) -> Restored | None:
     """The newest readable checkpoint (or checkpoint `only_id`), or None if there is none.
 
     abstract_arrays(meta) → the abstract (jax.ShapeDtypeStruct) tree of the arrays recorded in
     `meta`. check_meta(meta) may raise (e.g. ConfigMismatchError) to refuse a checkpoint; that
     error propagates. A checkpoint that cannot be read is reported and the next older one tried.
     Raises UnreadableCheckpointsError when the directory holds checkpoints and none is readable
-    (unless `read_only` or `only_id`, where the caller reports it): None means no checkpoint at all.
+    (`refuse_unreadable`, by default unless `read_only` or `only_id`, where the caller reports it):
+    None means no checkpoint at all.
     """
     ids = self.all_ids() if only_id is None else [only_id]
     unreadable = []  # (checkpoint id, why) of the checkpoints tried and failed
@@ -262,7 +262,9 @@ class Checkpoints:
         continue
       return Restored(checkpoint_id, os.path.join(self.directory, str(checkpoint_id)), arrays,
                       meta)
-    if unreadable and only_id is None and not self._read_only:
+    if refuse_unreadable is None:
+      refuse_unreadable = only_id is None and not self._read_only
+    if unreadable and refuse_unreadable:
       # Starting from scratch here would save new checkpoints whose rotation (`keep`) deletes
       # these: a user's checkpoints are never deleted without being asked.
       raise UnreadableCheckpointsError(
@@ -366,19 +368,77 @@ def no_stop_signals():
   yield _Never()
 
 
-def _parse_test_kill_at(value: str) -> tuple[str, int, int, int] | None:
-  if not value:
-    return None
-  parts = value.split(":")
-  signum = getattr(signal, "SIG" + (parts[3] if len(parts) > 3 else "KILL"))
-  return parts[0], int(parts[1]), int(parts[2]), signum
+def config_dict(config) -> dict:
+  """The config as stored in checkpoints: plain JSON types."""
+  return json.loads(json.dumps(config.to_dict(), default=str))
 
 
-def maybe_test_kill(phase: str, task: int, count: int) -> None:
-  """The RFD_JAX_TEST_KILL_AT hook (see ENV_TEST_KILL_AT); a no-op unless it names this point."""
-  target = _parse_test_kill_at(os.environ.get(ENV_TEST_KILL_AT, ""))
-  if target is not None and target[:3] == (phase, task, count):
-    logging.warning("%s=%s: sending %s to myself", ENV_TEST_KILL_AT,
-                    os.environ[ENV_TEST_KILL_AT], signal.Signals(target[3]).name)
-    logging.flush()
-    os.kill(os.getpid(), target[3])
+@dataclasses.dataclass
+class Resume:
+  """Where a run starts: the checkpoint restored (None: from scratch) and what follows from it."""
+  restored: Restored | None
+  from_workdir: bool  # False: config.init_from (another run's checkpoint) or scratch
+  enabled: bool  # config.ckpt.enabled
+
+  @property
+  def step(self) -> int:
+    """The global step to continue from."""
+    return self.restored.meta["step"] if self.restored is not None else 0
+
+  @property
+  def meta(self) -> dict[str, Any]:
+    return self.restored.meta if self.restored is not None else {}
+
+  @property
+  def metrics_records(self) -> int | None:
+    """The metrics.jsonl lines to keep (writers.MetricWriter): those of the state resumed; none
+    from another workdir or from scratch; the whole file (None) when checkpointing is off."""
+    if self.restored is not None:
+      return self.meta.get("metrics_records") if self.from_workdir else 0
+    return 0 if self.enabled else None
+
+
+def resume(config, workdir: str, abstract_arrays) -> Resume:
+  """The latest readable checkpoint in WORKDIR/checkpoints, else config.init_from's (if set), else
+  none. abstract_arrays(meta) → the restore targets of the arrays listed in meta["arrays"].
+
+  Raises:
+    ConfigMismatchError: the checkpoint's config differs in fields that change the result (unless
+      config.ckpt.allow_config_change).
+    UnreadableCheckpointsError: the workdir's checkpoints are all unreadable.
+    config_validation.ConfigError: config.init_from holds no readable checkpoint.
+  """
+  current = config_dict(config)
+
+  def checker(source):
+    return lambda meta: check_config(meta["config"], current,
+                                     allow_change=config.ckpt.allow_config_change, source=source)
+
+  enabled = bool(config.ckpt.enabled)
+  directory = os.path.join(workdir, "checkpoints")
+  if enabled and os.path.isdir(directory):
+    own = Checkpoints(directory, keep=1, read_only=True)
+    try:  # an all-unreadable workdir is refused, not started over
+      restored = own.restore(abstract_arrays, check_meta=checker(own.directory),
+                             refuse_unreadable=True)
+    finally:
+      own.close()
+    if restored is not None:
+      logging.info("resuming from checkpoint %s", restored.directory)
+      return Resume(restored, True, enabled)
+  init_from = config.get("init_from", "")
+  if init_from:
+    directory, only_id = locate(init_from)
+    source = Checkpoints(directory, keep=1, read_only=True)
+    try:
+      restored = source.restore(abstract_arrays, check_meta=checker(init_from), only_id=only_id)
+    finally:
+      source.close()
+    if restored is None:
+      raise config_validation.ConfigError(
+          f"config.init_from={init_from!r} holds no readable checkpoint.")
+    logging.info("initialising from config.init_from: checkpoint %s", restored.directory)
+    return Resume(restored, False, enabled)
+  logging.info("no checkpoint in %s%s: starting from scratch", directory,
+               "" if enabled else " (config.ckpt.enabled=False)")
+  return Resume(None, False, enabled)

@@ -133,3 +133,14 @@ def validate(config) -> tasks.TaskSpec:
   _require(isinstance(config.init_from, str),
            f"config.init_from={config.init_from!r} must be a path or \"\" (from scratch).")
   return spec
+
+
+JOBS = ("dfcil", "teacher", "dfkd")
+
+
+def job_of(config) -> str:
+  """config.job, "dfcil" (the class-incremental experiment) when the config has none."""
+  job = config.get("job", "dfcil")
+  if job not in JOBS:
+    raise ConfigError(f"config.job={job!r} is unknown; expected one of {JOBS}.")
+  return job

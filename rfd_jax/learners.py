@@ -69,6 +69,21 @@ class Learner:
   main_loss: Callable | None = None
   finetune_loss: Callable | None = None
   init_aux: Callable | None = None  # (rng, num_features) → per-task extra trainable params
+  train_on_seen_classes: bool = False  # joint: every seen class's real data; else the task's
+  weight_scheme: str | None = None  # R-DFCIL's adaptive loss weights ("rdfcil", "rfd"), or none
+
+  def train_indices(self, labels: np.ndarray, offsets: Any, task: int) -> np.ndarray:
+    """Indices of the training examples this learner sees in task `task`: the task's classes
+    (every seen class with `train_on_seen_classes`). labels: model labels (N,); offsets: the
+    first model label of each task, then the number of classes."""
+    low = 0 if self.train_on_seen_classes else offsets[task]
+    return np.flatnonzero((labels >= low) & (labels < offsets[task + 1]))
+
+  def loss_weights(self, distill_config, *, num_old: int, num_new: int) -> dict[str, float]:
+    """The loss weights of a task with `num_old` old and `num_new` new classes ({} if none)."""
+    if self.weight_scheme is None:
+      return {}
+    return loss_weights(distill_config, self.weight_scheme, num_old=num_old, num_new=num_new)
 
 
 def _apply(model: nn.Module, params, batch_stats, x, *, train: bool):
@@ -100,21 +115,21 @@ def _local_ce(logits, labels, num_old, num_seen):
   return losses.cross_entropy(logits=mask_classes(logits, num_old, num_seen), labels=labels)
 
 
-def loss_weights(distill_config, method: str, *, num_old: int, num_new: int) -> dict[str, float]:
-  """Task-dependent loss weights: R-DFCIL's adaptive scheme, used by rdfcil and rfd.
+def loss_weights(distill_config, scheme: str, *, num_old: int, num_new: int) -> dict[str, float]:
+  """Task-dependent loss weights: R-DFCIL's adaptive scheme ("rdfcil"), and RFD's ("rfd").
 
   α = log2(n_new/2 + 1), β = √(n_old/n_new); w_ce = λ_ce(1 + 1/α)/β;
   rdfcil: w_hkd = λ_hkd·αβ, w_rkd = λ_rkd·αβ;
   rfd: w_dist_old = λ_dist_old·αβ², w_dist_new = λ_dist_new·αβ², w_lfd = λ_lfd·αβ;
   both: w_ft_ce = λ_ft_ce (the fine-tuning phase's weighted global CE). {} for other methods.
   """
-  if method not in ("rdfcil", "rfd") or num_old == 0:
+  if scheme not in ("rdfcil", "rfd") or num_old == 0:
     return {}
   alpha = math.log2(num_new / 2 + 1)
   beta = math.sqrt(num_old / num_new)
   weights = {"ce": distill_config.lambda_ce * (1 + 1 / alpha) / beta,
              "ft_ce": distill_config.lambda_ft_ce}
-  if method == "rdfcil":
+  if scheme == "rdfcil":
     weights.update(hkd=distill_config.lambda_hkd * alpha * beta,
                    rkd=distill_config.lambda_rkd * alpha * beta)
   else:
@@ -345,17 +360,17 @@ def get_learner(config) -> Learner:
   reuse = {"auto": method == "abd", "fresh": False, "reuse": True}[config.inversion.generator]
   if method in ("finetune", "joint"):
     return Learner(name=method, uses_inversion=False, has_finetune_phase=False,
-                   reuse_generator=False)
+                   reuse_generator=False, train_on_seen_classes=method == "joint")
   if method == "rfd":
     bind = lambda fn: functools.partial(fn, temperature=distill.dist_temperature)
     striplet = distill.lambda_striplet if config.inversion.get("kind") == "rgal" else 0.0
     return Learner(name=method, uses_inversion=True, has_finetune_phase=True,
-                   reuse_generator=reuse,
+                   reuse_generator=reuse, weight_scheme="rfd",
                    main_loss=functools.partial(bind(rfd_main_loss), striplet=striplet),
                    finetune_loss=bind(rfd_finetune_loss))
   if method == "rdfcil":
     return Learner(name=method, uses_inversion=True, has_finetune_phase=True,
-                   reuse_generator=reuse, main_loss=rdfcil_main_loss,
+                   reuse_generator=reuse, weight_scheme="rdfcil", main_loss=rdfcil_main_loss,
                    finetune_loss=rdfcil_finetune_loss, init_aux=init_rkd_projections)
   if method == "abd":
     all_outputs = config.model.head == "abd"

@@ -1,4 +1,5 @@
-"""SGD with momentum and weight decay restricted to trainable parameters, and the LR schedule.
+"""SGD with momentum and weight decay restricted to trainable parameters (the learning-rate
+schedules are in rfd_jax.plan).
 
 PyTorch's SGD skips parameters whose gradient is None: they are neither decayed nor moved by their
 momentum buffer. We express "trainable" as a 0/1 mask pytree passed as data (unseen-task heads,
@@ -18,24 +19,16 @@ def momentum_transform(momentum: float) -> optax.GradientTransformation:
   return optax.trace(decay=momentum, nesterov=False)
 
 
-def sgd_update(*, params: Any, grads: Any, opt_state: Any, trainable: Any, lr: jax.Array,
-               weight_decay: float, tx: optax.GradientTransformation) -> tuple[Any, Any]:
-  """One SGD step: p ← p − lr·m·buf with buf from (g + wd·p)·m, m the 0/1 trainable mask.
+def sgd_update(*, params: Any, grads: Any, opt_state: Any, lr: jax.Array, weight_decay: float,
+               tx: optax.GradientTransformation, trainable: Any = None) -> tuple[Any, Any]:
+  """One SGD step: p ← p − lr·m·buf with buf from (g + wd·p)·m, m the 0/1 trainable mask (every
+  parameter trainable if `trainable` is None). The SGD of every job (tx: `momentum_transform`).
 
   Returns (new_params, new_opt_state).
   """
+  if trainable is None:
+    trainable = jax.tree.map(lambda _: 1.0, params)
   grads = jax.tree.map(lambda g, p, m: (g + weight_decay * p) * m, grads, params, trainable)
   direction, opt_state = tx.update(grads, opt_state, params)
   params = jax.tree.map(lambda p, d, m: p - lr * m * d, params, direction, trainable)
   return params, opt_state
-
-
-def learning_rate(optim_config, *, epoch: int, finetune: bool) -> float:
-  """Per-task piecewise-constant LR (spec §3.1), restarted at every task.
-
-  Main phase: lr · lr_decay^(number of milestones <= epoch). Head fine-tuning: the constant ft_lr.
-  """
-  if finetune:
-    return float(optim_config.ft_lr)
-  passed = sum(epoch >= m for m in optim_config.milestones)
-  return float(optim_config.lr * optim_config.lr_decay ** passed)

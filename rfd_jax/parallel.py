@@ -139,6 +139,15 @@ def check_batch_size(batch_size: int, mesh: Mesh, *, field: str = "config.data.b
         f"device takes an equal share of every global batch; use a multiple of {num_devices}.")
 
 
+def job_mesh(data_config) -> Mesh:
+  """The mesh of a job (every device; batches split on "data") after checking that the device
+  count divides config.data.batch_size and eval_batch_size."""
+  mesh = make_mesh()
+  check_batch_size(data_config.batch_size, mesh)
+  check_batch_size(data_config.eval_batch_size, mesh, field="config.data.eval_batch_size")
+  return mesh
+
+
 def _process_rows(batch_size: int, device_processes: list[int], process_index: int) -> slice:
   """Rows of a global batch held by `process_index`, given each mesh position's process."""
   positions = [i for i, p in enumerate(device_processes) if p == process_index]

@@ -16,14 +16,14 @@ import os
 
 import numpy as np
 
-from rfd_jax import checkpointing, config_validation, input_pipeline, jobs, tasks
+from rfd_jax import checkpointing, config_validation, input_pipeline, tasks
 
 ConfigError = config_validation.ConfigError
 
 
 def check(config, workdir: str) -> str:
   """Runs every check for the job of `config` (see the module docstring); returns the job."""
-  job = jobs.job_of(config)
+  job = config_validation.job_of(config)
   if job == "dfcil":
     spec = config_validation.validate(config)
   elif job == "teacher":
@@ -135,9 +135,10 @@ def check_batch_fits_tasks(config, spec: tasks.TaskSpec, counts: np.ndarray | No
   would have no step). counts: training images per original class id, or None (unknown)."""
   if counts is None:
     return
-  from rfd_jax import train  # pylint: disable=g-import-not-at-top  (its task selection rule)
+  from rfd_jax import learners  # pylint: disable=g-import-not-at-top  (its data selection)
+  learner = learners.get_learner(config)
   model_labels = np.repeat(np.arange(spec.num_classes), counts[np.asarray(spec.class_order)])
-  sizes = [len(train.task_train_indices(config.method, model_labels, spec, t))
+  sizes = [len(learner.train_indices(model_labels, spec.offsets, t))
            for t in range(spec.num_tasks)]
   smallest = int(np.argmin(sizes))
   batch_size = config.data.batch_size
