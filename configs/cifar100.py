@@ -84,8 +84,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Checkpoints in WORKDIR/checkpoints; a run resumes from the latest one (README, "Resuming").
   config.ckpt = ml_collections.ConfigDict()
   config.ckpt.enabled = True
-  config.ckpt.every_steps = 1000  # train steps (and inversion iterations) between checkpoints
-  config.ckpt.keep = 3  # the last N checkpoints are kept (>= 2: one survives a corrupted newest)
+  config.ckpt.every_steps = 1000  # global steps (train steps, inversion iterations) between saves
+  # the last N checkpoints are kept (>= 2: one survives a corrupted newest), and for good the one at
+  # the end of every task (WORKDIR/checkpoints/<step>, for config.init_from; see README)
+  config.ckpt.keep = 3
   config.ckpt.allow_config_change = False  # True: resume even if result-changing fields differ
   config.init_from = ""  # a run's workdir / checkpoints dir / checkpoint to start from if the
                          # workdir has no checkpoint ("" = from scratch)

@@ -32,8 +32,8 @@ from rfd_jax import checkpointing
 from rfd_jax.plan import Plan, Position, Segment
 
 # Test-only hook: "<global step>[:<KILL|TERM|INT>]" makes the run send itself the signal (default
-# SIGKILL) right after the block that reaches that step and any checkpoint due there. Read once,
-# when the loop is built. tests/checkpointing_test.py interrupts runs at exact points with it.
+# SIGKILL) right after the block that reaches that step, once any checkpoint due there has been
+# started (not necessarily finished). Read once, when the loop is built. tests/checkpointing_test.py interrupts runs at exact points with it.
 ENV_TEST_KILL_AT = "RFD_JAX_TEST_KILL_AT"
 
 
@@ -77,6 +77,12 @@ class _Sums:
     self.total = _accumulate(self.total, metrics, jnp.float32(num_steps))
     self.steps += num_steps
 
+  def bad(self) -> dict[str, float]:
+    """The metrics whose sum so far is NaN/inf (a host sync)."""
+    if self.total is None:
+      return {}
+    return {k: float(v) for k, v in jax.device_get(self.total).items() if not np.isfinite(v)}
+
   def pop_means(self) -> tuple[dict[str, float], int] | None:
     """({name: mean}, first step) of what was added since the last pop, or None if nothing."""
     if self.total is None:
@@ -119,6 +125,7 @@ class Loop:
     self.step = 0
     self._kill_at = _parse_kill_at(os.environ.get(ENV_TEST_KILL_AT, ""))
     self._measured: set[str] = set()  # segment names whose first (compiling) interval is over
+    self._interval: tuple[Segment, _Sums] | None = None
     self._mark = (time.time(), 0)  # (time, step) of the last host sync
 
   # ---- The run. --------------------------------------------------------------------------------
@@ -137,6 +144,7 @@ class Loop:
     if self.step == segment.start:
       job.enter(segment)
     interval, epoch_sums = _Sums(), _Sums()
+    self._interval = (segment, interval)  # checked before a save
     while self.step < segment.end:
       position = self.plan.locate(self.step)
       metrics = job.run_block(position, segment.block_steps)
@@ -173,8 +181,6 @@ class Loop:
     if self._kill_at is not None and previous < self._kill_at[0] <= self.step:
       logging.warning("%s: sending %s to myself at step %d", ENV_TEST_KILL_AT,
                       signal.Signals(self._kill_at[1]).name, self.step)
-      if self.checkpoints is not None:
-        self.checkpoints.wait()
       logging.flush()
       os.kill(os.getpid(), self._kill_at[1])
     if self.signals is not None and self.step < self.plan.total_steps and (
@@ -201,12 +207,14 @@ class Loop:
     if popped is None:
       return None
     means, first = popped
-    bad = {k: v for k, v in means.items() if not np.isfinite(v)}
+    self._raise_if_bad(segment, first, {k: v for k, v in means.items() if not np.isfinite(v)})
+    return means
+
+  def _raise_if_bad(self, segment: Segment, first: int, bad: dict[str, float]) -> None:
     if bad:
       raise checkpointing.NonFiniteError(
           f"non-finite loss in {self._where(segment, first)}: "
           + ", ".join(f"{k}={v}" for k, v in bad.items()) + self._last_good_checkpoint())
-    return means
 
   def _write(self, segment: Segment, interval: _Sums, lr: float | None) -> None:
     first = interval.first
@@ -273,6 +281,9 @@ class Loop:
     checking the metrics since the last write and the parameters are finite."""
     if self.checkpoints is None or self.step == self.saved_step:
       return
+    if self._interval is not None:
+      segment, interval = self._interval
+      self._raise_if_bad(segment, interval.first, interval.bad())
     arrays, meta = job.checkpoint()
     params = [a.params for a in arrays.values() if hasattr(a, "params")]
     if params and not bool(_all_finite(params)):

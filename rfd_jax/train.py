@@ -119,6 +119,17 @@ class RunState:
   task_start: float = 0.0  # wall time at which the current task would have started
 
 
+def make_plan(config, learner: learners.Learner, epoch_steps: list[int]) -> plan_lib.Plan:
+  """The run's plan; epoch_steps[t]: train steps per epoch of task t."""
+  optim_config, inv = config.optim, config.inversion
+  return plan_lib.dfcil_plan(
+      num_tasks=len(epoch_steps), epoch_steps=epoch_steps, epochs=optim_config.epochs,
+      ft_epochs=optim_config.ft_epochs, has_finetune_phase=learner.has_finetune_phase,
+      inversion_iterations=inv.iterations, inversion_block=inv.chunk_steps,
+      uses_inversion=learner.uses_inversion, lr=optim_config.lr, lr_decay=optim_config.lr_decay,
+      milestones=optim_config.milestones, ft_lr=optim_config.ft_lr)
+
+
 def load_run(config, workdir: str, spec: tasks.TaskSpec, mesh) -> Run:
   """Loads the data (labels remapped to model labels by class order) and builds the model, the
   plan and the jitted steps. Raises ConfigError if a task has fewer images than a batch."""
@@ -137,14 +148,8 @@ def load_run(config, workdir: str, spec: tasks.TaskSpec, mesh) -> Run:
       raise config_validation.ConfigError(
           f"config.data.batch_size={batch_size} exceeds the {len(idx)} training images of task "
           f"{t + 1}/{spec.num_tasks}; lower it.")
+  plan = make_plan(config, learner, [len(idx) // batch_size for idx in task_indices])
   optim_config, inv = config.optim, config.inversion
-  plan = plan_lib.dfcil_plan(
-      num_tasks=spec.num_tasks, epoch_steps=[len(idx) // batch_size for idx in task_indices],
-      epochs=optim_config.epochs, ft_epochs=optim_config.ft_epochs,
-      has_finetune_phase=learner.has_finetune_phase, inversion_iterations=inv.iterations,
-      inversion_block=inv.chunk_steps, uses_inversion=learner.uses_inversion, lr=optim_config.lr,
-      lr_decay=optim_config.lr_decay, milestones=optim_config.milestones,
-      ft_lr=optim_config.ft_lr)
   model = build_model(config.model, spec.sizes, dtype=config.dtype)
   generator = generator_for(config.data.image_size)
   tx = optim.momentum_transform(optim_config.momentum)
@@ -416,6 +421,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "seed": config.seed,
       **metrics.summarize(rs.rows),
       "task_seconds": rs.task_seconds,
+      "task_end_steps": run.plan.task_end_steps(),  # checkpoints/<step> after each task, kept
       **checkpointing.wall_times(runner.earlier_invocations, invocation_start),
   }
   if parallel.is_main_process():

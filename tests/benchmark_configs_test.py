@@ -144,12 +144,13 @@ def test_abd_cifar100_is_abds_recipe(num_tasks):
   # MultiStepLR(milestones=[100, 150, 200, 250]) over schedule[-1] = 250 epochs
   assert config.optim.epochs == 250 and (config.optim.momentum, config.optim.weight_decay) == (
       0.9, 2e-4)
-  lrs = [optim.learning_rate(config.optim, epoch=e, finetune=False)
-         for e in (0, 99, 100, 149, 150, 199, 200, 249)]
-  np.testing.assert_allclose(lrs, [0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-9)
   learner = learners.get_learner(config)
   assert learner.reuse_generator and not learner.has_finetune_phase
-  assert train.task_phases(config, learner, 1) == [train.Phase("main", 0, 250)]
+  task_plan = train.make_plan(config, learner, [390] * 10).segments[2:5]  # task 0: main, eval; task 1: ...
+  assert [(s.name, s.num_epochs) for s in task_plan] == [("inversion", 0), ("main", 250),
+                                                         ("eval", 0)]
+  lrs = [task_plan[1].lrs[e] for e in (0, 99, 100, 149, 150, 199, 200, 249)]
+  np.testing.assert_allclose(lrs, [0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-9)
   # deep_inv_params 1e-3 5e1 1e-3 1e3 1, power_iters 10000, class balance weight 1
   assert (config.inversion.iterations, config.inversion.lr) == (10_000, 1e-3)
   assert train.inversion_weights(config.inversion) == {

@@ -5,8 +5,8 @@ refused and kept; a changed config is refused; a non-finite loss stops the run (
 touching the last good checkpoint; a resumed run reports its wall time over all invocations and
 each metrics record once.
 
-Runs are subprocesses interrupted at exact points by the RFD_JAX_TEST_KILL_AT hook
-(checkpointing.ENV_TEST_KILL_AT); they share a JAX compilation cache so only the first compiles.
+Runs are subprocesses interrupted at exact global steps by the RFD_JAX_TEST_KILL_AT hook
+(loop.ENV_TEST_KILL_AT); they share a JAX compilation cache so only the first compiles.
 """
 
 import glob
@@ -25,23 +25,25 @@ import numpy as np
 import pytest
 
 from configs import digits
-from rfd_jax import checkpointing, config_validation
+from rfd_jax import checkpointing, config_validation, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Task 0: 9 steps (1 epoch); task 1: 12 inversion iterations, 9 main + 9 fine-tuning steps.
+# The plan's global steps: task 0: main 0-9 (1 epoch), eval 9-10; task 1: inversion 10-22 (chunks
+# of 4), main 22-31, fine-tuning 31-40, eval 40-41. Checkpoints every 4 steps and at 10 (end of
+# task 0), 22 (end of the inversion), 31 (start of the fine-tuning) and 41.
 TINY = ["--config.method=rdfcil", "--config.data.num_tasks=2", "--config.data.batch_size=64",
         "--config.data.image_size=8",
         "--config.optim.epochs=2", "--config.optim.ft_epochs=1", "--config.optim.milestones=(1,)",
         "--config.inversion.iterations=12", "--config.inversion.chunk_steps=4",
         "--config.ckpt.every_steps=4", "--config.log.progress=False"]
-STEPS_TASK0 = 9
+TASK0_END, MAIN_START, FINETUNE_START, TOTAL = 10, 22, 31, 41
 
 
 def _run(workdir, cache_dir, *overrides, kill_at=""):
   # every compilation cached, even the quick eager ones of model.init (~100 of them)
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  env[checkpointing.ENV_TEST_KILL_AT] = kill_at
+  env[loop.ENV_TEST_KILL_AT] = kill_at
   return subprocess.run(
       [sys.executable, "-m", "rfd_jax.main", "--config", "configs/digits.py", "--workdir",
        str(workdir), *TINY, *overrides],
@@ -54,7 +56,7 @@ def _results(workdir):
 
 
 def _metas(workdir):
-  """{checkpoint id: its JSON record} of the complete checkpoints in workdir."""
+  """{checkpoint step: its JSON record} of the complete checkpoints in workdir."""
   metas = {}
   for path in glob.glob(os.path.join(workdir, "checkpoints", "*", "meta", "metadata")):
     with open(path) as f:
@@ -99,13 +101,13 @@ def _chain(tmp_path_factory, cache_dir, reference):
   the newest checkpoint corrupted before the last resume. Starts from the reference's checkpoint
   after task 0 (config.init_from) to skip repeating task 0."""
   workdir = tmp_path_factory.mktemp("chain")
-  after_task0 = [i for i, m in _metas(reference).items() if m["task"] == 1 and m["phase"] == "start"]
-  init = f"--config.init_from={os.path.join(reference, 'checkpoints', str(after_task0[0]))}"
+  assert TASK0_END in _metas(reference)
+  init = f"--config.init_from={os.path.join(reference, 'checkpoints', str(TASK0_END))}"
   procs = {}
-  procs["inversion"] = _run(workdir, cache_dir, init, kill_at="inversion:1:8")
-  procs["main"] = _run(workdir, cache_dir, init, kill_at="main:1:5:TERM")
+  procs["inversion"] = _run(workdir, cache_dir, init, kill_at=str(TASK0_END + 8))
+  procs["main"] = _run(workdir, cache_dir, init, kill_at=f"{MAIN_START + 5}:TERM")
   sigterm_metas = _metas(workdir)
-  procs["finetune"] = _run(workdir, cache_dir, init, kill_at="finetune:1:14")
+  procs["finetune"] = _run(workdir, cache_dir, init, kill_at=str(FINETUNE_START + 5))
   newest = max(_metas(workdir))
   data_files = glob.glob(os.path.join(workdir, "checkpoints", str(newest), "arrays", "**", "d", "*"),
                          recursive=True)
@@ -119,12 +121,12 @@ def _chain(tmp_path_factory, cache_dir, reference):
 
 @pytest.fixture(scope="module", name="killed")
 def _killed(tmp_path_factory, cache_dir):
-  """The reference run from scratch, killed (-9) at task 2's second train step, after its first
-  log record (step 10) and before its next checkpoint, then resumed; with the wall time of each
+  """The reference run from scratch, killed (-9) at step 30 of task 2's main phase, after its log
+  record of step 30 and its checkpoint of step 28, then resumed; with the wall time of each
   invocation measured from outside and metrics.jsonl as the kill left it."""
   workdir = tmp_path_factory.mktemp("killed")
   procs, seconds = [], []
-  for kill_at in ("main:1:2", ""):
+  for kill_at in ("30", ""):
     start = time.time()
     procs.append(_run(workdir, cache_dir, kill_at=kill_at))
     seconds.append(time.time() - start)
@@ -157,11 +159,18 @@ def test_the_wall_time_of_a_resumed_run_is_the_total_over_its_invocations(killed
 
 
 def test_a_resumed_run_has_each_metrics_record_once(killed, reference):
-  # the killed invocation had written step 10's train record past its newest checkpoint
+  # the killed invocation had written step 30's train record past its newest checkpoint (28)
   newest = killed["metas_at_kill"][max(killed["metas_at_kill"])]
-  assert newest["metrics_records"] < len(killed["metrics_at_kill"])
-  assert killed["metrics_at_kill"][-1]["step"] == 10 and "train/loss" in killed["metrics_at_kill"][-1]
+  assert newest["step"] == 28 and newest["metrics_records"] < len(killed["metrics_at_kill"])
+  assert killed["metrics_at_kill"][-1]["step"] == 30 and "train/loss" in killed["metrics_at_kill"][-1]
   assert _metrics(killed["workdir"]) == _metrics(reference)
+
+
+def test_checkpoints_are_keyed_by_step_and_task_ends_are_kept(killed):
+  # config.ckpt.keep=3 rotates the others away; the end of every task stays for config.init_from
+  steps = sorted(_metas(killed["workdir"]))
+  assert steps == [TASK0_END, 36, 40, TOTAL], steps
+  assert all(_metas(killed["workdir"])[s]["step"] == s for s in steps)
 
 
 def test_killed_and_resumed_run_equals_the_uninterrupted_one(chain, reference):
@@ -171,8 +180,9 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(chain, reference):
   assert procs["finetune"].returncode == -signal.SIGKILL, procs["finetune"].stderr[-3000:]
   assert procs["last"].returncode == 0, procs["last"].stderr[-3000:]
   # resumed mid-inversion, mid-main phase and in the fine-tuning phase
-  assert re.search(r"resumed at task 2/2, inversion iteration [48]\b", procs["main"].stderr)
-  assert "resumed at task 2/2, main epoch 1 step 5" in procs["finetune"].stderr
+  assert re.search(r"resumed at task 2/2, inversion iteration [48] \(step 1[48] of 41\)",
+                   procs["main"].stderr)
+  assert "resumed at task 2/2, main epoch 1 step 5 (step 27 of 41)" in procs["finetune"].stderr
   assert _results(chain["workdir"]) == _results(reference)
 
 
@@ -182,9 +192,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_75(chain):
   stops = [l for l in proc.stderr.splitlines() if l.startswith("preempted:")]
   assert len(stops) == 1 and "SIGTERM" in stops[0] and "Rerun the same command" in stops[0]
   newest = max(chain["sigterm_metas"])
-  meta = chain["sigterm_metas"][newest]  # the stop's checkpoint: after step 5 of task 1
-  assert (meta["task"], meta["phase_name"], meta["step_in_task"]) == (1, "main", 5)
-  assert meta["done_steps"] == STEPS_TASK0 + 5
+  meta = chain["sigterm_metas"][newest]  # the stop's checkpoint: after step 5 of task 2's main
+  assert (meta["step"], meta["task"], meta["segment"]) == (MAIN_START + 5, 1, "main")
   resumed_from = os.path.join(chain["workdir"], "checkpoints", str(newest))
   assert f"resuming from checkpoint {resumed_from}\n" in chain["procs"]["finetune"].stderr
 
@@ -324,9 +333,8 @@ def test_a_resume_with_a_different_config_is_refused(reference, cache_dir, tmp_p
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     reference, cache_dir, tmp_path):
-  boundary = [i for i, m in _metas(reference).items()
-              if m["phase_name"] == "finetune" and m["step_in_epoch"] == 0]
-  _copy_checkpoint(reference, boundary[0], tmp_path)
+  assert _metas(reference)[FINETUNE_START]["segment"] == "finetune"
+  _copy_checkpoint(reference, FINETUNE_START, tmp_path)
   before = _tree_digest(tmp_path / "checkpoints")
   # resumes at the start of the head fine-tuning (allowed config change), whose lr then diverges
   proc = _run(tmp_path, cache_dir, "--config.optim.ft_lr=1e30",
@@ -335,7 +343,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
   assert "despite config changes" in proc.stderr and "config.optim.ft_lr" in proc.stderr
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1, proc.stderr[-3000:]
-  assert re.search(r"non-finite loss at train step \d+ \(task 2/2, finetune phase, epoch 2\): "
+  assert re.search(r"non-finite loss in steps 32-\d+ \(task 2/2, finetune epoch 2\): .*"
                    r"train/loss=nan", errors[0]), errors[0]
   assert "stopped without saving" in errors[0]
   assert _tree_digest(tmp_path / "checkpoints") == before

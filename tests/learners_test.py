@@ -308,10 +308,11 @@ def test_learners_without_finetuning_train_every_epoch(method, main_epochs, has_
   config = digits.get_config()  # 20 epochs, 4 of them head fine-tuning
   config.method = method
   learner = learners.get_learner(config)
-  assert [(p.name, p.num_epochs) for p in train.task_phases(config, learner, 0)] == [
-      ("main", main_epochs)]
-  expected = [("main", main_epochs)] + ([("finetune", 4)] if has_ft else [])
-  assert [(p.name, p.num_epochs) for p in train.task_phases(config, learner, 1)] == expected
+  segments = train.make_plan(config, learner, [7] * 5).segments
+  by_task = lambda t: [(s.name, s.num_epochs) for s in segments
+                       if s.task == t and s.name in ("main", "finetune")]
+  assert by_task(0) == [("main", main_epochs)]
+  assert by_task(1) == [("main", main_epochs)] + ([("finetune", 4)] if has_ft else [])
 
 
 def test_abd_trains_every_head_only_with_its_own_head():

@@ -44,11 +44,3 @@ def test_masked_params_get_no_decay_and_no_momentum():
                                      trainable=off, lr=0.1, weight_decay=0.1, tx=tx)
   np.testing.assert_array_equal(params["frozen"], frozen_before)
   assert not np.allclose(params["train"], [1.0, 2.0])
-
-
-def test_cifar_learning_rate_schedule():
-  cfg = ml_collections.ConfigDict(
-      {"lr": 0.1, "lr_decay": 0.1, "milestones": (80, 120), "ft_lr": 0.005})
-  got = {e: optim.learning_rate(cfg, epoch=e, finetune=False) for e in (0, 79, 80, 119, 120, 159)}
-  assert got == pytest.approx({0: 0.1, 79: 0.1, 80: 0.01, 119: 0.01, 120: 0.001, 159: 0.001})
-  assert optim.learning_rate(cfg, epoch=160, finetune=True) == 0.005

@@ -11,7 +11,7 @@ import pytest
 from writers_test import read_events, scalars
 
 from configs import digits
-from rfd_jax import tasks, train
+from rfd_jax import learners, tasks, train
 
 TINY_OVERRIDES = ["--config.method=finetune", "--config.data.image_size=8", "--config.data.batch_size=64",
                   "--config.optim.epochs=3", "--config.optim.ft_epochs=1",
@@ -114,9 +114,10 @@ def test_cli_run_reproduces_in_process_results(tiny_run, tmp_path):
     assert _without_timing(json.load(f)) == _without_timing(results)
 
 
-def test_task_train_indices_finetune_vs_joint():
+def test_train_indices_finetune_vs_joint():
   spec = tasks.make_task_spec(num_classes=6, num_tasks=3, order="identity")
   labels = np.array([0, 1, 2, 3, 4, 5, 2, 0])
-  np.testing.assert_array_equal(train.task_train_indices("finetune", labels, spec, 1), [2, 3, 6])
-  np.testing.assert_array_equal(train.task_train_indices("joint", labels, spec, 1),
-                                [0, 1, 2, 3, 6, 7])
+  for method, expected in (("finetune", [2, 3, 6]), ("joint", [0, 1, 2, 3, 6, 7]),
+                           ("rfd", [2, 3, 6])):
+    learner = learners.get_learner(tiny_config(method))
+    np.testing.assert_array_equal(learner.train_indices(labels, spec.offsets, 1), expected)
