@@ -411,8 +411,15 @@ def resume(config, workdir: str, abstract_arrays) -> Resume:
   current = config_dict(config)
 
   def checker(source):
-    return lambda meta: check_config(meta["config"], current,
-                                     allow_change=config.ckpt.allow_config_change, source=source)
+    def check(meta):
+      if "step" not in meta:
+        raise config_validation.ConfigError(
+            f"{source} holds checkpoints of an older rfd_jax (before checkpoints were keyed by the "
+            "run's global step), which this version cannot continue. Nothing was deleted; pass a "
+            "new --workdir to start afresh.")
+      check_config(meta["config"], current, allow_change=config.ckpt.allow_config_change,
+                   source=source)
+    return check
 
   enabled = bool(config.ckpt.enabled)
   directory = os.path.join(workdir, "checkpoints")

@@ -67,8 +67,17 @@ def _all_finite(tree) -> jax.Array:
 class _Sums:
   """Step-weighted sums of block metrics, kept on device until read (one sync per read)."""
 
-  def __init__(self):
+  def __init__(self, saved: dict | None = None):
     self.total, self.steps, self.first = None, 0, None
+    if saved:  # from a checkpoint's record (`to_json`): a resume inside an interval continues it
+      self.total = {k: jnp.float32(v) for k, v in saved["total"].items()}
+      self.steps, self.first = saved["steps"], saved["first"]
+
+  def to_json(self) -> dict | None:
+    if self.total is None:
+      return None
+    return {"total": {k: float(v) for k, v in jax.device_get(self.total).items()},
+            "steps": self.steps, "first": self.first}
 
   def add(self, metrics: dict[str, jax.Array], num_steps: int, first_step: int) -> None:
     if self.total is None:
@@ -125,7 +134,10 @@ class Loop:
     self.step = 0
     self._kill_at = _parse_kill_at(os.environ.get(ENV_TEST_KILL_AT, ""))
     self._measured: set[str] = set()  # segment names whose first (compiling) interval is over
-    self._interval: tuple[Segment, _Sums] | None = None
+    self._sums: tuple[Segment, _Sums, _Sums] | None = None
+    # the metric sums of a checkpoint taken inside a log interval or epoch, so that the resumed
+    # run writes the same means as the uninterrupted one
+    self._resumed_step, self._resumed_sums = meta.get("step"), meta.get("metric_sums") or {}
     self._mark = (time.time(), 0)  # (time, step) of the last host sync
 
   # ---- The run. --------------------------------------------------------------------------------
@@ -143,8 +155,9 @@ class Loop:
   def _run_segment(self, job: Job, segment: Segment) -> None:
     if self.step == segment.start:
       job.enter(segment)
-    interval, epoch_sums = _Sums(), _Sums()
-    self._interval = (segment, interval)  # checked before a save
+    saved = self._resumed_sums if self.step == self._resumed_step else {}
+    interval, epoch_sums = _Sums(saved.get("interval")), _Sums(saved.get("epoch"))
+    self._sums = (segment, interval, epoch_sums)  # checked and stored by a save
     while self.step < segment.end:
       position = self.plan.locate(self.step)
       metrics = job.run_block(position, segment.block_steps)
@@ -281,9 +294,11 @@ class Loop:
     checking the metrics since the last write and the parameters are finite."""
     if self.checkpoints is None or self.step == self.saved_step:
       return
-    if self._interval is not None:
-      segment, interval = self._interval
+    sums = {}
+    if self._sums is not None:
+      segment, interval, epoch_sums = self._sums
       self._raise_if_bad(segment, interval.first, interval.bad())
+      sums = {"interval": interval.to_json(), "epoch": epoch_sums.to_json()}
     arrays, meta = job.checkpoint()
     params = [a.params for a in arrays.values() if hasattr(a, "params")]
     if params and not bool(_all_finite(params)):
@@ -291,6 +306,7 @@ class Loop:
           f"non-finite parameters at {self.plan.describe(self.step)} (its logged losses were "
           "finite)" + self._last_good_checkpoint())
     meta = {**meta, "step": self.step, "position": self.plan.describe(self.step),
+            "metric_sums": sums,
             "seconds_per_step": self.seconds_per_step, "metrics_records": self.writer.records,
             "invocation_seconds": self.invocation_seconds(), "arrays": sorted(arrays),
             "config": self.config_dict}

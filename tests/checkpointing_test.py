@@ -122,7 +122,8 @@ def _chain(tmp_path_factory, cache_dir, reference):
 @pytest.fixture(scope="module", name="killed")
 def _killed(tmp_path_factory, cache_dir):
   """The reference run from scratch, killed (-9) at step 30 of task 2's main phase, after its log
-  record of step 30 and its checkpoint of step 28, then resumed; with the wall time of each
+  record of step 30 and inside the log interval and epoch of its checkpoint of step 28, then
+  resumed; with the wall time of each
   invocation measured from outside and metrics.jsonl as the kill left it."""
   workdir = tmp_path_factory.mktemp("killed")
   procs, seconds = [], []
@@ -159,9 +160,10 @@ def test_the_wall_time_of_a_resumed_run_is_the_total_over_its_invocations(killed
 
 
 def test_a_resumed_run_has_each_metrics_record_once(killed, reference):
-  # the killed invocation had written step 30's train record past its newest checkpoint (28)
+  # the killed invocation had written step 30's train record past its newest complete checkpoint
+  # (28, or 24 when the kill came before the asynchronous save of 28 was done)
   newest = killed["metas_at_kill"][max(killed["metas_at_kill"])]
-  assert newest["step"] == 28 and newest["metrics_records"] < len(killed["metrics_at_kill"])
+  assert newest["step"] in (24, 28) and newest["metrics_records"] < len(killed["metrics_at_kill"])
   assert killed["metrics_at_kill"][-1]["step"] == 30 and "train/loss" in killed["metrics_at_kill"][-1]
   assert _metrics(killed["workdir"]) == _metrics(reference)
 
