@@ -38,9 +38,13 @@ def get_config(model: str = "wrn40_2") -> ml_collections.ConfigDict:
   config.log = ml_collections.ConfigDict()
   config.log.progress = True
   config.log.images = False
+  config.log.every_steps = 0  # a metrics record every this many global steps; 0: at the end
+                              # of every segment (epoch, synthesis round) only
 
   config.ckpt = ml_collections.ConfigDict()
-  config.ckpt.enabled = True  # one checkpoint per epoch; the run resumes from the last one
+  config.ckpt.enabled = True  # after every evaluation and on SIGTERM/SIGINT; resumes from the
+                              # newest (keyed by the global step)
+  config.ckpt.every_steps = 0  # also every this many global steps; 0: off
   config.ckpt.keep = 2
   config.ckpt.allow_config_change = False
   return config

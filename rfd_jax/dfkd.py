@@ -15,8 +15,12 @@ Every epoch:
 Switching terms off gives the baselines: DeepInversion-style (adv = triplet = 0) and DFQ/CMI-style
 adversarial (triplet = 0); `configs/dfkd_digits.py` lists the sweep entries.
 
-Checkpoints at every epoch end (student, its optimizer, the pool); a run resumes from the last one
-and, as every random draw is a function of (seed, epoch, step), ends with the same numbers.
+The run is a plan over one global step (rfd_jax.plan.dfkd_plan: per epoch the synthesis
+iterations, the student steps, the evaluation) run by rfd_jax.loop. Checkpoints are keyed by the
+global step: after every evaluation, every `ckpt.every_steps` steps and on SIGTERM/SIGINT; they hold
+the student, its optimizer, the pool and, inside a synthesis round, the round's generator, latents,
+Adam state and best batch. Every random draw is a function of (seed, epoch, step), so a run resumed
+from any checkpoint ends with the same numbers as the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rfd_jax import (checkpointing, config_validation, input_pipeline, jobs, losses, parallel,
-                     rgal_losses, teacher as teacher_lib, writers)
+from rfd_jax import (checkpointing, config_validation, evaluation, input_pipeline, loop, losses,
+                     optim, parallel, plan as plan_lib, rgal_losses, teacher as teacher_lib,
+                     writers)
 from rfd_jax.models import dfkd_nets
 from rfd_jax.models.cmi_generator import CmiGenerator
 
@@ -213,8 +218,8 @@ def student_loss(trainable, batch_stats, views, t_logits, t_features, rng, *, st
 
 def student_step(state: StudentState, images: jax.Array, teacher_vars, rng, lr, *,
                  student: nn.Module, teacher: nn.Module, tx: optax.GradientTransformation,
-                 mean, std, augmentation: input_pipeline.Augmentation, pair_sample: bool,
-                 **loss_kwargs) -> tuple[StudentState, dict[str, jax.Array]]:
+                 weight_decay: float, mean, std, augmentation: input_pipeline.Augmentation,
+                 pair_sample: bool, **loss_kwargs) -> tuple[StudentState, dict[str, jax.Array]]:
   """One SGD step on a pool batch (uint8 (B, H, W, 3)): two augmented views of every image when
   `pair_sample` (so every sample has a positive: its twin), the teacher in eval mode."""
   rng_a, rng_b, rng_tri = jax.random.split(rng, 3)
@@ -226,7 +231,9 @@ def student_step(state: StudentState, images: jax.Array, teacher_vars, rng, lr, 
   (_, (batch_stats, metrics)), grads = jax.value_and_grad(student_loss, has_aux=True)(
       state.trainable, state.batch_stats, views, t_logits, t_features, rng_tri, student=student,
       **loss_kwargs)
-  trainable, opt_state = teacher_lib.apply_sgd(tx, grads, state.opt_state, state.trainable, lr)
+  trainable, opt_state = optim.sgd_update(params=state.trainable, grads=grads,
+                                         opt_state=state.opt_state, lr=lr,
+                                         weight_decay=weight_decay, tx=tx)
   return state.replace(step=state.step + 1, params=trainable["student"], proj=trainable["proj"],
                        batch_stats=batch_stats, opt_state=opt_state), metrics
 
@@ -263,15 +270,152 @@ def _stage_dims(model: nn.Module, variables, image_size: int) -> dict[str, int]:
   return {name: out[1][name].shape[-1] for name in model.stage_names}
 
 
-def train_dfkd(config, workdir: str, *, stop_after_epochs: int | None = None) -> dict:
+class DfkdJob:
+  """What each segment of the dfkd plan does (rfd_jax.loop.Job): a synthesis round whose best batch
+  joins the pool, the student's training on the pool, the evaluation.
+
+  Every key and pool draw is a function of (seed, epoch, step in the segment), and a checkpoint
+  holds the student, the pool and, inside a synthesis round, the round's state: so a run resumed
+  from any global step ends with the same numbers as the uninterrupted run.
+  """
+
+  def __init__(self, *, config, nets: dict[str, Any], data, mesh, state: StudentState,
+               pool: np.ndarray, synthesis: SynthesisState | None, accuracies: list[float],
+               writer: writers.MetricWriter):
+    self.config, self.data, self.mesh, self.writer = config, data, mesh, writer
+    self.state, self.pool, self.synthesis, self.accuracies = state, pool, synthesis, accuracies
+    self.teacher_vars = nets["teacher_vars"]
+    self.num_classes = nets["student"].num_classes
+    self.root = jax.random.key(config.seed)
+    rgal, mean, std = config.rgal, data.mean, data.std
+    augmentation = input_pipeline.Augmentation.from_config(config.data)
+    self.synth_init = jax.jit(functools.partial(
+        init_synthesis, generator=nets["generator"], batch_size=config.synthesis.batch_size,
+        tx=nets["gen_tx"]))
+    self.synth_step = jax.jit(functools.partial(
+        synthesis_step, tx=nets["gen_tx"], generator=nets["generator"], teacher=nets["teacher"],
+        student=nets["student"],
+        weights={k: float(rgal[k]) for k in ("bn", "oh", "adv", "triplet")}, mean=mean, std=std, augmentation=augmentation, triplet_layers=nets["triplet_layers"],
+        swap=rgal.syn_triplet_direction == "paper"), donate_argnums=(0,))
+    self.train_step = jax.jit(functools.partial(
+        student_step, student=nets["student"], teacher=nets["teacher"], tx=nets["tx"],
+        weight_decay=config.optim.weight_decay, mean=mean, std=std, augmentation=augmentation,
+        pair_sample=config.student.pair_sample, pairs=nets["pairs"],
+        weights={"cd": float(rgal.cd), "striplet": float(rgal.striplet)},
+        temperature=float(rgal.kd_temperature)), donate_argnums=(0,))
+    self.eval_fn = evaluation.make_eval_fn(nets["student"], mean=mean, std=std, mesh=mesh)
+    self._epoch_start, self._student_means, self._eta = time.time(), {}, "?"
+    self._synthesis_metrics = None  # the round's last step's, on device
+
+  # ---- Keys and draws: functions of (seed, epoch, step). ----------------------------------------
+
+  def _synthesis_key(self, epoch: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(self.root, 1), epoch)
+
+  @functools.lru_cache(maxsize=1)
+  def _targets(self, epoch: int) -> jax.Array:
+    """The round's random teacher targets (S,), sorted."""
+    return jnp.sort(jax.random.randint(jax.random.fold_in(self._synthesis_key(epoch), 0),
+                                       (self.config.synthesis.batch_size,), 0, self.num_classes))
+
+  @functools.lru_cache(maxsize=1)
+  def _pool_draws(self, epoch: int, pool_size: int) -> np.ndarray:
+    """The pool indices of every student step of the epoch (kd_steps, B), uniform with
+    replacement; drawn at once, they equal the draws made one step after the other."""
+    return np.random.default_rng([self.config.seed, epoch]).integers(
+        0, pool_size, (self.config.student.kd_steps, self.config.data.batch_size))
+
+  @functools.lru_cache(maxsize=1)
+  def _lr(self, lr: float) -> jax.Array:
+    return jnp.float32(lr)
+
+  # ---- loop.Job. -----------------------------------------------------------------------------
+
+  def enter(self, segment: plan_lib.Segment) -> None:
+    if segment.name == "synthesis":  # a fresh generator, latents and Adam every round
+      self._epoch_start, self._student_means = time.time(), {}
+      self.synthesis = self.synth_init(jax.random.fold_in(
+          self._synthesis_key(segment.first_epoch), 1))
+
+  def run_block(self, position: plan_lib.Position, num_steps: int):
+    del num_steps  # 1
+    name, epoch = position.segment.name, position.epoch
+    if name == "synthesis":
+      # the student is frozen during the round: its current variables are the round's
+      self.synthesis, self._synthesis_metrics = self.synth_step(
+          self.synthesis, self.teacher_vars, self.state.variables, self._targets(epoch),
+          jax.random.fold_in(jax.random.fold_in(self._synthesis_key(epoch), 2), position.offset))
+      return self._synthesis_metrics
+    if name == "student":
+      step = position.step_in_epoch
+      rows = parallel.process_batch_indices(self._pool_draws(epoch, len(self.pool))[step],
+                                            self.mesh)
+      rng = jax.random.fold_in(jax.random.fold_in(self.root, 2), epoch)
+      self.state, step_metrics = self.train_step(
+          self.state, parallel.global_batch(self.pool[rows], self.mesh), self.teacher_vars,
+          jax.random.fold_in(rng, step), self._lr(position.lr))
+      return step_metrics
+    self._evaluate(position)
+    return None
+
+  def end_epoch(self, segment: plan_lib.Segment, epoch: int, means: dict[str, float],
+                eta: str) -> None:
+    del segment, epoch
+    self._student_means, self._eta = means, eta
+
+  def exit(self, segment: plan_lib.Segment) -> None:
+    if segment.name != "synthesis":
+      return
+    self.pool = np.concatenate([self.pool, to_uint8(self.synthesis.best_images)])
+    if self.config.log.progress and self._synthesis_metrics is not None:
+      m = jax.device_get(self._synthesis_metrics)
+      logging.info("epoch %3d/%d synthesis: loss %.3f (bn %.3f oh %.3f adv %.3f tri %.3f) at the "
+                   "last of %d iterations, best %.3f; pool %d  (%.1f s)", segment.first_epoch + 1,
+                   self.config.optim.epochs, m["synthesis/loss"], m["synthesis/loss_bn"],
+                   m["synthesis/loss_oh"], m["synthesis/loss_adv"], m["synthesis/loss_triplet"],
+                   segment.num_steps, float(self.synthesis.best_loss), len(self.pool),
+                   time.time() - self._epoch_start)
+    self.synthesis, self._synthesis_metrics = None, None
+
+  def _evaluate(self, position: plan_lib.Position) -> None:
+    acc = evaluation.top1_accuracy(self.eval_fn, self.state.variables, self.data.test_images,
+                                   self.data.test_labels.astype(np.int32),
+                                   num_classes=self.num_classes,
+                                   batch_size=self.config.data.eval_batch_size, mesh=self.mesh)
+    self.accuracies.append(acc)
+    epoch, means = position.epoch, self._student_means
+    self.writer.write(position.step + 1,
+                      {"epoch": epoch, "eval/accuracy": acc, "pool_size": len(self.pool)})
+    if self.config.log.progress:
+      nan = float("nan")
+      logging.info("epoch %3d/%d student: loss %.3f (kd %.3f cd %.3f tri %.3f)  lr %.4f  test acc "
+                   "%.2f%% (best %.2f%%)  %.1f s  ETA %s", epoch + 1, self.config.optim.epochs,
+                   *(means.get(f"train/{k}", nan) for k in ("loss", "loss_kd", "loss_cd",
+                                                             "loss_triplet")),
+                   plan_lib.cosine_lr(self.config.optim.lr, epoch, self.config.optim.epochs), acc,
+                   max(self.accuracies), time.time() - self._epoch_start, self._eta)
+
+  def checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    arrays = {"state": self.state}
+    if len(self.pool):
+      arrays["pool"] = self.pool
+    if self.synthesis is not None:  # inside a round
+      arrays["synthesis"] = self.synthesis
+    return arrays, {"accuracies": self.accuracies, "pool_size": len(self.pool)}
+
+
+def train_dfkd(config, workdir: str) -> dict:
   """Runs (or resumes) the DFKD job of `config` in `workdir`; returns results.json's dict.
 
-  stop_after_epochs: end this call after that many more epochs (checkpointed), as a preemption
-  would; the next call resumes (tests).
+  Raises:
+    config_validation.ConfigError: a bad config or teacher, or a refused resume.
+    checkpointing.Preempted: stopped on SIGTERM/SIGINT after saving a checkpoint.
+    checkpointing.NonFiniteError: a loss became NaN/inf; nothing saved after the last check.
   """
-  run_start = time.time()
+  invocation_start = time.time()
   validate(config)
-  mesh = jobs.make_mesh_and_workdir(config, workdir)
+  mesh = parallel.job_mesh(config.data)
+  os.makedirs(workdir, exist_ok=True)
   size = config.data.image_size
   info = input_pipeline.dataset_info(config.data.dataset)
   teacher, teacher_vars, teacher_meta = teacher_lib.load_teacher(
@@ -283,138 +427,74 @@ def train_dfkd(config, workdir: str, *, stop_after_epochs: int | None = None) ->
     raise config_validation.ConfigError(
         f"config.rgal.triplet_layers={tuple(config.rgal.triplet_layers)} selects none of the "
         f"student's stages {student.stage_names}.")
-  pairs = stage_pairs(student, teacher)
-  generator = CmiGenerator(nz=config.synthesis.nz, ngf=config.synthesis.ngf, img_size=size)
-  gen_tx = optax.adam(config.synthesis.lr, b1=config.synthesis.beta1, b2=config.synthesis.beta2)
-  tx = teacher_lib.sgd(config.optim.momentum, config.optim.weight_decay)
-  root = jax.random.key(config.seed)
-  rep = parallel.replicated(mesh)
+  syn = config.synthesis
+  nets = dict(student=student, teacher=teacher, teacher_vars=teacher_vars,
+              generator=CmiGenerator(nz=syn.nz, ngf=syn.ngf, img_size=size),
+              gen_tx=optax.adam(syn.lr, b1=syn.beta1, b2=syn.beta2),
+              tx=optim.momentum_transform(config.optim.momentum),
+              pairs=stage_pairs(student, teacher), triplet_layers=triplet_layers)
 
   def fresh_student() -> StudentState:
-    rng_s, rng_p = jax.random.split(jax.random.fold_in(root, 0))
+    rng_s, rng_p = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 0))
     variables = student.init(rng_s, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
     proj = init_projections(rng_p, _stage_dims(student, variables, size),
-                            _stage_dims(teacher, teacher_vars, size), pairs)
+                            _stage_dims(teacher, teacher_vars, size), nets["pairs"])
     return StudentState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                         batch_stats=variables["batch_stats"], proj=proj,
-                        opt_state=tx.init({"student": variables["params"], "proj": proj}))
+                        opt_state=nets["tx"].init({"student": variables["params"], "proj": proj}))
 
-  state = parallel.replicate(fresh_student(), mesh)
-  pool = np.zeros((0, size, size, 3), np.uint8)
-  accuracies: list[float] = []
-  earlier: list[float] = []  # wall seconds of the earlier invocations (checkpointing.wall_times)
-  ckpts = jobs.EpochCheckpoints.open(config, workdir)
-  restored = ckpts.restore(lambda meta: {
-      "state": checkpointing.abstract_like(state, rep),
-      "pool": jax.ShapeDtypeStruct((meta["pool_size"], size, size, 3), np.uint8, sharding=rep)})
-  if restored is not None:
-    state, pool = restored.arrays["state"], np.asarray(restored.arrays["pool"])
-    accuracies = list(restored.meta["accuracies"])
-    earlier = restored.meta.get("invocation_seconds", [])
+  rep = parallel.replicated(mesh)
+  abstract = checkpointing.abstract_like(jax.eval_shape(lambda: {
+      "state": fresh_student(),
+      "synthesis": init_synthesis(jax.random.key(0), generator=nets["generator"],
+                                  batch_size=syn.batch_size, tx=nets["gen_tx"])}), rep)
+
+  def abstract_arrays(meta):
+    pool = jax.ShapeDtypeStruct((meta["pool_size"], size, size, 3), np.uint8, sharding=rep)
+    return {k: pool if k == "pool" else abstract[k] for k in meta["arrays"]}
+
+  resumed = checkpointing.resume(config, workdir, abstract_arrays)
+  arrays = resumed.restored.arrays if resumed.restored is not None else {}
+  state = arrays["state"] if arrays else parallel.replicate(fresh_student(), mesh)
+  pool = (np.asarray(arrays["pool"]) if "pool" in arrays else
+          np.zeros((0, size, size, 3), np.uint8))
   if parallel.is_main_process():
     writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   data = input_pipeline.load_dataset(config.data)
-  test_labels = data.test_labels.astype(np.int32)
-  mean, std = data.mean, data.std
-  augmentation = input_pipeline.Augmentation.from_config(config.data)
-  evaluate = functools.partial(jobs.top1_accuracy, images=data.test_images, labels=test_labels,
-                               mean=mean, std=std, batch_size=config.data.eval_batch_size,
-                               mesh=mesh)
-  teacher_accuracy = evaluate(teacher, teacher_vars)
+  teacher_accuracy = evaluation.top1_accuracy(
+      evaluation.make_eval_fn(teacher, mean=data.mean, std=data.std, mesh=mesh), teacher_vars,
+      data.test_images, data.test_labels.astype(np.int32), num_classes=info.num_classes,
+      batch_size=config.data.eval_batch_size, mesh=mesh)
   logging.info("teacher %s: %.2f%% on the %d test images", teacher_meta["config"]["model"]["name"],
-               teacher_accuracy, len(test_labels))
-
-  rgal = config.rgal
-  synth_step = jax.jit(functools.partial(
-      synthesis_step, tx=gen_tx, generator=generator, teacher=teacher, student=student,
-      weights={k: float(rgal[k]) for k in ("bn", "oh", "adv", "triplet")}, mean=mean, std=std,
-      augmentation=augmentation, triplet_layers=triplet_layers,
-      swap=rgal.syn_triplet_direction == "paper"), donate_argnums=(0,))
-  synth_init = jax.jit(functools.partial(init_synthesis, generator=generator,
-                                         batch_size=config.synthesis.batch_size, tx=gen_tx))
-  train_step = jax.jit(functools.partial(
-      student_step, student=student, teacher=teacher, tx=tx, mean=mean, std=std,
-      augmentation=augmentation, pair_sample=config.student.pair_sample, pairs=pairs,
-      weights={"cd": float(rgal.cd), "striplet": float(rgal.striplet)},
-      temperature=float(rgal.kd_temperature)), donate_argnums=(0,))
-  writer = writers.MetricWriter(  # only the records of the restored state (see MetricWriter)
-      workdir, enabled=parallel.is_main_process(), hparams=config.to_dict(),
-      keep_records=(restored.meta.get("metrics_records") if restored is not None else
-                    0 if ckpts.checkpoints is not None else None))
-  epochs, batch = config.optim.epochs, config.data.batch_size
-  num_classes = info.num_classes
+               teacher_accuracy, len(data.test_labels))
+  plan = plan_lib.dfkd_plan(epochs=config.optim.epochs, synthesis_iterations=syn.iterations,
+                            student_steps=config.student.kd_steps, lr=config.optim.lr)
   logging.info("dfkd %s → %s on %s: %d epochs × (%d synthesis iterations at batch %d, %d student "
-               "steps at batch %d%s); synthesis triplet on %s, direction %s",
-               teacher_meta["config"]["model"]["name"], config.model.name, data.name, epochs,
-               config.synthesis.iterations, config.synthesis.batch_size, config.student.kd_steps,
-               batch, " × 2 views" if config.student.pair_sample else "", list(triplet_layers),
-               rgal.syn_triplet_direction)
-  signals = checkpointing.StopSignals() if ckpts.checkpoints else checkpointing.no_stop_signals()
-  first_epoch = len(accuracies)
+               "steps at batch %d%s); synthesis triplet on %s, direction %s%s",
+               teacher_meta["config"]["model"]["name"], config.model.name, data.name,
+               config.optim.epochs, syn.iterations, syn.batch_size, config.student.kd_steps,
+               config.data.batch_size, " × 2 views" if config.student.pair_sample else "",
+               list(triplet_layers), config.rgal.syn_triplet_direction,
+               f"; resuming at {plan.describe(resumed.step)}" if resumed.step else "")
+  writer = writers.MetricWriter(workdir, enabled=parallel.is_main_process(),
+                                hparams=config.to_dict(), keep_records=resumed.metrics_records)
+  job = DfkdJob(config=config, nets=nets, data=data, mesh=mesh, state=state, pool=pool,
+                synthesis=arrays.get("synthesis"),
+                accuracies=list(resumed.meta.get("accuracies", [])), writer=writer)
   try:
-    with signals:
-      for epoch in range(first_epoch, epochs):
-        epoch_start = time.time()
-        # 1. Synthesis: one round, its best batch into the pool.
-        rng_syn = jax.random.fold_in(jax.random.fold_in(root, 1), epoch)
-        targets = jnp.sort(jax.random.randint(jax.random.fold_in(rng_syn, 0),
-                                              (config.synthesis.batch_size,), 0, num_classes))
-        syn = synth_init(jax.random.fold_in(rng_syn, 1))
-        student_vars = state.variables
-        for i in range(config.synthesis.iterations):
-          syn, syn_metrics = synth_step(syn, teacher_vars, student_vars, targets,
-                                        jax.random.fold_in(jax.random.fold_in(rng_syn, 2), i))
-        syn_metrics = jax.device_get(syn_metrics)
-        jobs.raise_if_non_finite(syn_metrics, f"epoch {epoch + 1} synthesis")
-        pool = np.concatenate([pool, to_uint8(syn.best_images)])
-        syn_seconds = time.time() - epoch_start
-        # 2. Student training on the pool.
-        lr = jnp.float32(jobs.cosine_lr(config.optim.lr, epoch, epochs))
-        rng_stu = jax.random.fold_in(jax.random.fold_in(root, 2), epoch)
-        draw = np.random.default_rng([config.seed, epoch])
-        for step in range(config.student.kd_steps):
-          idx = parallel.process_batch_indices(draw.integers(0, len(pool), batch), mesh)
-          state, metrics = train_step(state, parallel.global_batch(pool[idx], mesh),
-                                      teacher_vars, jax.random.fold_in(rng_stu, step), lr)
-        metrics = jax.device_get(metrics)
-        jobs.raise_if_non_finite(metrics, f"epoch {epoch + 1} student training")
-        # 3. Evaluation.
-        acc = evaluate(student, state.variables)
-        accuracies.append(acc)
-        writer.write(int(state.step), {**metrics, **syn_metrics, "eval/accuracy": acc,
-                                       "train/lr": float(lr), "pool_size": len(pool)})
-        if config.log.progress:
-          logging.info(
-              "epoch %3d/%d  pool %d  synthesis loss %.3f (bn %.3f oh %.3f adv %.3f tri %.3f, "
-              "%.1f s)  student loss %.3f (kd %.3f cd %.3f tri %.3f)  lr %.4f  test acc %.2f%% "
-              "(best %.2f%%)  %.1f s", epoch + 1, epochs, len(pool), syn_metrics["synthesis/loss"],
-              syn_metrics["synthesis/loss_bn"], syn_metrics["synthesis/loss_oh"],
-              syn_metrics["synthesis/loss_adv"], syn_metrics["synthesis/loss_triplet"],
-              syn_seconds, metrics["train/loss"], metrics["train/loss_kd"],
-              metrics["train/loss_cd"], metrics["train/loss_triplet"], lr, acc, max(accuracies),
-              time.time() - epoch_start)
-        ckpts.save({"state": state, "pool": pool},
-                   {"epoch": epoch + 1, "accuracies": accuracies, "pool_size": len(pool),
-                    "metrics_records": writer.records,
-                    "invocation_seconds": checkpointing.invocation_seconds(earlier, run_start)})
-        done_here = epoch + 1 - first_epoch
-        last = epoch + 1 == epochs
-        if not last and (jobs.stop_requested(signals) or done_here == stop_after_epochs):
-          if stop_after_epochs is not None and done_here == stop_after_epochs:
-            return {"stopped_after_epoch": epoch + 1}
-          raise checkpointing.Preempted(
-              f"stopped on {signals.received} after epoch {epoch + 1}; checkpoint saved. Rerun "
-              "the same command to resume.")
+    runner = loop.run_plan(plan, job, config=config, workdir=workdir, resumed=resumed,
+                           writer=writer, invocation_start=invocation_start)
   finally:
     writer.close()
-    ckpts.close()
-  results = {"job": "dfkd", "dataset": config.data.dataset, "teacher": teacher_meta["config"][
-      "model"]["name"], "student": config.model.name, "seed": config.seed,
-             "syn_triplet_direction": rgal.syn_triplet_direction,
+  accuracies = job.accuracies
+  results = {"job": "dfkd", "dataset": config.data.dataset,
+             "teacher": teacher_meta["config"]["model"]["name"], "student": config.model.name,
+             "seed": config.seed, "syn_triplet_direction": config.rgal.syn_triplet_direction,
              "teacher_accuracy": teacher_accuracy, "accuracy": accuracies[-1],
-             "best_accuracy": max(accuracies), "accuracies": accuracies, "pool_size": len(pool),
-             **checkpointing.wall_times(earlier, run_start)}
+             "best_accuracy": max(accuracies), "accuracies": accuracies,
+             "pool_size": len(job.pool),
+             **checkpointing.wall_times(runner.earlier_invocations, invocation_start)}
   if parallel.is_main_process():
     writers.write_json(os.path.join(workdir, "results.json"), results)
   return results

@@ -2,11 +2,15 @@
 
   python -m rfd_jax.main --config configs/teacher_digits.py --workdir runs/teacher_digits
 
-Cross-entropy, SGD with momentum and weight decay, cosine learning rate stepped per epoch (the CMI /
-RGAL teacher recipe), the dataset's training augmentation. Checkpoints (params, batch_stats,
-optimizer state) are written at every epoch in WORKDIR/checkpoints; the run resumes from them, and
-a `dfkd` config points `config.teacher_ckpt` at WORKDIR. results.json has the test accuracy per
-epoch; the teacher is the model after the last epoch (not the best epoch: no test-set selection).
+Cross-entropy, SGD with momentum and weight decay (rfd_jax.optim), cosine learning rate stepped per
+epoch (the CMI / RGAL teacher recipe), the dataset's training augmentation. The run is a plan over
+one global step (rfd_jax.plan.teacher_plan: per epoch the training steps, then the evaluation) run
+by rfd_jax.loop; batch order and keys are functions of (seed, epoch, step in the epoch), so a run
+resumed from any checkpoint ends with the same numbers. Checkpoints (params, batch_stats, optimizer
+state) are keyed by the global step in WORKDIR/checkpoints, written after every evaluation (and
+every `ckpt.every_steps` steps, and on SIGTERM/SIGINT); a `dfkd` config points `config.teacher_ckpt`
+at WORKDIR. results.json has the test accuracy per epoch; the teacher is the model after the last
+epoch (not the best epoch: no test-set selection).
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rfd_jax import (checkpointing, config_validation, input_pipeline, jobs, losses, parallel,
-                     writers)
+from rfd_jax import (checkpointing, config_validation, evaluation, input_pipeline, loop, losses,
+                     optim, parallel, plan as plan_lib, writers)
 from rfd_jax.models import dfkd_nets
 
 
@@ -42,19 +46,9 @@ class ClassifierState:
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def sgd(momentum: float, weight_decay: float) -> optax.GradientTransformation:
-  """PyTorch SGD (dampening 0, no Nesterov) with L2 weight decay added to the gradient, lr
-  applied outside (`apply_sgd`) so that it can change per epoch without recompiling."""
-  return optax.chain(optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum))
-
-
-def apply_sgd(tx, grads, opt_state, params, lr):
-  direction, opt_state = tx.update(grads, opt_state, params)
-  return jax.tree.map(lambda p, d: p - lr * d, params, direction), opt_state
-
-
 def create_classifier_state(model: nn.Module, rng: jax.Array, image_size: int,
                             tx: optax.GradientTransformation) -> ClassifierState:
+  """tx: optim.momentum_transform."""
   variables = model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
   return ClassifierState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                          batch_stats=variables["batch_stats"],
@@ -63,7 +57,7 @@ def create_classifier_state(model: nn.Module, rng: jax.Array, image_size: int,
 
 def classifier_step(state: ClassifierState, batch: dict[str, jax.Array], rng: jax.Array,
                     lr: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation,
-                    mean: np.ndarray, std: np.ndarray,
+                    weight_decay: float, mean: np.ndarray, std: np.ndarray,
                     augmentation: input_pipeline.Augmentation
                     ) -> tuple[ClassifierState, dict[str, jax.Array]]:
   """One SGD step of cross-entropy on an augmented real batch ("images" uint8 (B, H, W, 3),
@@ -79,20 +73,26 @@ def classifier_step(state: ClassifierState, batch: dict[str, jax.Array], rng: ja
     return loss, (updates["batch_stats"], logits)
 
   (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  params, opt_state = apply_sgd(tx, grads, state.opt_state, state.params, lr)
+  params, opt_state = optim.sgd_update(params=state.params, grads=grads, opt_state=state.opt_state,
+                                       lr=lr, weight_decay=weight_decay, tx=tx)
   acc = 100.0 * jnp.mean(losses.accuracy(logits=logits, labels=batch["labels"]))
   return (state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                         opt_state=opt_state), {"train/loss": loss, "train/accuracy": acc})
 
 
 def validate(config) -> input_pipeline.DatasetInfo:
+  """Checks the fields the teacher and dfkd jobs share; returns the dataset's info."""
   info = input_pipeline.dataset_info(config.data.dataset)
   if config.model.name not in dfkd_nets.CLASSIFIER_NAMES:
     raise config_validation.ConfigError(
-        f"config.model.name={config.model.name!r} is unknown for job {jobs.job_of(config)!r}; "
-        f"expected one of {dfkd_nets.CLASSIFIER_NAMES}.")
+        f"config.model.name={config.model.name!r} is unknown for job "
+        f"{config_validation.job_of(config)!r}; expected one of {dfkd_nets.CLASSIFIER_NAMES}.")
   if config.optim.epochs < 1:
     raise config_validation.ConfigError(f"config.optim.epochs={config.optim.epochs} must be >= 1.")
+  for field, value in (("log.every_steps", config.log.get("every_steps", 0)),
+                       ("ckpt.every_steps", config.ckpt.get("every_steps", 0))):
+    if value < 0:
+      raise config_validation.ConfigError(f"config.{field}={value} must be >= 0 (0: off).")
   if config.data.image_size % 4 or config.data.image_size < 8:
     raise config_validation.ConfigError(
         f"config.data.image_size={config.data.image_size} must be a multiple of 4 and >= 8.")
@@ -103,79 +103,130 @@ def validate(config) -> input_pipeline.DatasetInfo:
   return info
 
 
+class TeacherJob:
+  """What each segment of the teacher plan does (rfd_jax.loop.Job): an epoch of training steps,
+  then the test-set evaluation."""
+
+  def __init__(self, *, config, model, data, mesh, state: ClassifierState,
+               accuracies: list[float], writer: writers.MetricWriter):
+    self.config, self.data, self.mesh = config, data, mesh
+    self.state, self.accuracies, self.writer = state, accuracies, writer
+    self.labels = data.train_labels.astype(np.int32)
+    self.root = jax.random.key(config.seed)
+    self.train_step = jax.jit(functools.partial(
+        classifier_step, model=model, tx=optim.momentum_transform(config.optim.momentum),
+        weight_decay=config.optim.weight_decay, mean=data.mean, std=data.std,
+        augmentation=input_pipeline.Augmentation.from_config(config.data)), donate_argnums=(0,))
+    self.eval_fn = evaluation.make_eval_fn(model, mean=data.mean, std=data.std, mesh=mesh)
+    self.num_classes = model.num_classes
+    self._epoch_start, self._train_means, self._eta = time.time(), {}, "?"
+
+  @functools.lru_cache(maxsize=1)
+  def _epoch_batches(self, epoch: int) -> np.ndarray:
+    return input_pipeline.epoch_batches(len(self.labels), self.config.data.batch_size,
+                                        seed=self.config.seed, task=0, epoch=epoch)
+
+  @functools.lru_cache(maxsize=1)
+  def _lr(self, lr: float) -> jax.Array:
+    return jnp.float32(lr)
+
+  # ---- loop.Job. -----------------------------------------------------------------------------
+
+  def enter(self, segment: plan_lib.Segment) -> None:
+    if segment.name == "train":
+      self._epoch_start, self._train_means = time.time(), {}
+
+  def run_block(self, position: plan_lib.Position, num_steps: int):
+    del num_steps  # 1
+    if position.segment.name == "eval":
+      self._evaluate(position)
+      return None
+    epoch, i = position.epoch, position.step_in_epoch
+    rows = parallel.process_batch_indices(self._epoch_batches(epoch)[i], self.mesh)
+    batch = parallel.global_batch({"images": self.data.train_images[rows],
+                                   "labels": self.labels[rows]}, self.mesh)
+    self.state, step_metrics = self.train_step(
+        self.state, batch, jax.random.fold_in(jax.random.fold_in(self.root, 1 + epoch), i),
+        self._lr(position.lr))
+    return step_metrics
+
+  def end_epoch(self, segment: plan_lib.Segment, epoch: int, means: dict[str, float],
+                eta: str) -> None:
+    del segment, epoch
+    self._train_means, self._eta = means, eta
+
+  def exit(self, segment: plan_lib.Segment) -> None:
+    del segment
+
+  def _evaluate(self, position: plan_lib.Position) -> None:
+    acc = evaluation.top1_accuracy(self.eval_fn, self.state.variables, self.data.test_images,
+                                   self.data.test_labels.astype(np.int32),
+                                   num_classes=self.num_classes,
+                                   batch_size=self.config.data.eval_batch_size, mesh=self.mesh)
+    self.accuracies.append(acc)
+    epoch = position.epoch
+    self.writer.write(position.step + 1, {"epoch": epoch, "eval/accuracy": acc})
+    if self.config.log.progress:
+      logging.info("epoch %3d/%d  lr %.4f  loss %.4f  train acc %.1f%%  test acc %.2f%%  (%.1f s)  "
+                   "ETA %s", epoch + 1, self.config.optim.epochs,
+                   plan_lib.cosine_lr(self.config.optim.lr, epoch, self.config.optim.epochs),
+                   self._train_means.get("train/loss", float("nan")),
+                   self._train_means.get("train/accuracy", float("nan")), acc,
+                   time.time() - self._epoch_start, self._eta)
+
+  def checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    return {"state": self.state}, {"accuracies": self.accuracies}
+
+
 def train_teacher(config, workdir: str) -> dict:
-  """Runs (or resumes) the teacher job of `config` in `workdir`; returns results.json's dict."""
-  run_start = time.time()
-  validate(config)
-  mesh = jobs.make_mesh_and_workdir(config, workdir)
-  model = dfkd_nets.build_classifier(config.model.name, input_pipeline.dataset_info(
-      config.data.dataset).num_classes, dtype=config.dtype)
-  tx = sgd(config.optim.momentum, config.optim.weight_decay)
-  root = jax.random.key(config.seed)
+  """Runs (or resumes) the teacher job of `config` in `workdir`; returns results.json's dict.
+
+  Raises:
+    config_validation.ConfigError: a bad config, or a refused resume.
+    checkpointing.Preempted: stopped on SIGTERM/SIGINT after saving a checkpoint.
+    checkpointing.NonFiniteError: a loss became NaN/inf; nothing saved after the last check.
+  """
+  invocation_start = time.time()
+  info = validate(config)
+  mesh = parallel.job_mesh(config.data)
+  os.makedirs(workdir, exist_ok=True)
+  model = dfkd_nets.build_classifier(config.model.name, info.num_classes, dtype=config.dtype)
+  tx = optim.momentum_transform(config.optim.momentum)
   rep = parallel.replicated(mesh)
-  state = parallel.replicate(create_classifier_state(model, jax.random.fold_in(root, 0),
-                                                     config.data.image_size, tx), mesh)
-  ckpts = jobs.EpochCheckpoints.open(config, workdir)
-  accuracies: list[float] = []
-  earlier: list[float] = []  # wall seconds of the earlier invocations (checkpointing.wall_times)
-  restored = ckpts.restore(lambda meta: {"state": checkpointing.abstract_like(state, rep)})
-  if restored is not None:
-    state, accuracies = restored.arrays["state"], list(restored.meta["accuracies"])
-    earlier = restored.meta.get("invocation_seconds", [])
+  abstract = checkpointing.abstract_like(jax.eval_shape(
+      lambda: create_classifier_state(model, jax.random.key(0), config.data.image_size, tx)), rep)
+  resumed = checkpointing.resume(config, workdir, lambda meta: {"state": abstract})
+  if resumed.restored is not None:
+    state = resumed.restored.arrays["state"]
+  else:
+    state = parallel.replicate(create_classifier_state(
+        model, jax.random.fold_in(jax.random.key(config.seed), 0), config.data.image_size, tx),
+        mesh)
   if parallel.is_main_process():
     writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   data = input_pipeline.load_dataset(config.data)
-  labels = data.train_labels.astype(np.int32)
-  batch = config.data.batch_size
-  steps_per_epoch = len(labels) // batch
-  step_fn = jax.jit(functools.partial(
-      classifier_step, model=model, tx=tx, mean=data.mean, std=data.std,
-      augmentation=input_pipeline.Augmentation.from_config(config.data)), donate_argnums=(0,))
-  writer = writers.MetricWriter(  # only the records of the restored state (see MetricWriter)
-      workdir, enabled=parallel.is_main_process(), hparams=config.to_dict(),
-      keep_records=(restored.meta.get("metrics_records") if restored is not None else
-                    0 if ckpts.checkpoints is not None else None))
-  logging.info("teacher %s on %s: %d train / %d test images, %d epochs × %d steps", config.model.name,
-               data.name, len(labels), len(data.test_labels), config.optim.epochs, steps_per_epoch)
-  signals = checkpointing.StopSignals() if ckpts.checkpoints else checkpointing.no_stop_signals()
+  epoch_steps = len(data.train_labels) // config.data.batch_size
+  plan = plan_lib.teacher_plan(epochs=config.optim.epochs, epoch_steps=epoch_steps,
+                               lr=config.optim.lr)
+  logging.info("teacher %s on %s: %d train / %d test images, %d epochs × %d steps%s",
+               config.model.name, data.name, len(data.train_labels), len(data.test_labels),
+               config.optim.epochs, epoch_steps,
+               f"; resuming at {plan.describe(resumed.step)}" if resumed.step else "")
+  writer = writers.MetricWriter(workdir, enabled=parallel.is_main_process(),
+                                hparams=config.to_dict(), keep_records=resumed.metrics_records)
+  job = TeacherJob(config=config, model=model, data=data, mesh=mesh, state=state,
+                   accuracies=list(resumed.meta.get("accuracies", [])), writer=writer)
   try:
-    with signals:
-      for epoch in range(len(accuracies), config.optim.epochs):
-        epoch_start = time.time()
-        lr = jnp.float32(jobs.cosine_lr(config.optim.lr, epoch, config.optim.epochs))
-        order = input_pipeline.epoch_batches(len(labels), batch, seed=config.seed, task=0,
-                                             epoch=epoch)
-        for i, idx in enumerate(order):
-          local = parallel.process_batch_indices(idx, mesh)
-          state, metrics = step_fn(state, parallel.global_batch(
-              {"images": data.train_images[local], "labels": labels[local]}, mesh),
-              jax.random.fold_in(jax.random.fold_in(root, 1 + epoch), i), lr)
-        metrics = jax.device_get(metrics)
-        jobs.raise_if_non_finite(metrics, f"epoch {epoch + 1}")
-        acc = jobs.top1_accuracy(model, state.variables, data.test_images,
-                                 data.test_labels.astype(np.int32), mean=data.mean, std=data.std,
-                                 batch_size=config.data.eval_batch_size, mesh=mesh)
-        accuracies.append(acc)
-        writer.write(int(state.step), {**metrics, "eval/accuracy": acc, "train/lr": float(lr)})
-        if config.log.progress:
-          logging.info("epoch %3d/%d  lr %.4f  loss %.4f  test acc %.2f%%  (%.1f s)", epoch + 1,
-                       config.optim.epochs, lr, metrics["train/loss"], acc,
-                       time.time() - epoch_start)
-        ckpts.save({"state": state}, {"epoch": epoch + 1, "accuracies": accuracies,
-                                      "metrics_records": writer.records,
-                                      "invocation_seconds": checkpointing.invocation_seconds(
-                                          earlier, run_start)})
-        if jobs.stop_requested(signals) and epoch + 1 < config.optim.epochs:
-          raise checkpointing.Preempted(
-              f"stopped on {signals.received} after epoch {epoch + 1}; checkpoint saved. Rerun "
-              "the same command to resume.")
+    runner = loop.run_plan(plan, job, config=config, workdir=workdir, resumed=resumed,
+                           writer=writer, invocation_start=invocation_start)
   finally:
     writer.close()
-    ckpts.close()
+  accuracies = job.accuracies
   results = {"job": "teacher", "dataset": config.data.dataset, "model": config.model.name,
              "seed": config.seed, "accuracy": accuracies[-1], "best_accuracy": max(accuracies),
-             "accuracies": accuracies, **checkpointing.wall_times(earlier, run_start)}
+             "accuracies": accuracies,
+             **checkpointing.wall_times(runner.earlier_invocations, invocation_start)}
   if parallel.is_main_process():
     writers.write_json(os.path.join(workdir, "results.json"), results)
   return results
@@ -212,6 +263,10 @@ def check_teacher_checkpoint(path: str, *, model_name: str, dataset: str, image_
   finally:
     source.close()
   saved = meta["config"]
+  if saved.get("job") == "teacher" and "step" not in meta:
+    raise config_validation.ConfigError(
+        f"config.teacher_ckpt={path!r} was written by an older version (epoch checkpoints, another "
+        "optimizer state); train the teacher again.")
   if saved.get("job") != "teacher":
     raise config_validation.ConfigError(
         f"config.teacher_ckpt={path!r} is a {saved.get('job', 'dfcil')!r} run, not a teacher "
@@ -235,13 +290,13 @@ def load_teacher(path: str, *, model_name: str, dataset: str, image_size: int, m
   directory, checkpoint_id, meta = check_teacher_checkpoint(
       path, model_name=model_name, dataset=dataset, image_size=image_size)
   saved = meta["config"]
-  if meta["epoch"] < saved["optim"]["epochs"]:
-    logging.warning("teacher %s stopped after %d of %d epochs", path, meta["epoch"],
-                    saved["optim"]["epochs"])
+  epochs_done = len(meta["accuracies"])
+  if epochs_done < saved["optim"]["epochs"]:
+    logging.warning("teacher %s stopped at %s", path, meta["position"])
   model = dfkd_nets.build_classifier(saved["model"]["name"],
                                      input_pipeline.dataset_info(dataset).num_classes,
                                      dtype=saved.get("dtype", "float32"))
-  tx = sgd(saved["optim"]["momentum"], saved["optim"]["weight_decay"])
+  tx = optim.momentum_transform(saved["optim"]["momentum"])
   abstract = jax.eval_shape(lambda: create_classifier_state(model, jax.random.key(0),
                                                             image_size, tx))
   abstract = checkpointing.abstract_like(abstract, parallel.replicated(mesh))
@@ -252,6 +307,7 @@ def load_teacher(path: str, *, model_name: str, dataset: str, image_size: int, m
     source.close()
   if restored is None:
     raise config_validation.ConfigError(f"config.teacher_ckpt={path!r}: checkpoint unreadable.")
-  logging.info("teacher %s from %s: %d epochs, test accuracy %.2f%%", saved["model"]["name"],
-               restored.directory, meta["epoch"], meta["accuracies"][-1])
+  logging.info("teacher %s from %s: %d epochs, test accuracy %s", saved["model"]["name"],
+               restored.directory, epochs_done,
+               f"{meta['accuracies'][-1]:.2f}%" if epochs_done else "n/a")
   return model, restored.arrays["state"].variables, meta

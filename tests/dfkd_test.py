@@ -12,7 +12,8 @@ import optax
 import pytest
 
 from configs import dfkd_digits, teacher_digits
-from rfd_jax import config_validation, dfkd, input_pipeline, jobs, teacher
+from rfd_jax import (checkpointing, config_validation, dfkd, input_pipeline, loop,
+                     plan, teacher)
 from rfd_jax.models import dfkd_nets
 from rfd_jax.models.cmi_generator import CmiGenerator
 
@@ -25,6 +26,7 @@ def tiny_teacher_config():
   # (over 30% elsewhere); 3 give 60%
   config.optim.epochs = 3
   config.log.progress = False
+  config.log.every_steps = 1  # a record per step: a resumed run's records equal the full run's
   return config
 
 
@@ -41,6 +43,7 @@ def tiny_dfkd_config(teacher_dir):
   config.student.kd_steps = 2
   config.optim.epochs = 2
   config.log.progress = False
+  config.log.every_steps = 1
   return config
 
 
@@ -50,43 +53,87 @@ def _teacher_run(tmp_path_factory):
   return workdir, teacher.train_teacher(tiny_teacher_config(), workdir)
 
 
+def _records(workdir, key=None):
+  """metrics.jsonl's records (those with `key`)."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if key is None or key in r]
+
+
 def test_teacher_learns_and_writes_results(teacher_run):
   workdir, results = teacher_run
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)["accuracies"] == results["accuracies"]
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    train_acc = [json.loads(line)["train/accuracy"] for line in f]
-  assert all(isinstance(a, float) and 0 <= a <= 100 for a in train_acc)  # batch mean, percent
+  train_acc = [r["train/accuracy"] for r in _records(workdir, "train/accuracy")]
+  assert len(train_acc) == 3 * _epoch_steps(tiny_teacher_config())
+  assert all(isinstance(a, float) and 0 <= a <= 100 for a in train_acc)  # percent
+  assert [r["eval/accuracy"] for r in _records(workdir, "eval/accuracy")] == results["accuracies"]
   assert len(results["accuracies"]) == 3
   assert results["accuracy"] > 30.0  # 10 classes: chance is 10%
 
 
-def test_dfkd_resumed_run_equals_uninterrupted(teacher_run, tmp_path):
+def _epoch_steps(config):
+  return len(input_pipeline.load_dataset(config.data).train_labels) // config.data.batch_size
+
+
+def _preempted_at(monkeypatch, step, run):
+  """Runs `run()` with a SIGTERM sent right after global step `step`: it saves and stops there."""
+  monkeypatch.setenv(loop.ENV_TEST_KILL_AT, f"{step}:TERM")
+  with pytest.raises(checkpointing.Preempted, match=f"step {step} of"):
+    run()
+  monkeypatch.delenv(loop.ENV_TEST_KILL_AT)
+
+
+def test_teacher_preempted_mid_epoch_resumes_exactly(teacher_run, tmp_path, monkeypatch):
+  full_dir, full = teacher_run
+  config, workdir = tiny_teacher_config(), str(tmp_path)
+  # inside the second epoch's training (each epoch: its train steps, then the evaluation)
+  _preempted_at(monkeypatch, _epoch_steps(config) + 1 + 5,
+                lambda: teacher.train_teacher(config, workdir))
+  resumed = teacher.train_teacher(config, workdir)
+  assert resumed["accuracies"] == full["accuracies"]
+  assert len(resumed["wall_seconds_per_invocation"]) == 2
+  assert _records(workdir) == _records(full_dir)
+
+
+def test_dfkd_resumed_run_equals_uninterrupted(teacher_run, tmp_path, monkeypatch):
   teacher_dir, teacher_results = teacher_run
   config = tiny_dfkd_config(teacher_dir)
   full = dfkd.train_dfkd(config, str(tmp_path / "full"))
   assert len(full["accuracies"]) == 2 and full["pool_size"] == 2 * 16
   assert full["teacher_accuracy"] == pytest.approx(teacher_results["accuracy"])
   assert full["best_accuracy"] == max(full["accuracies"])
-  part = dfkd.train_dfkd(config, str(tmp_path / "part"), stop_after_epochs=1)
-  assert part == {"stopped_after_epoch": 1}
+  # Each epoch: 3 synthesis iterations, 2 student steps, the evaluation (6 global steps). Stop the
+  # second epoch inside its synthesis round (the round's state is checkpointed), then inside its
+  # student training.
+  part = str(tmp_path / "part")
+  _preempted_at(monkeypatch, 6 + 1, lambda: dfkd.train_dfkd(config, part))
+  _preempted_at(monkeypatch, 6 + 3 + 1, lambda: dfkd.train_dfkd(config, part))
   changed = tiny_dfkd_config(teacher_dir)
   changed.rgal.syn_triplet_direction = "released_code"
   with pytest.raises(config_validation.ConfigError, match="rgal.syn_triplet_direction"):
-    dfkd.train_dfkd(changed, str(tmp_path / "part"))  # a checkpoint of another config: refused
-  resumed = dfkd.train_dfkd(config, str(tmp_path / "part"))
+    dfkd.train_dfkd(changed, part)  # a checkpoint of another config: refused
+  resumed = dfkd.train_dfkd(config, part)
   assert resumed["accuracies"] == full["accuracies"]
-  assert len(resumed["wall_seconds_per_invocation"]) == 2  # the refused call saved nothing
+  assert len(resumed["wall_seconds_per_invocation"]) == 3  # the refused call saved nothing
   assert resumed["wall_seconds"] == pytest.approx(sum(resumed["wall_seconds_per_invocation"]))
   assert len(full["wall_seconds_per_invocation"]) == 1
-  with open(tmp_path / "part" / "metrics.jsonl") as f:
-    losses = [json.loads(line)["train/loss"] for line in f]
-  with open(tmp_path / "full" / "metrics.jsonl") as f:
-    lines = [json.loads(line) for line in f]
-  assert [line["train/loss"] for line in lines] == losses
+  lines = _records(tmp_path / "full")
+  assert _records(part) == lines  # every loss of every segment
+  assert len(_records(part, "train/loss")) == 2 * 2  # a record per step
+  assert [r["eval/accuracy"] for r in _records(part, "eval/accuracy")] == full["accuracies"]
   for key in ("train/teacher_agreement", "synthesis/teacher_student_agree"):  # percent
-    assert all(0 <= line[key] <= 100 for line in lines)
-  assert max(line["train/teacher_agreement"] for line in lines) > 1
+    assert all(0 <= line[key] <= 100 for line in _records(part, key))
+  assert max(line["train/teacher_agreement"] for line in _records(part, "train/loss")) > 1
+
+
+def test_pool_draws_at_once_equal_sequential_draws():
+  """The student's pool indices of an epoch are drawn at once (so a resume inside the epoch finds
+  them); they are the numbers the earlier step-by-step draws gave."""
+  for pool_size, batch, steps in ((16, 8, 2), (32, 7, 5), (25_600, 128, 400)):
+    draw = np.random.default_rng([3, 1])
+    sequential = np.stack([draw.integers(0, pool_size, batch) for _ in range(steps)])
+    np.testing.assert_array_equal(
+        np.random.default_rng([3, 1]).integers(0, pool_size, (steps, batch)), sequential)
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -146,13 +193,13 @@ def test_cd_projection_of_pooled_features_equals_pooled_1x1_conv():
 
 
 def test_cosine_lr_matches_torch_cosine_annealing():
-  assert jobs.cosine_lr(0.1, 0, 200) == pytest.approx(0.1)
-  assert jobs.cosine_lr(0.1, 100, 200) == pytest.approx(0.05)
-  assert jobs.cosine_lr(0.1, 150, 200) == pytest.approx(0.05 * (1 + np.cos(np.pi * 0.75)))
+  assert plan.cosine_lr(0.1, 0, 200) == pytest.approx(0.1)
+  assert plan.cosine_lr(0.1, 100, 200) == pytest.approx(0.05)
+  assert plan.cosine_lr(0.1, 150, 200) == pytest.approx(0.05 * (1 + np.cos(np.pi * 0.75)))
 
 
 def test_unknown_job_is_a_config_error():
   config = tiny_teacher_config()
   config.job = "distill"
   with pytest.raises(config_validation.ConfigError, match="config.job='distill'"):
-    jobs.job_of(config)
+    config_validation.job_of(config)
