@@ -317,7 +317,11 @@ class StopSignals:
   restores the previous ones on exit.
 
   In a multi-process run the processes must stop at the same step to save together, so there a
-  request only counts at `sync` points, where the processes agree by an all-gather.
+  request only counts at `sync` points (log steps, epoch and segment ends), where the processes
+  agree by an all-gather. Orbax's own agreement (`CheckpointManager.reached_preemption`, JAX's
+  preemption sync manager) was considered: it needs `jax.distributed`'s preemption service, which
+  installs its own SIGTERM handler, does not cover SIGINT or single-process runs, and must be
+  called at every step; one all-gather per log interval does the same job for every launch here.
   """
 
   def __init__(self):

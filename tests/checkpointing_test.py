@@ -212,6 +212,10 @@ def test_a_corrupted_newest_checkpoint_is_reported_and_an_older_one_used(chain):
   restored = next(i for i, l in enumerate(lines) if "resumed at" in l)
   assert len(lines[:restored]) <= 12, stderr[-3000:]  # startup, the fallback and the resume
   assert sum("is corrupted or incomplete" in l for l in lines) == 1
+  # reaching that step again, the run moved the unreadable copy aside (kept) and saved a good one
+  aside = glob.glob(os.path.join(chain["workdir"], "checkpoints", "unreadable",
+                                 f"{chain['corrupted']}.*"))
+  assert len(aside) == 1 and "moved the unreadable checkpoint" in stderr
   # the results equal the reference's: test_killed_and_resumed_run_equals_the_uninterrupted_one
 
 
@@ -250,7 +254,7 @@ def test_no_checkpoint_starts_from_scratch_unreadable_ones_are_refused(tmp_path)
   ckpts = checkpointing.Checkpoints(directory, keep=3)
   assert ckpts.restore(abstract) is None  # no checkpoint at all: the caller starts from scratch
   for step in range(2):
-    ckpts.save(arrays, {"step": step})
+    ckpts.save(step, arrays, {"step": step})
   ckpts.close()
   ckpts = checkpointing.Checkpoints(directory, keep=3)
   assert ckpts.restore(abstract).checkpoint_id == 1
@@ -339,8 +343,10 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
   _copy_checkpoint(reference, FINETUNE_START, tmp_path)
   before = _tree_digest(tmp_path / "checkpoints")
   # resumes at the start of the head fine-tuning (allowed config change), whose lr then diverges
+  # (no periodic save in between: the state after step 32 still has finite parameters and would
+  # be a legitimate checkpoint)
   proc = _run(tmp_path, cache_dir, "--config.optim.ft_lr=1e30",
-              "--config.ckpt.allow_config_change=True")
+              "--config.ckpt.allow_config_change=True", "--config.ckpt.every_steps=1000")
   assert proc.returncode == checkpointing.EXIT_NON_FINITE == 3, proc.stderr[-3000:]
   assert "despite config changes" in proc.stderr and "config.optim.ft_lr" in proc.stderr
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
