@@ -38,6 +38,7 @@ from rfd_jax import (checkpointing, config_validation, input_pipeline, jobs, los
                      rgal_losses, teacher as teacher_lib, writers)
 from rfd_jax.models import dfkd_nets
 from rfd_jax.models.cmi_generator import CmiGenerator
+from rfd_jax.models.layers import conv_compute_dtype
 
 DIRECTIONS = ("paper", "released_code")
 
@@ -284,7 +285,8 @@ def train_dfkd(config, workdir: str, *, stop_after_epochs: int | None = None) ->
         f"config.rgal.triplet_layers={tuple(config.rgal.triplet_layers)} selects none of the "
         f"student's stages {student.stage_names}.")
   pairs = stage_pairs(student, teacher)
-  generator = CmiGenerator(nz=config.synthesis.nz, ngf=config.synthesis.ngf, img_size=size)
+  generator = CmiGenerator(nz=config.synthesis.nz, ngf=config.synthesis.ngf, img_size=size,
+                           conv_dtype=conv_compute_dtype(config.dtype))
   gen_tx = optax.adam(config.synthesis.lr, b1=config.synthesis.beta1, b2=config.synthesis.beta2)
   tx = teacher_lib.sgd(config.optim.momentum, config.optim.weight_decay)
   root = jax.random.key(config.seed)
