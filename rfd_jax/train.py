@@ -86,19 +86,22 @@ def build_step_fns(config, learner: learners.Learner, model, generator, tx, data
                         in_shardings=(rep, batch, rep), out_shardings=rep),
       inversion_chunk=inversion.make_inversion_chunk_fn(
           generator=generator, teacher=model, tx=optax.adam(inv.lr), batch_size=inv.batch_size,
-          chunk_steps=inv.chunk_steps, weights=inversion_weights(inv), loop=inv.loop,
+          chunk_steps=inv.chunk_steps, weights=inversion_weights(config), loop=inv.loop,
           batch_sharding=batch),
       class_weights=jax.jit(losses.class_balance_weights, in_shardings=(rep, rep),
                             out_shardings=rep))
 
 
-def inversion_weights(inversion_config) -> dict[str, Any]:
-  weights = {"ce": inversion_config.ce_weight, "balance": inversion_config.balance_weight,
-             "smoothness": inversion_config.smoothness_weight, "bn": inversion_config.bn_weight,
-             "ce_temperature": inversion_config.ce_temperature}
-  if inversion_config.kind == "rgal":
-    weights.update(rgal_triplet=inversion_config.rgal_triplet,
-                   rgal_swap=inversion_config.rgal_direction == "paper")
+def inversion_weights(config) -> dict[str, Any]:
+  """The inversion loss weights of `config.inversion` (+ `config.rgal`'s synthesis triplet with
+  inversion.kind = "rgal"), for `inversion.inversion_loss`."""
+  inv = config.inversion
+  weights = {"ce": inv.ce_weight, "balance": inv.balance_weight,
+             "smoothness": inv.smoothness_weight, "bn": inv.bn_weight,
+             "ce_temperature": inv.ce_temperature}
+  if inv.kind == "rgal":
+    weights.update(rgal_triplet=config.rgal.triplet,
+                   rgal_swap=config.rgal.syn_triplet_direction == "paper")
   return weights
 
 
@@ -598,7 +601,7 @@ def _build_run(config, workdir, spec, mesh, checkpoints, invocation_start
   learner = learners.get_learner(config)
   run = Run(config=config, workdir=workdir, spec=spec, mesh=mesh, learner=learner,
             model=build_model(config.model, spec.sizes, dtype=config.dtype),
-            generator=generator_for(config.data.image_size),
+            generator=generator_for(config.data.image_size, config.dtype),
             tx=optim.momentum_transform(config.optim.momentum),
             gen_tx=optax.adam(config.inversion.lr), root_key=jax.random.key(config.seed),
             checkpoints=checkpoints)
