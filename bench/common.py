@@ -13,14 +13,17 @@ import numpy as np
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-  """--image_size, --batch_size, --steps, --dtype, --conv_dtype, --peak_gflops."""
+  """--image_size, --batch_size, --steps, --dtype (alias --conv_dtype), --gen_conv_dtype,
+  --peak_gflops."""
   parser.add_argument("--image_size", type=int, default=32)
   parser.add_argument("--batch_size", type=int, default=128)
   parser.add_argument("--steps", type=int, default=10, help="timed steps after one warm-up step")
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                      help="activations (config.dtype)")
-  parser.add_argument("--conv_dtype", default="float32", choices=("float32", "bfloat16"),
-                      help="what the backbone's convolutions run in (config.model.conv_dtype)")
+  parser.add_argument("--dtype", "--conv_dtype", dest="dtype", default="float32",
+                      choices=("float32", "bfloat16"),
+                      help="config.dtype: what the backbone's and the generator's convolutions run "
+                      "in (--conv_dtype: its name before config.model.conv_dtype was removed)")
+  parser.add_argument("--gen_conv_dtype", default=None, choices=("float32", "bfloat16"),
+                      help="the generator's convolutions alone (default: --dtype, as in training)")
   parser.add_argument("--peak_gflops", type=float, default=0.0,
                       help="the device's peak GFLOP/s, to print the achieved fraction")
 

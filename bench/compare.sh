@@ -10,7 +10,7 @@
 #   TORCH_PYTHON=/path/to/torch/venv/bin/python bench/compare.sh
 # Env: IMAGE_SIZE (32), BATCH (128), STEPS (10), WORKLOADS ("rfd_step inversion_iter"),
 #   JAX_PYTHON (.venv/bin/python), TORCH_PYTHON (python),
-#   JAX_ARGS (extra flags for the JAX benches; default "--conv_dtype bfloat16"),
+#   JAX_ARGS (extra flags for the JAX benches; default "--dtype bfloat16"),
 #   JAX_XLA_FLAGS (XLA_FLAGS for the JAX runs only; default
 #   "--xla_cpu_experimental_ynn_fusion_type=", see bench/RESULTS.md),
 #   TORCH_ARGS (extra flags for torch_reference.py).
@@ -23,7 +23,7 @@ STEPS=${STEPS:-10}
 WORKLOADS=${WORKLOADS:-"rfd_step inversion_iter"}
 JAX_PYTHON=${JAX_PYTHON:-.venv/bin/python}
 TORCH_PYTHON=${TORCH_PYTHON:-python}
-JAX_ARGS=${JAX_ARGS---conv_dtype bfloat16}
+JAX_ARGS=${JAX_ARGS---dtype bfloat16}
 JAX_XLA_FLAGS=${JAX_XLA_FLAGS---xla_cpu_experimental_ynn_fusion_type=}
 TORCH_ARGS=${TORCH_ARGS:-}
 LOG_DIR=${LOG_DIR:-$(mktemp -d)}

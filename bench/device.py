@@ -9,7 +9,7 @@ budget is cut or skipped, and says so; the end-to-end run keeps its share until 
             devices jax and torch see, nvidia-smi.
   bench     bench.step (the RFD main-phase train step) and bench.inversion (one inversion
             iteration) against bench/torch_reference.py, in float32 and bfloat16 (JAX: config.dtype
-            = bfloat16 activations and convolutions, generator convolutions too; torch: autocast
+            = bfloat16: every convolution, the generator's too, in bf16; torch: autocast
             bfloat16), one line each: `<workload> jax=<img/s> torch=<img/s> ratio=<jax/torch>`,
             and a `peak_device_memory <workload> jax=... torch=...` line.
   e2e       a 2-task CIFAR-100-shaped RFD run of `python -m rfd_jax.main` (through bench.run_main,
@@ -43,7 +43,7 @@ CIFAR100_TRAIN_PER_CLASS = 500  # the real dataset's, for the paper schedule
 GOAL_MINUTES = 15.0
 GOAL_RATIO = 2.0
 WORKLOADS = {"rfd_step": "bench.step", "inversion_iter": "bench.inversion"}
-JAX_DTYPE_FLAGS = {"f32": [], "bf16": ["--dtype", "bfloat16", "--gen_conv_dtype", "bfloat16"]}
+JAX_DTYPE_FLAGS = {"f32": [], "bf16": ["--dtype", "bfloat16"]}  # config.dtype: every conv in bf16
 TORCH_DTYPE_FLAGS = {"f32": [], "bf16": ["--amp", "bf16"]}
 
 

@@ -1,7 +1,7 @@
 r"""One model-inversion iteration (the jitted `inversion.generator_step`), timed.
 
   python -m bench.inversion [--image_size 32] [--batch_size 128] [--steps 10] [--peak_gflops 0]
-                            [--dtype float32] [--conv_dtype float32] [--gen_conv_dtype float32]
+                            [--dtype float32] [--gen_conv_dtype float32]
 
 One iteration = z ~ N(0, I) → generator forward in train mode → the frozen teacher (ResNet-32 of
 CIFAR-100 10 × 10 after task 5: 50 old classes) in eval mode, reporting the input statistics of its
@@ -31,12 +31,11 @@ NUM_OLD = 50  # CIFAR-100 10 × 10, task 6: the teacher knows 50 classes
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   common.add_common_args(parser)
-  parser.add_argument("--gen_conv_dtype", default="float32", choices=("float32", "bfloat16"),
-                      help="what the generator's convolutions run in")
   args = parser.parse_args()
+  args.gen_conv_dtype = args.gen_conv_dtype or args.dtype
 
   config = cifar100.get_config()
-  config.model.conv_dtype = args.conv_dtype
+  config.dtype = args.dtype
   size, batch = args.image_size, args.batch_size
   teacher = build_model(config.model, (10,) * 10, dtype=args.dtype)
   teacher_vars = teacher.init(jax.random.key(0), jnp.zeros((2, size, size, 3)), train=False)
@@ -46,7 +45,7 @@ def main():
   gen_state = inversion.create_generator_state(generator=generator, rng=jax.random.key(1), tx=tx)
   step = jax.jit(functools.partial(
       inversion.generator_step, generator=generator, teacher=teacher, tx=tx, batch_size=batch,
-      weights=train.inversion_weights(config.inversion)), donate_argnums=(0,))
+      weights=train.inversion_weights(config)), donate_argnums=(0,))
   num_old = jnp.int32(NUM_OLD)
   compiled, compile_s, flops = common.compile_with_cost(
       step, gen_state, teacher_vars, jax.random.key(2), num_old)
@@ -57,8 +56,8 @@ def main():
     return gen_state, metrics
 
   per_step, cpu_per_step = common.time_steps(one_step, args.steps)
-  common.report(f"inversion iteration, {size} px, batch {batch}, teacher dtype {args.dtype}, "
-                f"conv_dtype {args.conv_dtype}, generator conv_dtype {args.gen_conv_dtype}",
+  common.report(f"inversion iteration, {size} px, batch {batch}, dtype {args.dtype}, "
+                f"generator conv_dtype {args.gen_conv_dtype}",
                 per_step=per_step, cpu_per_step=cpu_per_step, images=batch, steps=args.steps,
                 compile_s=compile_s, flops=flops, peak_gflops=args.peak_gflops)
 

@@ -1,7 +1,7 @@
 r"""The full distillation train step of a learner (default: the RFD main phase), timed.
 
   python -m bench.step [--method rfd] [--phase main] [--image_size 32] [--batch_size 128]
-                       [--steps 10] [--peak_gflops 0] [--dtype float32] [--conv_dtype float32]
+                       [--steps 10] [--peak_gflops 0] [--dtype float32]
                        [--gen_conv_dtype float32]
 
 One step = a synthetic batch from the frozen generator, the teacher pass over real ∪ synthetic,
@@ -34,13 +34,12 @@ def main():
   parser.add_argument("--method", default="rfd")
   parser.add_argument("--phase", default="main", choices=("main", "finetune"))
   common.add_common_args(parser)
-  parser.add_argument("--gen_conv_dtype", default="float32", choices=("float32", "bfloat16"),
-                      help="what the frozen generator's convolutions run in")
   args = parser.parse_args()
+  args.gen_conv_dtype = args.gen_conv_dtype or args.dtype
 
   config = cifar100.get_config()
   config.method = args.method
-  config.model.conv_dtype = args.conv_dtype
+  config.dtype = args.dtype
   learner = learners.get_learner(config)
   loss_fn = learner.main_loss if args.phase == "main" else learner.finetune_loss
   if loss_fn is None:
@@ -84,7 +83,7 @@ def main():
 
   per_step, cpu_per_step = common.time_steps(one_step, args.steps)
   common.report(f"{args.method} {args.phase} step, {size} px, batch {batch} real + {batch} "
-                f"synthetic, dtype {args.dtype}, conv_dtype {args.conv_dtype}, generator conv_dtype "
+                f"synthetic, dtype {args.dtype}, generator conv_dtype "
                 f"{args.gen_conv_dtype}",
                 per_step=per_step, cpu_per_step=cpu_per_step, images=batch, steps=args.steps,
                 compile_s=compile_s, flops=flops, peak_gflops=args.peak_gflops)

@@ -10,7 +10,11 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.method = "rfd"  # rfd | rdfcil | abd | deepinversion | finetune | joint
   config.seed = 0
-  config.dtype = "float32"  # activations: float32 | bfloat16 (params, BN statistics, logits: f32)
+  # float32 | bfloat16: what every convolution of every network the run builds (the backbone,
+  # ResNet-32 or ResNet-18, and the inversion generator) computes in. bfloat16 casts each conv's
+  # input and kernel to bf16 and its result back to float32; activations, BN, parameters, losses
+  # and the optimizer stay float32. Faster on CPU (bench/RESULTS.md), changes the numerics slightly.
+  config.dtype = "float32"
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = "cifar100"
@@ -28,9 +32,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = "resnet32"
   config.model.head = "rfd"  # rfd: Linear(F→F)→Linear(F→n_t) per task; linear: one Linear
-  # float32 | bfloat16: what the backbone's convolutions run in (inputs and kernels cast, result
-  # cast back; BN, params, losses and optimizer stay float32). See bench/RESULTS.md for speed.
-  config.model.conv_dtype = "float32"
 
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 0.1
@@ -55,11 +56,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.inversion.balance_weight = 1.0
   config.inversion.smoothness_weight = 1e-3
   config.inversion.bn_weight = 50.0
-  # kind: standard (the loss above) | rgal (+ RGAL's focal-sampled triplet on the teacher's stage-3/4
-  # features; and, method rfd, distill.lambda_striplet's triplet on the replay: rgal.md §7).
+  # kind: standard (the loss above) | rgal (+ config.rgal.triplet · RGAL's focal-sampled triplet on
+  # the teacher's stage-3/4 features; and, method rfd, config.rgal.striplet · the triplet on the
+  # replay: rgal.md §7).
   config.inversion.kind = "standard"
-  config.inversion.rgal_triplet = 0.1  # synthesis triplet weight (RGAL's 0.1)
-  config.inversion.rgal_direction = "paper"  # paper (push same-label apart) | released_code
 
   # Student losses of the distillation learners (spec §5, §6).
   config.distill = ml_collections.ConfigDict()
@@ -74,7 +74,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.distill.abd_mu = 0.1  # abd: feature distillation weight
   config.distill.lwf_mu = 1.0  # deepinversion: LwF KD weight
   config.distill.lwf_temperature = 2.0
-  config.distill.lambda_striplet = 0.1  # rfd with inversion.kind=rgal: replay triplet (RGAL's 0.1)
+
+  # RGAL's weights, used with inversion.kind=rgal (the same names as in the dfkd job's configs).
+  config.rgal = ml_collections.ConfigDict()
+  config.rgal.triplet = 0.1  # synthesis triplet weight (RGAL's 0.1)
+  config.rgal.syn_triplet_direction = "paper"  # paper (push same-label apart) | released_code
+  config.rgal.striplet = 0.1  # method rfd: student-side triplet on the replay (RGAL's 0.1)
 
   config.log = ml_collections.ConfigDict()
   config.log.progress = True  # a line per epoch and per inversion chunk; False for quiet runs (CI)

@@ -20,6 +20,9 @@ def get_config(pair: str = "wrn") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.job = "dfkd"
   config.seed = 0
+  # float32 | bfloat16: what the convolutions of the student and the generator compute in (the
+  # teacher's: its own run's config.dtype); bfloat16 casts their inputs and kernels to bf16 and
+  # results back to float32 (activations, BN, parameters, losses and the optimizer stay float32).
   config.dtype = "float32"
   config.teacher_ckpt = ""  # workdir of the teacher run (configs/teacher_*.py)
   config.teacher_model = teacher  # checked against the model the teacher run trained

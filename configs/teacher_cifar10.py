@@ -14,6 +14,8 @@ def get_config(model: str = "wrn40_2") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.job = "teacher"
   config.seed = 0
+  # float32 | bfloat16: what the classifier's convolutions compute in; bfloat16 casts their inputs
+  # and kernels to bf16 and results back to float32 (activations, BN, parameters stay float32).
   config.dtype = "float32"
 
   config.data = ml_collections.ConfigDict()

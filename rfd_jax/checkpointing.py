@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import json
 import logging as std_logging
 import os
 import signal
@@ -33,7 +32,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from rfd_jax import config_validation
+from rfd_jax import config_validation, writers
 
 # Exit codes of rfd_jax.main beyond 0 (done) and 2 (config error, including a refused resume).
 EXIT_NON_FINITE = 3  # a loss (or the parameters) became NaN/inf; the last good checkpoint is kept
@@ -79,20 +78,18 @@ def wall_times(earlier: list[float], start: float) -> dict[str, Any]:
   return {"wall_seconds": sum(per_invocation), "wall_seconds_per_invocation": per_invocation}
 
 
-def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
-  """{"optim": {"lr": 0.1}} → {"optim.lr": 0.1}; tuples become lists (as after a JSON trip)."""
-  flat = {}
-  for key, value in config.items():
-    if isinstance(value, dict):
-      flat.update(flatten_config(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = json.loads(json.dumps(value, default=str))
-  return flat
+def _flat_configs(saved: dict, current: dict) -> tuple[dict, dict, list[str]]:
+  """Both configs flattened, the saved one in today's field names (it may predate a rename), and
+  the notes on the renamed fields it had."""
+  flat_saved, notes = config_validation.upgrade_saved_config(
+      writers.flatten_config(saved, json_values=True))
+  return flat_saved, writers.flatten_config(current, json_values=True), notes
 
 
 def config_differences(saved: dict, current: dict) -> tuple[list[str], list[str]]:
-  """(fields that change the result, harmless fields) in which two config dicts differ."""
-  saved, current = flatten_config(saved), flatten_config(current)
+  """(fields that change the result, harmless fields) in which two config dicts differ; `saved`
+  is read in today's field names (config_validation.upgrade_saved_config)."""
+  saved, current, _ = _flat_configs(saved, current)
   differing = sorted(k for k in saved.keys() | current.keys()
                      if saved.get(k, "<absent>") != current.get(k, "<absent>"))
   harmless = [k for k in differing if k.startswith(HARMLESS_FIELDS)]
@@ -101,15 +98,21 @@ def config_differences(saved: dict, current: dict) -> tuple[list[str], list[str]
 
 def check_config(saved: dict, current: dict, *, allow_change: bool, source: str) -> None:
   """Raises ConfigMismatchError listing the fields (with both values) in which `current` differs
-  from the checkpoint's `saved` config, unless only harmless fields differ or `allow_change`."""
+  from the checkpoint's `saved` config, unless only harmless fields differ or `allow_change`.
+  A saved config from before a field was renamed is compared under today's names."""
   relevant, harmless = config_differences(saved, current)
+  flat_saved, flat_current, notes = _flat_configs(saved, current)
+  if notes:
+    logging.info("the checkpoint's config predates renamed fields, compared as today's: %s",
+                 "; ".join(notes))
   if harmless:
     logging.info("config differs from the checkpoint's in harmless fields: %s", ", ".join(harmless))
   if not relevant:
     return
-  flat_saved, flat_current = flatten_config(saved), flatten_config(current)
   listing = "; ".join(f"config.{k}: {flat_saved.get(k, '<absent>')!r} in the checkpoint, "
                       f"{flat_current.get(k, '<absent>')!r} now" for k in relevant)
+  if notes:
+    listing += f" (the checkpoint's config predates renamed fields: {'; '.join(notes)})"
   if allow_change:
     logging.warning("resuming from %s despite config changes (config.ckpt.allow_config_change): "
                     "%s", source, listing)

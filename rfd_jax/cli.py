@@ -9,7 +9,8 @@ parses anything:
     a usable get_config(), is reported in one line (ml_collections would raise a chained
     traceback when the config is first used);
   * checks that every `--config.<field>` override names a field of the config, suggesting the
-    closest name (ml_collections raises an AttributeError traceback);
+    closest name, or naming the replacement of a removed field (config_validation.RENAMED_FIELDS)
+    (ml_collections raises an AttributeError traceback);
 and then reports absl's own parse errors (a value of the wrong type, an unknown flag, a missing
 --config) in the same one-line form.
 """
@@ -28,6 +29,8 @@ from typing import Any, NoReturn
 
 from absl import app, flags
 import ml_collections
+
+from rfd_jax import config_validation
 
 EXIT_USAGE = 2
 HELP_FLAGS = {"help": "short", "helpshort": "short", "?": "short", "h": "short", "helpfull": "full"}
@@ -168,7 +171,8 @@ def field_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str
 
 def unknown_field_message(config: ml_collections.ConfigDict, path: str,
                           name: str = "config") -> str | None:
-  """None if `path` is a field of `config`, else the error text, with the closest field names."""
+  """None if `path` is a field of `config`, else the error text: the replacement of a removed
+  field (config_validation.RENAMED_FIELDS), or the closest field names."""
   node, walked = config, []
   for part in path.split("."):
     where = ".".join([name, *walked])
@@ -176,6 +180,10 @@ def unknown_field_message(config: ml_collections.ConfigDict, path: str,
       return (f"--{name}.{path}: {where} is a {type(node).__name__} value and has no field "
               f"{part!r}; override --{where}=... itself.")
     if part not in node:
+      renamed = config_validation.RENAMED_FIELDS.get(path)
+      if renamed is not None:
+        return (f"--{name}.{path}: {name}.{path} was removed; use --{name}.{renamed}=... "
+                f"instead.")
       everywhere = field_paths(config)
       same_leaf = [p for p in everywhere if p.rsplit(".", 1)[-1] == part]
       close = difflib.get_close_matches(".".join(walked + [part]), everywhere, n=3, cutoff=0.6)

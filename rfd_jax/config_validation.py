@@ -10,6 +10,17 @@ MODELS = ("resnet32", "resnet32_he", "resnet18")
 HEADS = ("rfd", "linear", "abd")
 DTYPES = ("float32", "bfloat16")
 INVERSION_KINDS = ("standard", "rgal")
+SYN_TRIPLET_DIRECTIONS = ("paper", "released_code")
+
+# Fields that were removed, with the field that replaced each (same values, same meaning, except
+# model.conv_dtype: config.dtype now sets what every network's convolutions run in, with float32
+# activations; before, config.dtype=bfloat16 made the CIFAR ResNets' activations bf16).
+RENAMED_FIELDS = {
+    "inversion.rgal_triplet": "rgal.triplet",
+    "inversion.rgal_direction": "rgal.syn_triplet_direction",
+    "distill.lambda_striplet": "rgal.striplet",
+    "model.conv_dtype": "dtype",
+}
 
 
 class ConfigError(ValueError):
@@ -21,12 +32,54 @@ def _require(condition: bool, message: str) -> None:
     raise ConfigError(message)
 
 
+def renamed_field_message(path: str) -> str | None:
+  """For a removed field (dotted path below `config.`): the error text naming its replacement."""
+  new = RENAMED_FIELDS.get(path)
+  if new is None:
+    return None
+  return f"config.{path} was removed; use config.{new} (--config.{new}=...)."
+
+
+def _field_paths(config, prefix: str = "") -> list[str]:
+  paths = []
+  for key, value in config.items():
+    paths += (_field_paths(value, f"{prefix}{key}.") if hasattr(value, "items")
+              else [f"{prefix}{key}"])
+  return paths
+
+
+def check_removed_fields(config) -> None:
+  """ConfigError if `config` (e.g. a config file of one's own) still sets a removed field."""
+  for path in _field_paths(config):
+    _require(path not in RENAMED_FIELDS, renamed_field_message(path) or "")
+
+
+def upgrade_saved_config(flat: dict) -> tuple[dict, list[str]]:
+  """A flattened config saved before fields were renamed (a checkpoint's config.json), in today's
+  names: (the upgraded copy, one note per renamed field found). A saved config.dtype="bfloat16"
+  next to model.conv_dtype meant bf16 activations, which no longer exist: it becomes
+  "bfloat16 (activations)", so comparing it with today's config reports the difference."""
+  flat, notes = dict(flat), []
+  if "model.conv_dtype" in flat:
+    conv_dtype = flat.pop("model.conv_dtype")
+    old_dtype = flat.get("dtype", "float32")
+    flat["dtype"] = conv_dtype if old_dtype == "float32" else f"{old_dtype} (activations)"
+    notes.append(f"config.model.conv_dtype={conv_dtype!r} with config.dtype={old_dtype!r} is "
+                 f"config.dtype={flat['dtype']!r}")
+  for old, new in RENAMED_FIELDS.items():
+    if old in flat and new not in flat:
+      flat[new] = flat.pop(old)
+      notes.append(f"config.{old} is config.{new}")
+  return flat, notes
+
+
 def validate(config) -> tasks.TaskSpec:
   """Checks `config` and returns the run's TaskSpec.
 
   Raises:
     ConfigError: naming the first offending field.
   """
+  check_removed_fields(config)
   _require(config.method in METHODS,
            f"config.method={config.method!r} is unknown; expected one of {METHODS}.")
   try:
@@ -41,9 +94,6 @@ def validate(config) -> tasks.TaskSpec:
            f"config.model.name={config.model.name!r} is unknown; expected one of {MODELS}.")
   _require(config.model.head in HEADS,
            f"config.model.head={config.model.head!r} is unknown; expected one of {HEADS}.")
-  _require(config.model.get("conv_dtype", "float32") in DTYPES,
-           f"config.model.conv_dtype={config.model.get('conv_dtype')!r} is unknown; expected one "
-           f"of {DTYPES}.")
   data, optim = config.data, config.optim
   _require(data.batch_size >= 1, f"config.data.batch_size={data.batch_size} must be >= 1.")
   _require(data.eval_batch_size >= 1,
@@ -101,19 +151,19 @@ def validate(config) -> tasks.TaskSpec:
     _require(inv[name] >= 0, f"config.inversion.{name}={inv[name]} must be >= 0.")
   _require(inv.kind in INVERSION_KINDS,
            f"config.inversion.kind={inv.kind!r} is unknown; expected one of {INVERSION_KINDS}.")
-  _require(inv.rgal_direction in ("paper", "released_code"),
-           f"config.inversion.rgal_direction={inv.rgal_direction!r}: expected 'paper' or "
-           "'released_code'.")
-  _require(inv.rgal_triplet >= 0, f"config.inversion.rgal_triplet={inv.rgal_triplet} must be >= 0.")
+  rgal = config.rgal
+  _require(rgal.syn_triplet_direction in SYN_TRIPLET_DIRECTIONS,
+           f"config.rgal.syn_triplet_direction={rgal.syn_triplet_direction!r}: expected one of "
+           f"{SYN_TRIPLET_DIRECTIONS}.")
+  for name in ("triplet", "striplet"):
+    _require(rgal[name] >= 0, f"config.rgal.{name}={rgal[name]} must be >= 0.")
   _require(inv.kind != "rgal" or config.model.name != "resnet32_he",
            "config.inversion.kind='rgal' mines the teacher's stage-3 and stage-4 features; "
            "config.model.name='resnet32_he' has 3 stages: use 'resnet32' or kind='standard'.")
-  _require(config.distill.lambda_striplet >= 0,
-           f"config.distill.lambda_striplet={config.distill.lambda_striplet} must be >= 0.")
-  _require(inv.kind != "rgal" or config.method == "rfd" or config.distill.lambda_striplet == 0,
-           f"config.inversion.kind='rgal' adds the replay triplet (config.distill.lambda_striplet="
-           f"{config.distill.lambda_striplet}) to method rfd only; for config.method="
-           f"{config.method!r} pass --config.distill.lambda_striplet=0 (inversion-side RGAL only).")
+  _require(inv.kind != "rgal" or config.method == "rfd" or rgal.striplet == 0,
+           f"config.inversion.kind='rgal' adds the replay triplet (config.rgal.striplet="
+           f"{rgal.striplet}) to method rfd only; for config.method={config.method!r} pass "
+           "--config.rgal.striplet=0 (inversion-side RGAL only).")
   _require(inv.ce_temperature > 0,
            f"config.inversion.ce_temperature={inv.ce_temperature} must be > 0.")
   distill = config.distill

@@ -43,6 +43,7 @@ from rfd_jax import (checkpointing, config_validation, evaluation, input_pipelin
                      writers)
 from rfd_jax.models import dfkd_nets
 from rfd_jax.models.cmi_generator import CmiGenerator
+from rfd_jax.models.layers import conv_compute_dtype
 
 DIRECTIONS = ("paper", "released_code")
 
@@ -429,7 +430,8 @@ def train_dfkd(config, workdir: str) -> dict:
         f"student's stages {student.stage_names}.")
   syn = config.synthesis
   nets = dict(student=student, teacher=teacher, teacher_vars=teacher_vars,
-              generator=CmiGenerator(nz=syn.nz, ngf=syn.ngf, img_size=size),
+              generator=CmiGenerator(nz=syn.nz, ngf=syn.ngf, img_size=size,
+                                        conv_dtype=conv_compute_dtype(config.dtype)),
               gen_tx=optax.adam(syn.lr, b1=syn.beta1, b2=syn.beta2),
               tx=optim.momentum_transform(config.optim.momentum),
               pairs=stage_pairs(student, teacher), triplet_layers=triplet_layers)

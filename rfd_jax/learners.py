@@ -220,7 +220,7 @@ def rfd_main_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *, m
   map of the real images (it only touches the BN layers of stages 2–4). LFD is the MSE between the
   student's pooled feature of the real images and the hybrid path's, with gradients into both.
 
-  striplet > 0 (inversion.kind = "rgal", rgal.md §7): + striplet·RGAL's student-phase triplet on
+  striplet > 0 (config.rgal.striplet with inversion.kind = "rgal", rgal.md §7): + striplet·RGAL's student-phase triplet on
   the replay batch: distance-weighted sampling on the student's normalised old-class logits, labels
   = the teacher's argmax, pulling same-label pooled features together (key: inputs.rng).
   """
@@ -363,7 +363,7 @@ def get_learner(config) -> Learner:
                    reuse_generator=False, train_on_seen_classes=method == "joint")
   if method == "rfd":
     bind = lambda fn: functools.partial(fn, temperature=distill.dist_temperature)
-    striplet = distill.lambda_striplet if config.inversion.get("kind") == "rgal" else 0.0
+    striplet = config.rgal.striplet if config.inversion.get("kind") == "rgal" else 0.0
     return Learner(name=method, uses_inversion=True, has_finetune_phase=True,
                    reuse_generator=reuse, weight_scheme="rfd",
                    main_loss=functools.partial(bind(rfd_main_loss), striplet=striplet),

@@ -24,6 +24,7 @@ ConfigError = config_validation.ConfigError
 def check(config, workdir: str) -> str:
   """Runs every check for the job of `config` (see the module docstring); returns the job."""
   job = config_validation.job_of(config)
+  config_validation.check_removed_fields(config)
   if job == "dfcil":
     spec = config_validation.validate(config)
   elif job == "teacher":

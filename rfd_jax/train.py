@@ -70,19 +70,22 @@ def build_step_fns(config, learner: learners.Learner, model, generator, tx, data
                         in_shardings=(rep, batch, rep), out_shardings=rep),
       inversion_chunk=inversion.make_inversion_chunk_fn(
           generator=generator, teacher=model, tx=optax.adam(inv.lr), batch_size=inv.batch_size,
-          chunk_steps=inv.chunk_steps, weights=inversion_weights(inv), loop=inv.loop,
+          chunk_steps=inv.chunk_steps, weights=inversion_weights(config), loop=inv.loop,
           batch_sharding=batch),
       class_weights=jax.jit(losses.class_balance_weights, in_shardings=(rep, rep),
                             out_shardings=rep))
 
 
-def inversion_weights(inversion_config) -> dict[str, Any]:
-  weights = {"ce": inversion_config.ce_weight, "balance": inversion_config.balance_weight,
-             "smoothness": inversion_config.smoothness_weight, "bn": inversion_config.bn_weight,
-             "ce_temperature": inversion_config.ce_temperature}
-  if inversion_config.kind == "rgal":
-    weights.update(rgal_triplet=inversion_config.rgal_triplet,
-                   rgal_swap=inversion_config.rgal_direction == "paper")
+def inversion_weights(config) -> dict[str, Any]:
+  """The inversion loss weights of `config.inversion` (+ `config.rgal`'s synthesis triplet with
+  inversion.kind = "rgal"), for `inversion.inversion_loss`."""
+  inv = config.inversion
+  weights = {"ce": inv.ce_weight, "balance": inv.balance_weight,
+             "smoothness": inv.smoothness_weight, "bn": inv.bn_weight,
+             "ce_temperature": inv.ce_temperature}
+  if inv.kind == "rgal":
+    weights.update(rgal_triplet=config.rgal.triplet,
+                   rgal_swap=config.rgal.syn_triplet_direction == "paper")
   return weights
 
 
@@ -151,7 +154,7 @@ def load_run(config, workdir: str, spec: tasks.TaskSpec, mesh) -> Run:
   plan = make_plan(config, learner, [len(idx) // batch_size for idx in task_indices])
   optim_config, inv = config.optim, config.inversion
   model = build_model(config.model, spec.sizes, dtype=config.dtype)
-  generator = generator_for(config.data.image_size)
+  generator = generator_for(config.data.image_size, config.dtype)
   tx = optim.momentum_transform(optim_config.momentum)
   return Run(config=config, workdir=workdir, spec=spec, mesh=mesh, learner=learner, model=model,
              generator=generator, tx=tx, gen_tx=optax.adam(inv.lr),
@@ -359,7 +362,8 @@ def _abstract_arrays(config, spec, mesh) -> dict[str, Any]:
     aux = {} if learner.init_aux is None else learner.init_aux(rng, model.num_features)
     state = create_train_state(model=model, rng=rng, image_size=config.data.image_size,
                                num_classes=spec.num_classes, tx=tx, aux_params=aux)
-    gen = inversion.create_generator_state(generator=generator_for(config.data.image_size),
+    gen = inversion.create_generator_state(generator=generator_for(config.data.image_size,
+                                                                   config.dtype),
                                            rng=rng, tx=optax.adam(config.inversion.lr))
     return {"state": state, "class_weights": jnp.ones((spec.num_classes,), jnp.float32),
             "teacher": state.variables, "generator": gen}

@@ -34,14 +34,22 @@ def write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def flatten_config(tree: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
-  """{"optim": {"lr": 0.1}} → {"optim.lr": 0.1}; values other than bool/int/float/str (tuples,
-  None) become their str(), as TensorBoard's hparams plugin takes only those types."""
+def flatten_config(tree: dict[str, Any], prefix: str = "", *,
+                   json_values: bool = False) -> dict[str, Any]:
+  """{"optim": {"lr": 0.1}} → {"optim.lr": 0.1}.
+
+  Leaf values: with json_values, as after a JSON round trip (tuples become lists, None stays None,
+  other objects their str()), to compare a config with one read back from JSON; otherwise
+  bool/int/float/str, anything else (tuples, None) its str(), as TensorBoard's hparams plugin takes
+  only those types.
+  """
   flat = {}
   for key, value in tree.items():
     name = f"{prefix}{key}"
     if isinstance(value, dict):
-      flat.update(flatten_config(value, prefix=f"{name}."))
+      flat.update(flatten_config(value, prefix=f"{name}.", json_values=json_values))
+    elif json_values:
+      flat[name] = json.loads(json.dumps(value, default=str))
     elif isinstance(value, (bool, int, float, str)):
       flat[name] = value
     else:

@@ -100,7 +100,7 @@ def test_one_train_step_on_fake_folder_data(name, tmp_path):
                                                tx=gen_tx)
   inv_step = functools.partial(
       inversion.generator_step, generator=generator, teacher=model, tx=gen_tx, batch_size=4,
-      weights=train.inversion_weights(config.inversion))
+      weights=train.inversion_weights(config))
   new_gen, inv_metrics = _compile_fast(inv_step, gen_state, new_state.variables, jax.random.key(3),
                                        jnp.int32(spec.sizes[0]))
   assert int(new_gen.step) == 1 and np.isfinite(float(inv_metrics["inversion/loss"]))
@@ -153,7 +153,7 @@ def test_abd_cifar100_is_abds_recipe(num_tasks):
   np.testing.assert_allclose(lrs, [0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-9)
   # deep_inv_params 1e-3 5e1 1e-3 1e3 1, power_iters 10000, class balance weight 1
   assert (config.inversion.iterations, config.inversion.lr) == (10_000, 1e-3)
-  assert train.inversion_weights(config.inversion) == {
+  assert train.inversion_weights(config) == {
       "ce": 1.0, "balance": 1.0, "smoothness": 1e-3, "bn": 50.0, "ce_temperature": 1000.0}
   assert config.distill.abd_mu == 0.1
   model = build_model(config.model, spec.sizes)

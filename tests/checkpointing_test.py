@@ -376,6 +376,53 @@ def test_config_differences_split_harmless_fields():
   assert isinstance(checkpointing.ConfigMismatchError("x"), config_validation.ConfigError)
 
 
+def _saved_before_the_rename(config) -> dict:
+  """config.to_dict() as a run saved it before config.rgal and the single config.dtype."""
+  saved = config.to_dict()
+  rgal = saved.pop("rgal")
+  saved["inversion"].update(rgal_triplet=rgal["triplet"],
+                            rgal_direction=rgal["syn_triplet_direction"])
+  saved["distill"]["lambda_striplet"] = rgal["striplet"]
+  saved["model"]["conv_dtype"] = saved["dtype"]
+  saved["dtype"] = "float32"
+  return saved
+
+
+def test_config_saved_before_the_rename_resumes_under_todays_names():
+  current = digits.get_config()
+  saved = _saved_before_the_rename(current)
+  assert checkpointing.config_differences(saved, current.to_dict()) == ([], [])
+  checkpointing.check_config(saved, current.to_dict(), allow_change=False, source="x")
+  current.dtype = "bfloat16"  # = model.conv_dtype=bfloat16 before
+  checkpointing.check_config(_saved_before_the_rename(current), current.to_dict(),
+                             allow_change=False, source="x")
+
+  current = digits.get_config()
+  saved = _saved_before_the_rename(current)
+  saved["inversion"]["rgal_triplet"] = 0.2
+  with pytest.raises(checkpointing.ConfigMismatchError) as error:
+    checkpointing.check_config(saved, current.to_dict(), allow_change=False, source="x")
+  message = str(error.value)
+  assert "config.rgal.triplet: 0.2 in the checkpoint, 0.1 now" in message
+  assert "predates renamed fields" in message
+  assert "config.inversion.rgal_triplet is config.rgal.triplet" in message
+
+
+def test_bfloat16_activations_of_an_old_config_are_reported():
+  """Before the rename config.dtype=bfloat16 made the activations bf16; today it is the
+  convolutions only, so resuming such a run reports the change."""
+  current = digits.get_config()
+  current.dtype = "bfloat16"
+  saved = _saved_before_the_rename(current)
+  saved["dtype"], saved["model"]["conv_dtype"] = "bfloat16", "float32"
+  relevant, _ = checkpointing.config_differences(saved, current.to_dict())
+  assert relevant == ["dtype"]
+  with pytest.raises(checkpointing.ConfigMismatchError,
+                     match="config.dtype: 'bfloat16 \\(activations\\)' in the checkpoint, "
+                           "'bfloat16' now"):
+    checkpointing.check_config(saved, current.to_dict(), allow_change=False, source="x")
+
+
 @pytest.mark.parametrize("field, value", [("ckpt.every_steps", 0), ("ckpt.keep", 0),
                                           ("ckpt.allow_config_change", 1),
                                           ("init_from", None)])

@@ -72,6 +72,28 @@ def test_wrong_type_in_an_override(capsys, override, expected):
   assert line.startswith(f"error: {override.split('=')[0]}") and expected in line
 
 
+@pytest.mark.parametrize("old, new", [
+    ("inversion.rgal_triplet", "rgal.triplet"),
+    ("inversion.rgal_direction", "rgal.syn_triplet_direction"),
+    ("distill.lambda_striplet", "rgal.striplet"),
+    ("model.conv_dtype", "dtype"),
+])
+def test_removed_field_names_its_replacement(capsys, old, new):
+  line = _one_error_line(capsys, lambda: _parse("--config", "configs/digits.py",
+                                                f"--config.{old}=1"))
+  assert line == (f"error: --config.{old}: config.{old} was removed; use --config.{new}=... "
+                  "instead.")
+
+
+def test_removed_field_set_in_a_config_file(capsys, tmp_path):
+  """A config of one's own that still sets a removed field fails before anything is written."""
+  config = _tiny_digits()
+  config.distill.lambda_striplet = 0.5  # (a ConfigDict that is not locked takes new fields)
+  line = _fails_without_writing(capsys, config, tmp_path / "run")
+  assert line == "error: config.distill.lambda_striplet was removed; use config.rgal.striplet " \
+                 "(--config.rgal.striplet=...)."
+
+
 def test_good_overrides_parse(capsys):
   _, flag_values = _parse("--config", "configs/digits.py", "--config.optim.lr=0.2",
                           "--config.log.progress=False", "--config.optim.milestones=(3,5)")
@@ -251,3 +273,14 @@ def test_command_line_mistakes_are_one_line(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and expected in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr and not proc.stdout
+
+
+def test_removed_field_override_is_one_line_and_writes_nothing(tmp_path):
+  workdir = tmp_path / "run"
+  proc = _main("--config", "configs/digits.py", "--config.inversion.rgal_triplet=1",
+               "--workdir", str(workdir))
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+  assert "config.inversion.rgal_triplet was removed" in errors[0]
+  assert "--config.rgal.triplet=" in errors[0]
+  assert "Traceback" not in proc.stderr and not proc.stdout and not workdir.exists()

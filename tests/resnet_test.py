@@ -112,11 +112,10 @@ def test_mask_unseen_blocks_probability_and_gradient():
 
 
 def test_bfloat16_activations_keep_params_statistics_and_logits_float32():
-  """config.dtype=bfloat16: activations in bf16; params, BN statistics, logits, grads in f32."""
-  config = type("ModelConfig", (), {"name": "resnet32", "head": "rfd"})
-  model = resnet.build_model(config, TASK_SIZES, dtype="bfloat16")
-  assert model.dtype == jnp.bfloat16
-  model = model.clone(stage_blocks=(1, 1, 1, 1))  # every layer kind, quick to compile
+  """CifarResNet(dtype=bfloat16): activations in bf16; params, BN statistics, logits, grads in
+  f32. (No config reaches it: config.dtype sets `conv_dtype`, tests/conv_dtype_test.py.)"""
+  model = resnet.CifarResNet(task_sizes=TASK_SIZES, dtype=jnp.bfloat16,
+                             stage_blocks=(1, 1, 1, 1))  # every layer kind, quick to compile
   x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
 
   # random float32 variables of the right shapes: compiling flax's initialisers takes ~10 s on CPU

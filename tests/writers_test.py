@@ -72,6 +72,10 @@ def test_disabled_writer_writes_nothing(tmp_path):
 def test_flatten_config():
   assert writers.flatten_config({"a": {"b": 1, "c": {"d": None}}, "e": (1, 2), "f": "x"}) == {
       "a.b": 1, "a.c.d": "None", "e": "(1, 2)", "f": "x"}
+  # json_values: as read back from config.json, for comparing configs (checkpointing)
+  assert writers.flatten_config({"a": {"b": 1, "c": {"d": None}}, "e": (1, 2), "f": "x"},
+                                json_values=True) == {"a.b": 1, "a.c.d": None, "e": [1, 2],
+                                                      "f": "x"}
 
 
 def test_keep_records_drops_the_records_past_the_resumed_state(tmp_path):

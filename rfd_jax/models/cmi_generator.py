@@ -14,20 +14,19 @@ Init is CMI's `reset_model`: Conv / Linear weights N(0, 0.02), biases 0, BN γ ~
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from rfd_jax.models.layers import Conv, upsample2x
 
 _weight_init = nn.initializers.normal(0.02)
 
 
 def _bn_scale_init(key, shape, dtype=jnp.float32):
   return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
-
-
-def _upsample2x(x: jax.Array) -> jax.Array:
-  """Nearest-neighbour ×2 on (B, H, W, C)."""
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
 class BatchStatsNorm(nn.BatchNorm):
@@ -59,11 +58,14 @@ class CmiGenerator(nn.Module):
     ngf: base width; the first blocks have 2·ngf channels, the last ngf.
     img_size: output side, a multiple of 4 and >= 8.
     nc: output channels.
+    conv_dtype: what the convolutions run in (config.dtype; None: float32; bfloat16: inputs and
+      kernels cast to bf16, results cast back to float32; BN, params and optimizer stay float32).
   """
   nz: int = 256
   ngf: int = 64
   img_size: int = 32
   nc: int = 3
+  conv_dtype: Any = None
 
   def __post_init__(self):
     if self.img_size % 4 != 0 or self.img_size < 8:
@@ -83,13 +85,14 @@ class CmiGenerator(nn.Module):
     s, c = self.init_size, 2 * self.ngf
     bn = lambda name: BatchStatsNorm(momentum=0.9, epsilon=1e-5, scale_init=_bn_scale_init,
                                      name=name)
-    conv = lambda features, name, use_bias=False: nn.Conv(
+    conv = lambda features, name, use_bias=False: Conv(
         features, (3, 3), padding=((1, 1), (1, 1)), use_bias=use_bias, kernel_init=_weight_init,
+        dtype=self.conv_dtype, out_dtype=None if self.conv_dtype is None else jnp.float32,
         name=name)
     x = nn.Dense(c * s * s, kernel_init=_weight_init, name="linear")(z.reshape(z.shape[0], -1))
     x = bn("bn0")(x.reshape(z.shape[0], s, s, c))
-    x = conv(c, "conv1")(_upsample2x(x))
+    x = conv(c, "conv1")(upsample2x(x))
     x = nn.leaky_relu(bn("bn1")(x), negative_slope=0.2)
-    x = conv(self.ngf, "conv2")(_upsample2x(x))
+    x = conv(self.ngf, "conv2")(upsample2x(x))
     x = nn.leaky_relu(bn("bn2")(x), negative_slope=0.2)
     return nn.sigmoid(conv(self.nc, "conv_out", use_bias=True)(x))

@@ -11,7 +11,8 @@ Every BN is `resnet.BatchNorm` (PyTorch momentum 0.1 = Flax 0.9, eps 1e-5), so
 `apply(..., mutable=["bn_stats"])` reports each BN layer's input statistics for model inversion.
 Convs use kaiming-normal(fan_out), BN γ = 1 and β = 0, the classifier U(±1/√fan_in) weights and a
 zero bias. Every model returns `(logits (B, K) float32, features)` with features "stage1".. (NHWC
-maps in `dtype`) and "pooled" (B, F) float32.
+maps) and "pooled" (B, F), all float32; `conv_dtype` (config.dtype) is what the convolutions alone
+run in (bfloat16: inputs and kernels cast to bf16, results cast back to float32).
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rfd_jax.models.layers import Conv, conv_compute_dtype
 from rfd_jax.models.resnet import _batch_norm, _conv3x3, conv_init, torch_linear_init
 
 
-def _conv1x1(features: int, stride: int, name: str, dtype: Any) -> nn.Conv:
-  return nn.Conv(features, (1, 1), strides=(stride, stride), padding="VALID", use_bias=False,
-                 kernel_init=conv_init, dtype=dtype, name=name)
+def _conv1x1(features: int, stride: int, name: str, conv_dtype: Any) -> nn.Conv:
+  return Conv(features, (1, 1), strides=(stride, stride), padding="VALID", use_bias=False,
+              kernel_init=conv_init, dtype=conv_dtype or jnp.float32, out_dtype=jnp.float32,
+              name=name)
 
 
 def _classifier(num_classes: int) -> nn.Dense:
@@ -46,18 +49,18 @@ class WideBlock(nn.Module):
   """
   features: int
   stride: int = 1
-  dtype: Any = jnp.float32
+  conv_dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    o = nn.relu(_batch_norm(train, "bn1", dtype=self.dtype)(x))
-    y = _conv3x3(self.features, self.stride, "conv1", self.dtype)(o)
-    y = nn.relu(_batch_norm(train, "bn2", dtype=self.dtype)(y))
-    y = _conv3x3(self.features, 1, "conv2", self.dtype)(y)
+    o = nn.relu(_batch_norm(train, "bn1")(x))
+    y = _conv3x3(self.features, self.stride, "conv1", conv_dtype=self.conv_dtype)(o)
+    y = nn.relu(_batch_norm(train, "bn2")(y))
+    y = _conv3x3(self.features, 1, "conv2", conv_dtype=self.conv_dtype)(y)
     if x.shape[-1] == self.features and self.stride == 1:
       shortcut = x
     else:
-      shortcut = _conv1x1(self.features, self.stride, "shortcut_conv", self.dtype)(o)
+      shortcut = _conv1x1(self.features, self.stride, "shortcut_conv", self.conv_dtype)(o)
     return y + shortcut
 
 
@@ -73,13 +76,12 @@ class WideResNet(nn.Module):
     depth: 6n + 4 (16, 40, ...).
     widen_factor: k.
     num_classes: K.
-    dtype: of the activations and stage features; params and BN statistics stay float32, "pooled"
-      and the logits are float32.
+    conv_dtype: what the convolutions run in (None: float32; bfloat16: see the module docstring).
   """
   depth: int
   widen_factor: int
   num_classes: int
-  dtype: Any = jnp.float32
+  conv_dtype: Any = None
 
   stage_names = ("stage1", "stage2", "stage3")
 
@@ -100,14 +102,14 @@ class WideResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
     n = (self.depth - 4) // 6
-    x = _conv3x3(16, 1, "stem_conv", self.dtype)(x)
+    x = _conv3x3(16, 1, "stem_conv", conv_dtype=self.conv_dtype)(x)
     features = {}
     for g, (width, stride) in enumerate(zip(self.widths, (1, 2, 2))):
       for i in range(n):
-        x = WideBlock(width, stride if i == 0 else 1, self.dtype,
+        x = WideBlock(width, stride if i == 0 else 1, self.conv_dtype,
                       name=f"stage{g + 1}_block{i}")(x, train=train)
       features[f"stage{g + 1}"] = x
-    x = nn.relu(_batch_norm(train, "bn_final", dtype=self.dtype)(x))
+    x = nn.relu(_batch_norm(train, "bn_final")(x))
     features["pooled"] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return _classifier(self.num_classes)(features["pooled"]), features
 
@@ -119,18 +121,18 @@ class ResNetV1Block(nn.Module):
   """
   features: int
   stride: int = 1
-  dtype: Any = jnp.float32
+  conv_dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    y = _conv3x3(self.features, self.stride, "conv1", self.dtype)(x)
-    y = nn.relu(_batch_norm(train, "bn1", dtype=self.dtype)(y))
-    y = _conv3x3(self.features, 1, "conv2", self.dtype)(y)
-    y = _batch_norm(train, "bn2", dtype=self.dtype)(y)
+    y = _conv3x3(self.features, self.stride, "conv1", conv_dtype=self.conv_dtype)(x)
+    y = nn.relu(_batch_norm(train, "bn1")(y))
+    y = _conv3x3(self.features, 1, "conv2", conv_dtype=self.conv_dtype)(y)
+    y = _batch_norm(train, "bn2")(y)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
-      shortcut = _conv1x1(self.features, self.stride, "shortcut_conv", self.dtype)(x)
-      shortcut = _batch_norm(train, "shortcut_bn", dtype=self.dtype)(shortcut)
+      shortcut = _conv1x1(self.features, self.stride, "shortcut_conv", self.conv_dtype)(x)
+      shortcut = _batch_norm(train, "shortcut_bn")(shortcut)
     return nn.relu(y + shortcut)
 
 
@@ -145,12 +147,11 @@ class CifarResNetV1(nn.Module):
   Attributes:
     stage_blocks: blocks per layer; (2, 2, 2, 2) is ResNet-18, (3, 4, 6, 3) ResNet-34.
     num_classes: K.
-    dtype: of the activations and stage features; params and BN statistics stay float32, "pooled"
-      and the logits are float32.
+    conv_dtype: what the convolutions run in (None: float32; bfloat16: see the module docstring).
   """
   stage_blocks: Sequence[int]
   num_classes: int
-  dtype: Any = jnp.float32
+  conv_dtype: Any = None
 
   stage_names = ("stage1", "stage2", "stage3", "stage4")
   widths = (64, 128, 256, 512)
@@ -167,12 +168,12 @@ class CifarResNetV1(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-    x = _conv3x3(64, 1, "stem_conv", self.dtype)(x)
-    x = nn.relu(_batch_norm(train, "stem_bn", dtype=self.dtype)(x))
+    x = _conv3x3(64, 1, "stem_conv", conv_dtype=self.conv_dtype)(x)
+    x = nn.relu(_batch_norm(train, "stem_bn")(x))
     features = {}
     for s, (width, blocks, stride) in enumerate(zip(self.widths, self.stage_blocks, (1, 2, 2, 2))):
       for i in range(blocks):
-        x = ResNetV1Block(width, stride if i == 0 else 1, self.dtype,
+        x = ResNetV1Block(width, stride if i == 0 else 1, self.conv_dtype,
                           name=f"stage{s + 1}_block{i}")(x, train=train)
       features[f"stage{s + 1}"] = x
     features["pooled"] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
@@ -193,8 +194,9 @@ CLASSIFIER_NAMES = tuple(_CLASSIFIERS)
 def build_classifier(name: str, num_classes: int, *, dtype: str = "float32") -> nn.Module:
   """The classifier `name` (one of CLASSIFIER_NAMES) with `num_classes` outputs.
 
-  dtype: of the activations, "float32" or "bfloat16".
+  dtype: config.dtype, "float32" or "bfloat16": what the convolutions run in (see the module
+  docstring); activations, BN, params and logits are float32 either way.
   """
   if name not in _CLASSIFIERS:
     raise ValueError(f"config.model.name={name!r}: expected one of {CLASSIFIER_NAMES}")
-  return _CLASSIFIERS[name](num_classes, jnp.dtype(dtype))
+  return _CLASSIFIERS[name](num_classes, conv_compute_dtype(dtype))

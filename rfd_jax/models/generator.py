@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfd_jax.models.resnet import Conv
+from rfd_jax.models.layers import Conv, conv_compute_dtype, upsample2x
 
 Z_DIM = 1000
 
@@ -36,11 +36,6 @@ def _torch_default(fan_in: int):
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def _upsample2x(x: jax.Array) -> jax.Array:
-  """Nearest-neighbour ×2 on (B, H, W, C)."""
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
 class Generator(nn.Module):
   """Maps z (B, z_dim) to images (B, S, S, 3) with S = init_size · 2^len(block_channels).
 
@@ -49,8 +44,9 @@ class Generator(nn.Module):
     init_channels: channels after the linear layer.
     block_channels: output channels of each upsample→conv→BN→LeakyReLU block.
     z_dim: latent size (1000 in all papers).
-    conv_dtype: what the convolutions run in (None: float32; bfloat16: inputs and kernels cast to
-      bf16, results cast back to float32, so BN, params and the optimizer stay float32).
+    conv_dtype: what the convolutions run in (config.dtype via `generator_for`; None: float32;
+      bfloat16: inputs and kernels cast to bf16, results cast back to float32, so BN, params and
+      the optimizer stay float32).
   """
   init_size: int
   init_channels: int
@@ -70,7 +66,7 @@ class Generator(nn.Module):
     x = bn(1e-5, "bn_linear")(x)
     cin = self.init_channels
     for i, cout in enumerate(self.block_channels):
-      x = _upsample2x(x)
+      x = upsample2x(x)
       init = _torch_default(9 * cin)
       x = Conv(cout, (3, 3), padding=((1, 1), (1, 1)), kernel_init=init, bias_init=init,
                dtype=self.conv_dtype or jnp.float32, out_dtype=jnp.float32, name=f"conv{i}")(x)
@@ -82,10 +78,10 @@ class Generator(nn.Module):
     return bn(1e-5, "bn_out", affine=False)(jnp.tanh(x))
 
 
-def generator_for(image_size: int, conv_dtype: str = "float32") -> Generator:
+def generator_for(image_size: int, dtype: str = "float32") -> Generator:
   """The generator variant of spec §2.3 for square images of side `image_size`; its convolutions
-  run in `conv_dtype` ("float32" or "bfloat16", see `Generator.conv_dtype`)."""
-  kw = {"conv_dtype": None if conv_dtype == "float32" else jnp.dtype(conv_dtype)}
+  run in `dtype` (config.dtype, "float32" or "bfloat16": see `Generator.conv_dtype`)."""
+  kw = {"conv_dtype": conv_compute_dtype(dtype)}
   if image_size == 224:
     return Generator(init_size=7, init_channels=64, block_channels=(64,) * 5, **kw)
   if image_size == 64:

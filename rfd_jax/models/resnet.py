@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rfd_jax.models.layers import Conv, conv_compute_dtype
+
 # PyTorch's kaiming_normal_(mode="fan_out", nonlinearity="relu"): untruncated N(0, 2/fan_out).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # PyTorch's kaiming_normal_ with its defaults (fan_in, gain √2), ABD's `_weights_init` for every
@@ -37,16 +39,6 @@ torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unifo
 
 BN_MOMENTUM = 0.9  # flax convention: running = m·running + (1 − m)·batch (PyTorch momentum 0.1)
 MASKED_LOGIT = -1e9  # finite, so 0 * masked stays 0 in losses; exp() underflows to exactly 0
-
-
-class Conv(nn.Conv):
-  """nn.Conv computing in `dtype` (the convolution's inputs and kernel are cast to it) whose result
-  is cast to `out_dtype` (None: left in `dtype`). Same parameters as nn.Conv (float32)."""
-  out_dtype: Any = None
-
-  def __call__(self, inputs: jax.Array) -> jax.Array:
-    y = super().__call__(inputs)
-    return y if self.out_dtype is None else y.astype(self.out_dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +67,8 @@ HE_BLOCK = BlockStyle(relu_after_add=True, shortcut_pad="symmetric", zero_init_r
 def _conv3x3(features: int, stride: int, name: str, dtype: Any = jnp.float32,
              conv_dtype: Any = None, fan: str = "fan_out") -> nn.Conv:
   # Explicit symmetric padding: Flax "SAME" pads (0, 1) at stride 2, PyTorch's padding=1 pads (1, 1).
-  # conv_dtype (config.model.conv_dtype): the dtype the convolution itself runs in (None: `dtype`);
-  # its result is cast back to `dtype`, the activations', so BN and the adds see `dtype`.
+  # conv_dtype (config.dtype, via build_model): the dtype the convolution itself runs in (None:
+  # `dtype`); its result is cast back to `dtype`, the activations', so BN and the adds see `dtype`.
   return Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
               use_bias=False, kernel_init={"fan_out": conv_init, "fan_in": fan_in_init}[fan],
               dtype=conv_dtype or dtype, out_dtype=dtype, name=name)
@@ -255,12 +247,12 @@ class CifarResNet(_StagedResNet):
     style: how the blocks are built (`BlockStyle`); `HE_BLOCK` with stage_blocks (5, 5, 5) and
       widths (16, 32, 64) is He et al.'s ResNet-32 (`config.model.name = "resnet32_he"`), whose
       stem conv is then kaiming-normal(fan_in) too.
-    dtype: of the backbone's activations and stage features (config.dtype: bfloat16 for mixed
-      precision). Parameters and BatchNorm statistics stay float32; "pooled", the head and the
-      logits are float32.
-    conv_dtype: what the convolutions run in (config.model.conv_dtype; None: `dtype`). With
-      bfloat16, each conv's input and kernel are cast to bf16 and its result back to `dtype`;
-      BN, the adds, params, losses and the optimizer are unchanged.
+    dtype: of the backbone's activations and stage features (float32 from `build_model`; the
+      gradient tests use float64). Parameters and BatchNorm statistics stay float32; "pooled",
+      the head and the logits are float32.
+    conv_dtype: what the convolutions run in (config.dtype, via `build_model`; None: `dtype`).
+      With bfloat16, each conv's input and kernel are cast to bf16 and its result back to
+      `dtype`; BN, the adds, params, losses and the optimizer are unchanged.
   """
   task_sizes: Sequence[int]
   head: str = "rfd"
@@ -388,16 +380,15 @@ def build_model(model_config, task_sizes: Sequence[int], *, dtype: str = "float3
   """The backbone named by `model_config.name` with a head for `task_sizes`.
 
   "resnet32": cl_lite's (RFD); "resnet32_he": He et al.'s (ABD's); "resnet18": PODNet's.
-  dtype: of the activations (config.dtype), "float32" or "bfloat16" (the CIFAR ResNet-32s only).
-  `model_config.conv_dtype` ("float32", the default, or "bfloat16"): what the convolutions alone
-  run in (inputs and kernels cast, result cast back; BN, params, losses, optimizer untouched).
+  dtype: config.dtype, "float32" or "bfloat16": what every convolution runs in (bfloat16: its
+  input and kernel cast to bf16, its result cast back to float32); activations, BN, the adds,
+  params, losses and the optimizer stay float32 in both.
   """
-  conv_dtype = getattr(model_config, "conv_dtype", "float32")
-  conv_dtype = None if conv_dtype == "float32" else jnp.dtype(conv_dtype)
+  conv_dtype = conv_compute_dtype(dtype)
   if model_config.name in ("resnet32", "resnet32_he"):
     he = HE_RESNET32 if model_config.name == "resnet32_he" else {}
     return CifarResNet(task_sizes=tuple(task_sizes), head=model_config.head,
-                       dtype=jnp.dtype(dtype), conv_dtype=conv_dtype, **he)
+                       conv_dtype=conv_dtype, **he)
   if model_config.name == "resnet18":
     return ResNet18(task_sizes=tuple(task_sizes), head=model_config.head, conv_dtype=conv_dtype)
   raise ValueError(f"config.model.name={model_config.name!r}: expected one of {MODEL_NAMES}")
