@@ -21,7 +21,7 @@ import optax
 
 from bench import common
 from configs import cifar100
-from rfd_jax import inversion, train
+from rfd_jax import inversion
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import build_model
 
@@ -45,7 +45,7 @@ def main():
   gen_state = inversion.create_generator_state(generator=generator, rng=jax.random.key(1), tx=tx)
   step = jax.jit(functools.partial(
       inversion.generator_step, generator=generator, teacher=teacher, tx=tx, batch_size=batch,
-      weights=train.inversion_weights(config)), donate_argnums=(0,))
+      weights=inversion.weights_from_config(config)), donate_argnums=(0,))
   num_old = jnp.int32(NUM_OLD)
   compiled, compile_s, flops = common.compile_with_cost(
       step, gen_state, teacher_vars, jax.random.key(2), num_old)

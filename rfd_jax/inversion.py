@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import functools
-import time
 from typing import Any
 
-from absl import logging
 import flax
 import flax.linen as nn
 import jax
@@ -179,46 +177,6 @@ def make_inversion_chunk_fn(*, generator: nn.Module, teacher: nn.Module,
   return host_chunk
 
 
-def synthesize(gen_state: GeneratorState, teacher_vars: dict[str, Any], *, chunk_fn: Callable,
-               rng: jax.Array, num_old: int, iterations: int, chunk_steps: int,
-               start_iteration: int = 0, progress: bool = True, batch_size: int | None = None,
-               on_chunk: Callable[[GeneratorState, int, dict], None] | None = None,
-               label: str = "") -> GeneratorState:
-  """Runs `iterations` inversion steps against the frozen teacher, chunk by chunk.
-
-  After each chunk: a progress line (iteration, losses, it/s, images/s when `batch_size` is given,
-  ETA) when `progress`, and `on_chunk(gen_state, iterations_done, metrics)` (metrics logging,
-  checkpointing). `start_iteration` resumes a partly done inversion (must be a multiple of
-  chunk_steps). Rates are measured from the end of the first chunk, which includes the compile.
-  """
-  done, start = start_iteration, time.time()
-  steady = None  # (time, iterations done) at the end of the first chunk, which compiles
-  while done < iterations:
-    gen_state, metrics = chunk_fn(gen_state, teacher_vars, rng, jnp.int32(num_old),
-                                  jnp.int32(done))
-    metrics = jax.device_get(metrics)
-    done += chunk_steps
-    now = time.time()
-    since_time, since_done = steady or (start, start_iteration)
-    rate = (done - since_done) / max(now - since_time, 1e-9)
-    steady = steady or (now, done)
-    if progress:
-      images = f"{rate * batch_size:.0f} img/s  " if batch_size else ""
-      logging.info("%sinversion %5d/%d  loss %.4f (ce %.4f bal %.4f smooth %.4f bn %.4f)  "
-                   "%.1f it/s  %sETA %s", label, done, iterations, metrics["inversion/loss"],
-                   metrics["inversion/loss_ce"], metrics["inversion/loss_balance"],
-                   metrics["inversion/loss_smooth"], metrics["inversion/loss_bn"], rate, images,
-                   _format_duration((iterations - done) / rate))
-    if on_chunk is not None:
-      on_chunk(gen_state, done, metrics)
-  return gen_state
-
-
-def _format_duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def generate(gen_vars: dict[str, Any], rng: jax.Array, *, generator: nn.Module,
              batch_size: int, batch_sharding=None) -> jax.Array:
   """A fresh synthetic batch (B, S, S, 3) from the frozen generator, BN on running statistics.
@@ -238,3 +196,16 @@ def labelled_samples(gen_vars: dict[str, Any], teacher_vars: dict[str, Any], rng
   images = generate(gen_vars, rng, generator=generator, batch_size=batch_size)
   logits, _ = teacher.apply(teacher_vars, images, train=False)
   return images, jnp.argmax(mask_unseen(logits, num_old), axis=-1)
+
+
+def weights_from_config(config) -> dict[str, Any]:
+  """The inversion loss weights of `config.inversion` (+ `config.rgal`'s synthesis triplet with
+  inversion.kind = "rgal"), for `inversion.inversion_loss`."""
+  inv = config.inversion
+  weights = {"ce": inv.ce_weight, "balance": inv.balance_weight,
+             "smoothness": inv.smoothness_weight, "bn": inv.bn_weight,
+             "ce_temperature": inv.ce_temperature}
+  if inv.kind == "rgal":
+    weights.update(rgal_triplet=config.rgal.triplet,
+                   rgal_swap=config.rgal.syn_triplet_direction == "paper")
+  return weights

@@ -9,6 +9,8 @@ so each step compiles once per run.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rfd_jax import input_pipeline, inversion, losses, optim
+from rfd_jax import input_pipeline, inversion, learners, losses, optim, parallel
 from rfd_jax.learners import DistillInputs
 from rfd_jax.models.resnet import mask_unseen
 from rfd_jax.state import TrainState
@@ -140,3 +142,50 @@ def eval_step(variables: dict[str, Any], images: jax.Array, num_seen: jax.Array,
   """
   logits, _ = model.apply(variables, input_pipeline.normalize(images, mean, std), train=False)
   return jnp.argmax(mask_unseen(logits, num_seen), axis=-1).astype(jnp.int32)
+
+
+# ---- The run's jitted steps. ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFns:
+  """The run's jitted functions, each compiled once per run whatever the number of tasks."""
+  ce_step: Any
+  distill_main_step: Any
+  distill_finetune_step: Any
+  eval_step: Any
+  inversion_chunk: Any
+  class_weights: Any
+
+
+def build_step_fns(config, learner: learners.Learner, model, generator, tx, data,
+                   mesh) -> StepFns:
+  """Binds the static arguments and jits every step of the run (the state is donated).
+
+  State, keys, hparams, teacher and generator are replicated; real batches are split on the mesh's
+  "data" axis, so BatchNorm sees the global batch.
+  """
+  rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  common = dict(model=model, tx=tx, weight_decay=config.optim.weight_decay, mean=data.mean,
+                std=data.std, augmentation=input_pipeline.Augmentation.from_config(config.data))
+  distill = lambda loss_fn: None if loss_fn is None else jax.jit(
+      functools.partial(steps.distill_train_step, loss_fn=loss_fn, generator=generator,
+                        batch_sharding=batch, **common),
+      donate_argnums=(0,), in_shardings=(rep, batch, rep, rep, rep, rep), out_shardings=rep)
+  inv = config.inversion
+  return StepFns(
+      ce_step=jax.jit(functools.partial(steps.train_step, **common,
+                                        ce_over_all_outputs=learner.ce_over_all_outputs),
+                      donate_argnums=(0,),
+                      in_shardings=(rep, batch, rep, rep), out_shardings=rep),
+      distill_main_step=distill(learner.main_loss),
+      distill_finetune_step=distill(learner.finetune_loss),
+      eval_step=jax.jit(functools.partial(steps.eval_step, model=model, mean=data.mean,
+                                          std=data.std),
+                        in_shardings=(rep, batch, rep), out_shardings=rep),
+      inversion_chunk=inversion.make_inversion_chunk_fn(
+          generator=generator, teacher=model, tx=optax.adam(inv.lr), batch_size=inv.batch_size,
+          chunk_steps=inv.chunk_steps, weights=inversion.weights_from_config(config), loop=inv.loop,
+          batch_sharding=batch),
+      class_weights=jax.jit(losses.class_balance_weights, in_shardings=(rep, rep),
+                            out_shardings=rep))

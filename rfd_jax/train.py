@@ -22,159 +22,17 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from rfd_jax import (checkpointing, config_validation, evaluation, input_pipeline, inversion,
-                     learners, loop, losses, metrics, optim, parallel, plan as plan_lib, plots,
-                     steps, tasks, writers)
-from rfd_jax.models.generator import generator_for
-from rfd_jax.models.resnet import build_model
-from rfd_jax.state import TrainState, create_train_state, trainable_mask
-
-
-@dataclasses.dataclass(frozen=True)
-class StepFns:
-  """The run's jitted functions, each compiled once per run whatever the number of tasks."""
-  ce_step: Any
-  distill_main_step: Any
-  distill_finetune_step: Any
-  eval_step: Any
-  inversion_chunk: Any
-  class_weights: Any
-
-
-def build_step_fns(config, learner: learners.Learner, model, generator, tx, data,
-                   mesh) -> StepFns:
-  """Binds the static arguments and jits every step of the run (the state is donated).
-
-  State, keys, hparams, teacher and generator are replicated; real batches are split on the mesh's
-  "data" axis, so BatchNorm sees the global batch.
-  """
-  rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  common = dict(model=model, tx=tx, weight_decay=config.optim.weight_decay, mean=data.mean,
-                std=data.std, augmentation=input_pipeline.Augmentation.from_config(config.data))
-  distill = lambda loss_fn: None if loss_fn is None else jax.jit(
-      functools.partial(steps.distill_train_step, loss_fn=loss_fn, generator=generator,
-                        batch_sharding=batch, **common),
-      donate_argnums=(0,), in_shardings=(rep, batch, rep, rep, rep, rep), out_shardings=rep)
-  inv = config.inversion
-  return StepFns(
-      ce_step=jax.jit(functools.partial(steps.train_step, **common,
-                                        ce_over_all_outputs=learner.ce_over_all_outputs),
-                      donate_argnums=(0,),
-                      in_shardings=(rep, batch, rep, rep), out_shardings=rep),
-      distill_main_step=distill(learner.main_loss),
-      distill_finetune_step=distill(learner.finetune_loss),
-      eval_step=jax.jit(functools.partial(steps.eval_step, model=model, mean=data.mean,
-                                          std=data.std),
-                        in_shardings=(rep, batch, rep), out_shardings=rep),
-      inversion_chunk=inversion.make_inversion_chunk_fn(
-          generator=generator, teacher=model, tx=optax.adam(inv.lr), batch_size=inv.batch_size,
-          chunk_steps=inv.chunk_steps, weights=inversion_weights(config), loop=inv.loop,
-          batch_sharding=batch),
-      class_weights=jax.jit(losses.class_balance_weights, in_shardings=(rep, rep),
-                            out_shardings=rep))
-
-
-def inversion_weights(config) -> dict[str, Any]:
-  """The inversion loss weights of `config.inversion` (+ `config.rgal`'s synthesis triplet with
-  inversion.kind = "rgal"), for `inversion.inversion_loss`."""
-  inv = config.inversion
-  weights = {"ce": inv.ce_weight, "balance": inv.balance_weight,
-             "smoothness": inv.smoothness_weight, "bn": inv.bn_weight,
-             "ce_temperature": inv.ce_temperature}
-  if inv.kind == "rgal":
-    weights.update(rgal_triplet=config.rgal.triplet,
-                   rgal_swap=config.rgal.syn_triplet_direction == "paper")
-  return weights
-
-
-@dataclasses.dataclass
-class Run:
-  """What a run builds once and never changes: config, data, model, jitted steps, plan."""
-  config: Any
-  workdir: str
-  spec: tasks.TaskSpec
-  mesh: Any
-  learner: learners.Learner
-  model: Any
-  generator: Any
-  tx: Any
-  gen_tx: Any
-  root_key: jax.Array
-  data: Any
-  train_labels: np.ndarray
-  test_labels: np.ndarray
-  task_indices: list[np.ndarray]
-  plan: plan_lib.Plan
-  fns: StepFns
-
-
-@dataclasses.dataclass
-class RunState:
-  """What changes during a run and a checkpoint stores (besides the loop's global step)."""
-  state: TrainState
-  class_weights: jax.Array  # fine-tuning class weights (C,), refreshed at every epoch end
-  teacher_vars: Any = None  # frozen previous model of the current task (distillation learners)
-  gen_state: inversion.GeneratorState | None = None
-  rows: list[metrics.EvalRow] = dataclasses.field(default_factory=list)
-  task_seconds: list[float] = dataclasses.field(default_factory=list)
-  task_start: float = 0.0  # wall time at which the current task would have started
-
-
-def make_plan(config, learner: learners.Learner, epoch_steps: list[int]) -> plan_lib.Plan:
-  """The run's plan; epoch_steps[t]: train steps per epoch of task t."""
-  optim_config, inv = config.optim, config.inversion
-  return plan_lib.dfcil_plan(
-      num_tasks=len(epoch_steps), epoch_steps=epoch_steps, epochs=optim_config.epochs,
-      ft_epochs=optim_config.ft_epochs, has_finetune_phase=learner.has_finetune_phase,
-      inversion_iterations=inv.iterations, inversion_block=inv.chunk_steps,
-      uses_inversion=learner.uses_inversion, lr=optim_config.lr, lr_decay=optim_config.lr_decay,
-      milestones=optim_config.milestones, ft_lr=optim_config.ft_lr)
-
-
-def load_run(config, workdir: str, spec: tasks.TaskSpec, mesh) -> Run:
-  """Loads the data (labels remapped to model labels by class order) and builds the model, the
-  plan and the jitted steps. Raises ConfigError if a task has fewer images than a batch."""
-  learner = learners.get_learner(config)
-  data = input_pipeline.load_dataset(config.data)
-  train_labels = spec.to_model_labels(data.train_labels).astype(np.int32)
-  test_labels = spec.to_model_labels(data.test_labels).astype(np.int32)
-  logging.info("dataset %s: %d train / %d test images of %s; %d tasks of sizes %s; order %s...",
-               data.name, len(train_labels), len(test_labels), data.train_images.shape[1:],
-               spec.num_tasks, list(spec.sizes), list(spec.class_order[:10]))
-  task_indices = [learner.train_indices(train_labels, spec.offsets, t)
-                  for t in range(spec.num_tasks)]
-  batch_size = config.data.batch_size
-  for t, idx in enumerate(task_indices):
-    if len(idx) < batch_size:
-      raise config_validation.ConfigError(
-          f"config.data.batch_size={batch_size} exceeds the {len(idx)} training images of task "
-          f"{t + 1}/{spec.num_tasks}; lower it.")
-  plan = make_plan(config, learner, [len(idx) // batch_size for idx in task_indices])
-  optim_config, inv = config.optim, config.inversion
-  model = build_model(config.model, spec.sizes, dtype=config.dtype)
-  generator = generator_for(config.data.image_size, config.dtype)
-  tx = optim.momentum_transform(optim_config.momentum)
-  return Run(config=config, workdir=workdir, spec=spec, mesh=mesh, learner=learner, model=model,
-             generator=generator, tx=tx, gen_tx=optax.adam(inv.lr),
-             root_key=jax.random.key(config.seed), data=data, train_labels=train_labels,
-             test_labels=test_labels, task_indices=task_indices, plan=plan,
-             fns=build_step_fns(config, learner, model, generator, tx, data, mesh))
-
-
-def job_aux_init(run: Run, task: int) -> Any:
-  """The learner's extra per-task params (R-DFCIL's RKD projections); {} if it has none."""
-  if run.learner.init_aux is None:
-    return {}
-  return parallel.replicate(run.learner.init_aux(
-      jax.random.fold_in(run.root_key, 10_000 + task), run.model.num_features), run.mesh)
+from rfd_jax import (checkpointing, config_validation, dfcil_run, evaluation, input_pipeline,
+                     inversion, loop, metrics, parallel, plan as plan_lib, plots, writers)
+from rfd_jax.state import trainable_mask
 
 
 class DfcilJob:
   """What each segment of the class-incremental plan does (rfd_jax.loop.Job)."""
 
-  def __init__(self, run: Run, rs: RunState, writer: writers.MetricWriter):
+  def __init__(self, run: dfcil_run.Run, rs: dfcil_run.RunState,
+               writer: writers.MetricWriter):
     self.run, self.rs, self.writer = run, rs, writer
     self._epoch_start = self._inversion_start = time.time()
     self._epoch_steps = 0  # train steps of the current epoch run by this process
@@ -231,7 +89,7 @@ class DfcilJob:
     elif segment.name == "main":
       # A fresh optimizer per task (spec §3.1); momentum carries over into the fine-tuning. Class
       # counts (for the fine-tuning class weights) restart every task, as the RKD projections.
-      state = rs.state.replace(aux_params=job_aux_init(run, task))
+      state = rs.state.replace(aux_params=dfcil_run.aux_init(run, task))
       rs.state = state.replace(opt_state=run.tx.init(state.trainable),
                                class_counts=jnp.zeros_like(state.class_counts))
       # replicated like the later fns.class_weights outputs: one compile of the steps
@@ -350,26 +208,6 @@ class DfcilJob:
 # ---- The whole run. -----------------------------------------------------------------------------
 
 
-def _abstract_arrays(config, spec, mesh) -> dict[str, Any]:
-  """The restore targets of every array a checkpoint may hold (shapes only, nothing computed)."""
-  rep = parallel.replicated(mesh)
-  model = build_model(config.model, spec.sizes, dtype=config.dtype)
-  learner = learners.get_learner(config)
-  tx = optim.momentum_transform(config.optim.momentum)
-
-  def init():
-    rng = jax.random.key(0)
-    aux = {} if learner.init_aux is None else learner.init_aux(rng, model.num_features)
-    state = create_train_state(model=model, rng=rng, image_size=config.data.image_size,
-                               num_classes=spec.num_classes, tx=tx, aux_params=aux)
-    gen = inversion.create_generator_state(generator=generator_for(config.data.image_size,
-                                                                   config.dtype),
-                                           rng=rng, tx=optax.adam(config.inversion.lr))
-    return {"state": state, "class_weights": jnp.ones((spec.num_classes,), jnp.float32),
-            "teacher": state.variables, "generator": gen}
-  return checkpointing.abstract_like(jax.eval_shape(init), rep)
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) the whole class-incremental experiment of `config`; returns results.json.
 
@@ -385,27 +223,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   spec = config_validation.validate(config)
   mesh = parallel.job_mesh(config.data)
   os.makedirs(workdir, exist_ok=True)
-  abstract = _abstract_arrays(config, spec, mesh)
+  abstract = dfcil_run.abstract_arrays(config, spec, mesh)
   resumed = checkpointing.resume(config, workdir,
                                  lambda meta: {k: abstract[k] for k in meta["arrays"]})
   if parallel.is_main_process():  # only process 0 writes files
     writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  run = load_run(config, workdir, spec, mesh)
+  run = dfcil_run.load_run(config, workdir, spec, mesh)
   if resumed.restored is not None:
-    meta, arrays = resumed.meta, resumed.restored.arrays
-    rs = RunState(state=arrays["state"], class_weights=arrays["class_weights"],
-                  teacher_vars=arrays.get("teacher"), gen_state=arrays.get("generator"),
-                  rows=[metrics.EvalRow(**r) for r in meta["rows"]],
-                  task_seconds=meta["task_seconds"], task_start=time.time() - meta["task_elapsed"])
+    rs = dfcil_run.RunState.restored(resumed.restored.arrays, resumed.meta)
     logging.info("resumed at %s", run.plan.describe(resumed.step))
   else:
-    rs = RunState(
-        state=parallel.replicate(create_train_state(
-            model=run.model, rng=jax.random.fold_in(run.root_key, 0),
-            image_size=config.data.image_size, num_classes=spec.num_classes, tx=run.tx,
-            aux_params=job_aux_init(run, 0)), mesh),
-        class_weights=parallel.replicate(np.ones((spec.num_classes,), np.float32), mesh),
-        task_start=time.time())
+    rs = dfcil_run.RunState.fresh(run)
   writer = writers.MetricWriter(workdir, enabled=parallel.is_main_process(),
                                 hparams=config.to_dict(), keep_records=resumed.metrics_records)
   job = DfcilJob(run, rs, writer)

@@ -12,7 +12,8 @@ import optax
 import pytest
 
 from configs import abd_cifar100, imagenet100, imagenet_r, tiny_imagenet
-from rfd_jax import config_validation, input_pipeline, inversion, learners, optim, steps, train
+from rfd_jax import (config_validation, dfcil_run, input_pipeline, inversion, learners, optim,
+                     steps, train)
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import build_model
 from rfd_jax.state import trainable_mask
@@ -100,7 +101,7 @@ def test_one_train_step_on_fake_folder_data(name, tmp_path):
                                                tx=gen_tx)
   inv_step = functools.partial(
       inversion.generator_step, generator=generator, teacher=model, tx=gen_tx, batch_size=4,
-      weights=train.inversion_weights(config))
+      weights=inversion.weights_from_config(config))
   new_gen, inv_metrics = _compile_fast(inv_step, gen_state, new_state.variables, jax.random.key(3),
                                        jnp.int32(spec.sizes[0]))
   assert int(new_gen.step) == 1 and np.isfinite(float(inv_metrics["inversion/loss"]))
@@ -146,14 +147,14 @@ def test_abd_cifar100_is_abds_recipe(num_tasks):
       0.9, 2e-4)
   learner = learners.get_learner(config)
   assert learner.reuse_generator and not learner.has_finetune_phase
-  task_plan = train.make_plan(config, learner, [390] * 10).segments[2:5]  # task 0: main, eval; task 1: ...
+  task_plan = dfcil_run.make_plan(config, learner, [390] * 10).segments[2:5]  # task 0: main, eval; task 1: ...
   assert [(s.name, s.num_epochs) for s in task_plan] == [("inversion", 0), ("main", 250),
                                                          ("eval", 0)]
   lrs = [task_plan[1].lrs[e] for e in (0, 99, 100, 149, 150, 199, 200, 249)]
   np.testing.assert_allclose(lrs, [0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-9)
   # deep_inv_params 1e-3 5e1 1e-3 1e3 1, power_iters 10000, class balance weight 1
   assert (config.inversion.iterations, config.inversion.lr) == (10_000, 1e-3)
-  assert train.inversion_weights(config) == {
+  assert inversion.weights_from_config(config) == {
       "ce": 1.0, "balance": 1.0, "smoothness": 1e-3, "bn": 50.0, "ce_temperature": 1000.0}
   assert config.distill.abd_mu == 0.1
   model = build_model(config.model, spec.sizes)

@@ -15,7 +15,7 @@ from PIL import Image
 import pytest
 
 from configs import digits, imagenet100
-from rfd_jax import learners, optim, rgal_losses, steps, train
+from rfd_jax import dfcil_run, learners, optim, rgal_losses, steps, train
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import CifarResNet
 from rfd_jax.state import trainable_mask
@@ -182,14 +182,14 @@ def test_each_step_compiles_once_per_run_whatever_the_number_of_tasks(monkeypatc
   exactly once: the task index, class counts, teacher and generator are data, not shapes, so the
   count cannot grow with the number of tasks. Runs with RGAL inversion, the largest step graphs."""
   captured = []
-  original = train.build_step_fns
+  original = steps.build_step_fns
 
   def capture(*args, **kwargs):
     fns = original(*args, **kwargs)
     captured.append(fns)
     return fns
 
-  monkeypatch.setattr(train, "build_step_fns", capture)
+  monkeypatch.setattr(steps, "build_step_fns", capture)
   config = train_test.tiny_config("rfd")
   config.inversion.kind = "rgal"  # the RGAL inversion and replay triplet, end to end
   config.data.num_tasks = 5
@@ -308,7 +308,7 @@ def test_learners_without_finetuning_train_every_epoch(method, main_epochs, has_
   config = digits.get_config()  # 20 epochs, 4 of them head fine-tuning
   config.method = method
   learner = learners.get_learner(config)
-  segments = train.make_plan(config, learner, [7] * 5).segments
+  segments = dfcil_run.make_plan(config, learner, [7] * 5).segments
   by_task = lambda t: [(s.name, s.num_epochs) for s in segments
                        if s.task == t and s.name in ("main", "finetune")]
   assert by_task(0) == [("main", main_epochs)]
