@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfd_jax import checkpointing
+from rfd_jax import checkpointing, preemption
 from rfd_jax.plan import Plan, Position, Segment
 
 # Test-only hook: "<global step>[:<KILL|TERM|INT>]" makes the run send itself the signal (default
@@ -113,7 +113,7 @@ class Loop:
   """Runs a job's plan (see the module docstring).
 
   checkpoints: checkpointing.Checkpoints or None (disabled). writer: writers.MetricWriter.
-  signals: checkpointing.StopSignals (or the never-stopping stand-in). meta: the record of the
+  signals: preemption.StopSignals (or the never-stopping stand-in). meta: the record of the
   checkpoint resumed ({} when starting afresh), for its seconds_per_step and invocation_seconds.
   saved_step: the step of that checkpoint if it is in this workdir (not saved again).
   config_dict: the config stored in every checkpoint.
@@ -324,7 +324,7 @@ def run_plan(plan: Plan, job: Job, *, config, workdir: str, resumed: checkpointi
   if config.ckpt.enabled:
     checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"),
                                             keep=config.ckpt.keep, keep_steps=keep_steps)
-  signals = checkpointing.StopSignals() if checkpoints else checkpointing.no_stop_signals()
+  signals = preemption.StopSignals() if checkpoints else preemption.no_stop_signals()
   try:
     with signals as stop:
       runner = Loop(plan, checkpoints=checkpoints, writer=writer, signals=stop,

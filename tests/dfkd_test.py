@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from configs import dfkd_digits, teacher_digits
-from rfd_jax import (checkpointing, config_validation, dfkd, input_pipeline, loop,
+from rfd_jax import (checkpointing, config_validation, dfkd, dfkd_steps, input_pipeline, loop,
                      plan, teacher)
 from rfd_jax.models import dfkd_nets
 from rfd_jax.models.cmi_generator import CmiGenerator
@@ -164,9 +164,9 @@ def test_synthesis_keeps_the_lowest_loss_batch():
                 mean=np.zeros(3, np.float32), std=np.ones(3, np.float32),
                 augmentation=input_pipeline.Augmentation(2, "black", False),
                 triplet_layers=("stage3",), swap=True)
-  state = dfkd.init_synthesis(jax.random.key(1), generator=generator, batch_size=batch, tx=tx)
+  state = dfkd_steps.init_synthesis(jax.random.key(1), generator=generator, batch_size=batch, tx=tx)
   targets = jnp.arange(batch) % 10
-  step_fn = jax.jit(functools.partial(dfkd.synthesis_step, tx=tx, **kwargs))
+  step_fn = jax.jit(functools.partial(dfkd_steps.synthesis_step, tx=tx, **kwargs))
   render = jax.jit(lambda variables, z: generator.apply(variables, z, mutable=["batch_stats"])[0])
   seen = []  # (loss of the step's batch, that batch), the loss as computed before the update
   for i in range(4):
@@ -184,10 +184,10 @@ def test_synthesis_keeps_the_lowest_loss_batch():
 def test_cd_projection_of_pooled_features_equals_pooled_1x1_conv():
   rng = np.random.default_rng(0)
   maps = rng.normal(size=(2, 4, 4, 3)).astype(np.float32)
-  proj = dfkd.init_projections(jax.random.key(0), {"s": 3}, {"t": 5}, [("s", "t")])["s"]
+  proj = dfkd_steps.init_projections(jax.random.key(0), {"s": 3}, {"t": 5}, [("s", "t")])["s"]
   conv_then_pool = np.mean(maps @ np.asarray(proj["kernel"]) + np.asarray(proj["bias"]),
                            axis=(1, 2))
-  np.testing.assert_allclose(dfkd.pooled(maps) @ proj["kernel"] + proj["bias"], conv_then_pool,
+  np.testing.assert_allclose(dfkd_steps.pooled(maps) @ proj["kernel"] + proj["bias"], conv_then_pool,
                              rtol=1e-5, atol=1e-6)
   assert float(jnp.max(jnp.abs(proj["kernel"]))) <= 1 / np.sqrt(3)  # PyTorch Conv2d init bound
 
