@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import logging as std_logging
 import os
 import sys

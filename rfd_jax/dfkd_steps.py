@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rfd_jax import input_pipeline, losses, optim, rgal_losses
+from rfd_jax import config_validation, input_pipeline, losses, optim, rgal_losses
 from rfd_jax.models.cmi_generator import CmiGenerator
 
 

@@ -169,18 +169,18 @@ def build_step_fns(config, learner: learners.Learner, model, generator, tx, data
   common = dict(model=model, tx=tx, weight_decay=config.optim.weight_decay, mean=data.mean,
                 std=data.std, augmentation=input_pipeline.Augmentation.from_config(config.data))
   distill = lambda loss_fn: None if loss_fn is None else jax.jit(
-      functools.partial(steps.distill_train_step, loss_fn=loss_fn, generator=generator,
+      functools.partial(distill_train_step, loss_fn=loss_fn, generator=generator,
                         batch_sharding=batch, **common),
       donate_argnums=(0,), in_shardings=(rep, batch, rep, rep, rep, rep), out_shardings=rep)
   inv = config.inversion
   return StepFns(
-      ce_step=jax.jit(functools.partial(steps.train_step, **common,
+      ce_step=jax.jit(functools.partial(train_step, **common,
                                         ce_over_all_outputs=learner.ce_over_all_outputs),
                       donate_argnums=(0,),
                       in_shardings=(rep, batch, rep, rep), out_shardings=rep),
       distill_main_step=distill(learner.main_loss),
       distill_finetune_step=distill(learner.finetune_loss),
-      eval_step=jax.jit(functools.partial(steps.eval_step, model=model, mean=data.mean,
+      eval_step=jax.jit(functools.partial(eval_step, model=model, mean=data.mean,
                                           std=data.std),
                         in_shardings=(rep, batch, rep), out_shardings=rep),
       inversion_chunk=inversion.make_inversion_chunk_fn(
