@@ -149,7 +149,9 @@ def eval_step(variables: dict[str, Any], images: jax.Array, num_seen: jax.Array,
 
 @dataclasses.dataclass(frozen=True)
 class StepFns:
-  """The run's jitted functions, each compiled once per run whatever the number of tasks."""
+  """The run's jitted functions, each compiled once per run whatever the number of tasks. The
+  train steps take (state, batch, task_key, step_in_task, hparams[, teacher, generator]) and use
+  fold_in(task_key, step_in_task) as the step's key."""
   ce_step: Any
   distill_main_step: Any
   distill_finetune_step: Any
@@ -166,18 +168,22 @@ def build_step_fns(config, learner: learners.Learner, model, generator, tx, data
   "data" axis, so BatchNorm sees the global batch.
   """
   rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+
+  def keyed(step_fn):  # (state, batch, task_key, step, ...): the step's key derived on device
+    return lambda state, b, key, step, *args: step_fn(state, b, jax.random.fold_in(key, step),
+                                                      *args)
   common = dict(model=model, tx=tx, weight_decay=config.optim.weight_decay, mean=data.mean,
                 std=data.std, augmentation=input_pipeline.Augmentation.from_config(config.data))
   distill = lambda loss_fn: None if loss_fn is None else jax.jit(
-      functools.partial(distill_train_step, loss_fn=loss_fn, generator=generator,
-                        batch_sharding=batch, **common),
-      donate_argnums=(0,), in_shardings=(rep, batch, rep, rep, rep, rep), out_shardings=rep)
+      keyed(functools.partial(distill_train_step, loss_fn=loss_fn, generator=generator,
+                              batch_sharding=batch, **common)),
+      donate_argnums=(0,), in_shardings=(rep, batch, rep, rep, rep, rep, rep), out_shardings=rep)
   inv = config.inversion
   return StepFns(
-      ce_step=jax.jit(functools.partial(train_step, **common,
-                                        ce_over_all_outputs=learner.ce_over_all_outputs),
-                      donate_argnums=(0,),
-                      in_shardings=(rep, batch, rep, rep), out_shardings=rep),
+      ce_step=jax.jit(keyed(functools.partial(train_step, **common,
+                                              ce_over_all_outputs=learner.ce_over_all_outputs)),
+                      donate_argnums=(0,), in_shardings=(rep, batch, rep, rep, rep),
+                      out_shardings=rep),
       distill_main_step=distill(learner.main_loss),
       distill_finetune_step=distill(learner.finetune_loss),
       eval_step=jax.jit(functools.partial(eval_step, model=model, mean=data.mean,

@@ -70,6 +70,10 @@ class DfcilJob:
                                         seed=self.run.config.seed, task=task, epoch=epoch)
 
   @functools.lru_cache(maxsize=2)
+  def _task_key(self, task: int) -> jax.Array:
+    return jax.random.fold_in(self.run.root_key, task + 1)
+
+  @functools.lru_cache(maxsize=2)
   def _lr(self, lr: float) -> jax.Array:
     return jnp.float32(lr)
 
@@ -128,9 +132,9 @@ class DfcilJob:
     sel = idx[parallel.process_batch_indices(batch_rows, run.mesh)]  # this process's rows
     batch = parallel.global_batch(
         {"images": run.data.train_images[sel], "labels": run.train_labels[sel]}, run.mesh)
-    step_in_task = epoch * segment.epoch_steps + position.step_in_epoch
-    rng = jax.random.fold_in(jax.random.fold_in(run.root_key, task + 1), step_in_task)
-    rs.state, step_metrics = step_fn(rs.state, batch, rng, hparams, *extra)
+    step_in_task = np.int32(epoch * segment.epoch_steps + position.step_in_epoch)
+    rs.state, step_metrics = step_fn(rs.state, batch, self._task_key(task), step_in_task, hparams,
+                                     *extra)
     self._epoch_steps += 1
     return step_metrics
 
