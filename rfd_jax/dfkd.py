@@ -38,9 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rfd_jax import (checkpointing, config_validation, evaluation, input_pipeline, loop, losses,
-                     optim, parallel, plan as plan_lib, rgal_losses, teacher as teacher_lib,
-                     writers)
+from rfd_jax import (checkpointing, config_validation, evaluation, loop, losses, optim, parallel,
+                     plan as plan_lib, rgal_losses, teacher as teacher_lib, writers)
+from rfd_jax.data import augment, datasets
 from rfd_jax.models import dfkd_nets
 from rfd_jax.models.cmi_generator import CmiGenerator
 from rfd_jax.models.layers import conv_compute_dtype
@@ -88,7 +88,7 @@ def synthesis_loss(trainable: dict[str, Any], gen_batch_stats: Any, teacher_vars
                    student_vars: dict[str, Any], targets: jax.Array, rng: jax.Array, *,
                    generator: nn.Module, teacher: nn.Module, student: nn.Module,
                    weights: dict[str, float], mean, std,
-                   augmentation: input_pipeline.Augmentation, triplet_layers: tuple[str, ...],
+                   augmentation: augment.Augmentation, triplet_layers: tuple[str, ...],
                    swap: bool) -> tuple[jax.Array, tuple[Any, jax.Array, dict[str, jax.Array]]]:
   """L_syn = bn·L_bn + oh·L_oh + adv·L_adv + triplet·L_tri on one augmented view (spec §3.3).
 
@@ -100,8 +100,8 @@ def synthesis_loss(trainable: dict[str, Any], gen_batch_stats: Any, teacher_vars
   images, updates = generator.apply({"params": trainable["generator"],
                                      "batch_stats": gen_batch_stats}, trainable["z"],
                                     mutable=["batch_stats"])
-  views = input_pipeline.augment(rng_aug, _normalize_float(images, mean, std), augmentation,
-                                 mean, std)
+  views = augment.augment(rng_aug, _normalize_float(images, mean, std), augmentation,
+                          mean, std)
   (t_logits, _), t_out = teacher.apply(teacher_vars, views, train=False, mutable=["bn_stats"])
   s_logits, s_features = student.apply(student_vars, views, train=False)
   loss_bn = rgal_losses.bn_l2_loss(input_stats=t_out["bn_stats"],
@@ -219,15 +219,15 @@ def student_loss(trainable, batch_stats, views, t_logits, t_features, rng, *, st
 
 def student_step(state: StudentState, images: jax.Array, teacher_vars, rng, lr, *,
                  student: nn.Module, teacher: nn.Module, tx: optax.GradientTransformation,
-                 weight_decay: float, mean, std, augmentation: input_pipeline.Augmentation,
+                 weight_decay: float, mean, std, augmentation: augment.Augmentation,
                  pair_sample: bool, **loss_kwargs) -> tuple[StudentState, dict[str, jax.Array]]:
   """One SGD step on a pool batch (uint8 (B, H, W, 3)): two augmented views of every image when
   `pair_sample` (so every sample has a positive: its twin), the teacher in eval mode."""
   rng_a, rng_b, rng_tri = jax.random.split(rng, 3)
-  x = input_pipeline.normalize(images, mean, std)
-  views = input_pipeline.augment(rng_a, x, augmentation, mean, std)
+  x = augment.normalize(images, mean, std)
+  views = augment.augment(rng_a, x, augmentation, mean, std)
   if pair_sample:
-    views = jnp.concatenate([views, input_pipeline.augment(rng_b, x, augmentation, mean, std)])
+    views = jnp.concatenate([views, augment.augment(rng_b, x, augmentation, mean, std)])
   t_logits, t_features = teacher.apply(teacher_vars, views, train=False)
   (_, (batch_stats, metrics)), grads = jax.value_and_grad(student_loss, has_aux=True)(
       state.trainable, state.batch_stats, views, t_logits, t_features, rng_tri, student=student,
@@ -289,7 +289,7 @@ class DfkdJob:
     self.num_classes = nets["student"].num_classes
     self.root = jax.random.key(config.seed)
     rgal, mean, std = config.rgal, data.mean, data.std
-    augmentation = input_pipeline.Augmentation.from_config(config.data)
+    augmentation = augment.Augmentation.from_config(config.data)
     self.synth_init = jax.jit(functools.partial(
         init_synthesis, generator=nets["generator"], batch_size=config.synthesis.batch_size,
         tx=nets["gen_tx"]))
@@ -418,7 +418,7 @@ def train_dfkd(config, workdir: str) -> dict:
   mesh = parallel.job_mesh(config.data)
   os.makedirs(workdir, exist_ok=True)
   size = config.data.image_size
-  info = input_pipeline.dataset_info(config.data.dataset)
+  info = datasets.dataset_info(config.data.dataset)
   teacher, teacher_vars, teacher_meta = teacher_lib.load_teacher(
       config.teacher_ckpt, model_name=config.teacher_model, dataset=config.data.dataset,
       image_size=size, mesh=mesh)
@@ -463,7 +463,7 @@ def train_dfkd(config, workdir: str) -> dict:
   if parallel.is_main_process():
     writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
-  data = input_pipeline.load_dataset(config.data)
+  data = datasets.load_dataset(config.data)
   teacher_accuracy = evaluation.top1_accuracy(
       evaluation.make_eval_fn(teacher, mean=data.mean, std=data.std, mesh=mesh), teacher_vars,
       data.test_images, data.test_labels.astype(np.int32), num_classes=info.num_classes,

@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rfd_jax import (checkpointing, config_validation, evaluation, input_pipeline, inversion,
-                     learners, loop, losses, metrics, optim, parallel, plan as plan_lib, plots,
-                     steps, tasks, writers)
+from rfd_jax import (checkpointing, config_validation, evaluation, inversion, learners, loop,
+                     losses, metrics, optim, parallel, plan as plan_lib, plots, steps, tasks,
+                     writers)
+from rfd_jax.data import augment, datasets
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import build_model
 from rfd_jax.state import TrainState, create_train_state, trainable_mask
@@ -52,7 +53,7 @@ def build_step_fns(config, learner: learners.Learner, model, generator, tx, data
   """
   rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   common = dict(model=model, tx=tx, weight_decay=config.optim.weight_decay, mean=data.mean,
-                std=data.std, augmentation=input_pipeline.Augmentation.from_config(config.data))
+                std=data.std, augmentation=augment.Augmentation.from_config(config.data))
   distill = lambda loss_fn: None if loss_fn is None else jax.jit(
       functools.partial(steps.distill_train_step, loss_fn=loss_fn, generator=generator,
                         batch_sharding=batch, **common),
@@ -137,7 +138,7 @@ def load_run(config, workdir: str, spec: tasks.TaskSpec, mesh) -> Run:
   """Loads the data (labels remapped to model labels by class order) and builds the model, the
   plan and the jitted steps. Raises ConfigError if a task has fewer images than a batch."""
   learner = learners.get_learner(config)
-  data = input_pipeline.load_dataset(config.data)
+  data = datasets.load_dataset(config.data)
   train_labels = spec.to_model_labels(data.train_labels).astype(np.int32)
   test_labels = spec.to_model_labels(data.test_labels).astype(np.int32)
   logging.info("dataset %s: %d train / %d test images of %s; %d tasks of sizes %s; order %s...",
@@ -207,9 +208,9 @@ class DfcilJob:
 
   @functools.lru_cache(maxsize=4)
   def _epoch_batches(self, task: int, epoch: int) -> np.ndarray:
-    return input_pipeline.epoch_batches(len(self.run.task_indices[task]),
-                                        self.run.config.data.batch_size,
-                                        seed=self.run.config.seed, task=task, epoch=epoch)
+    return datasets.epoch_batches(len(self.run.task_indices[task]),
+                                  self.run.config.data.batch_size,
+                                  seed=self.run.config.seed, task=task, epoch=epoch)
 
   @functools.lru_cache(maxsize=2)
   def _lr(self, lr: float) -> jax.Array:
