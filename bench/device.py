@@ -114,12 +114,13 @@ def schedule(config, train_per_class: int) -> dict[str, int]:
   """Steps of each kind in a whole run of `config` with `train_per_class` training images per
   class: ce (task 0 of the distilling methods), distill_main and finetune (tasks >= 1) train steps,
   and inversion iterations, read off the run's plan (dfcil_run.make_plan) with steps per epoch from
-  input_pipeline.epoch_batches (the last partial batch is dropped), as the trainer runs them."""
+  datasets.epoch_batches (the last partial batch is dropped), as the trainer runs them."""
   # pylint: disable-next=g-import-not-at-top
-  from rfd_jax import config_validation, dfcil_run, input_pipeline, learners
+  from rfd_jax import config_validation, dfcil_run, learners
+  from rfd_jax.data import datasets
   spec = config_validation.validate(config)
   learner = learners.get_learner(config)
-  epoch_steps = [len(input_pipeline.epoch_batches(spec.sizes[t] * train_per_class,
+  epoch_steps = [len(datasets.epoch_batches(spec.sizes[t] * train_per_class,
                                                   config.data.batch_size, seed=0, task=t, epoch=0))
                  for t in range(spec.num_tasks)]
   counts = {"ce": 0, "distill_main": 0, "finetune": 0, "inversion": 0}

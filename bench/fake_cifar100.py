@@ -3,7 +3,7 @@ array_record dataset, for end-to-end speed runs where the real archive is not at
 
   python -m bench.fake_cifar100 --data_dir DIR [--train_per_class 100] [--test_per_class 20]
 
-Uses the project's own writer (rfd_jax.prepare.cifar.write), so `--config.data.data_dir=DIR`
+Uses the project's own writer (rfd_jax.data.prepare.cifar.write), so `--config.data.data_dir=DIR`
 reads it exactly as a dataset prepared from the official archive. 100 per class and 2 tasks of
 50 classes give 5,000 training images per task, as in CIFAR-100 10 × 10. Nothing is learnable:
 accuracies are chance; only the speed means something.
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from rfd_jax.prepare import cifar
+from rfd_jax.data.prepare import cifar
 
 NUM_CLASSES, NUM_COARSE = 100, 20
 

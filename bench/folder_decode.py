@@ -1,4 +1,4 @@
-r"""Decode throughput of the lazy ImageNet pipeline (image_folders.LazyImages) on synthetic JPEGs.
+r"""Decode throughput of the lazy ImageNet pipeline (image_decode.LazyImages) on synthetic JPEGs.
 
   python -m bench.folder_decode [--num_images=512] [--threads=0] [--batch_size=64]
 
@@ -14,7 +14,7 @@ from absl import app, flags
 import numpy as np
 from PIL import Image
 
-from rfd_jax import image_folders
+from rfd_jax.data import image_decode
 
 _NUM = flags.DEFINE_integer("num_images", 512, "synthetic images to write and decode")
 _THREADS = flags.DEFINE_integer("threads", 0, "decode threads (0: one per core, at most 32)")
@@ -31,12 +31,12 @@ def main(argv):
       path = f"{tmp}/{i}.JPEG"
       Image.fromarray(small).resize((500, 375), Image.BICUBIC).save(path, quality=90)
       paths.append(path)
-    images = image_folders.LazyImages(paths, resize=256, crop=224, num_threads=_THREADS.value)
+    images = image_decode.LazyImages(paths, resize=256, crop=224, num_threads=_THREADS.value)
     batches = np.random.default_rng(1).permutation(len(paths))
     batches = batches[:len(paths) // _BATCH.value * _BATCH.value].reshape(-1, _BATCH.value)
     for label in ("cold", "warm"):
       start = time.perf_counter()
-      for _ in image_folders.prefetch_rows(images, batches):
+      for _ in image_decode.prefetch_rows(images, batches):
         pass
       seconds = time.perf_counter() - start
       print(f"{label}: {batches.size / seconds:8.0f} images/s  ({batches.size} images, "

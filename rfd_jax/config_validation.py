@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from rfd_jax import image_folders, input_pipeline, tasks
+from rfd_jax import tasks
+from rfd_jax.data import datasets, image_folders
 
 METHODS = ("rfd", "rdfcil", "abd", "deepinversion", "finetune", "joint")
 GENERATOR_POLICIES = ("auto", "fresh", "reuse")
@@ -83,7 +84,7 @@ def validate(config) -> tasks.TaskSpec:
   _require(config.method in METHODS,
            f"config.method={config.method!r} is unknown; expected one of {METHODS}.")
   try:
-    info = input_pipeline.dataset_info(config.data.dataset)
+    info = datasets.dataset_info(config.data.dataset)
     spec = tasks.make_task_spec(num_classes=info.num_classes, num_tasks=config.data.num_tasks,
                                 order=config.data.class_order, split=config.data.task_split)
   except ValueError as e:

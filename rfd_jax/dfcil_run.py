@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rfd_jax import (checkpointing, config_validation, input_pipeline, inversion, learners,
+from rfd_jax import (checkpointing, config_validation, inversion, learners,
                      metrics, optim, parallel, plan as plan_lib, steps, tasks)
+from rfd_jax.data import datasets
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import build_model
 from rfd_jax.state import TrainState, create_train_state
@@ -90,7 +91,7 @@ def load_run(config, workdir: str, spec: tasks.TaskSpec, mesh) -> Run:
   """Loads the data (labels remapped to model labels by class order) and builds the model, the
   plan and the jitted steps. Raises ConfigError if a task has fewer images than a batch."""
   learner = learners.get_learner(config)
-  data = input_pipeline.load_dataset(config.data)
+  data = datasets.load_dataset(config.data)
   train_labels = spec.to_model_labels(data.train_labels).astype(np.int32)
   test_labels = spec.to_model_labels(data.test_labels).astype(np.int32)
   logging.info("dataset %s: %d train / %d test images of %s; %d tasks of sizes %s; order %s...",

@@ -37,8 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rfd_jax import (checkpointing, config_validation, dfkd_steps, evaluation, input_pipeline, loop,
+from rfd_jax import (checkpointing, config_validation, dfkd_steps, evaluation, loop,
                      optim, parallel, plan as plan_lib, teacher as teacher_lib, writers)
+from rfd_jax.data import augment, datasets
 from rfd_jax.models import dfkd_nets
 from rfd_jax.models.cmi_generator import CmiGenerator
 from rfd_jax.models.layers import conv_compute_dtype
@@ -96,7 +97,7 @@ class DfkdJob:
     self.num_classes = nets["student"].num_classes
     self.root = jax.random.key(config.seed)
     rgal, mean, std = config.rgal, data.mean, data.std
-    augmentation = input_pipeline.Augmentation.from_config(config.data)
+    augmentation = augment.Augmentation.from_config(config.data)
     self.synth_init = jax.jit(functools.partial(
         dfkd_steps.init_synthesis, generator=nets["generator"], batch_size=config.synthesis.batch_size,
         tx=nets["gen_tx"]))
@@ -225,7 +226,7 @@ def train_dfkd(config, workdir: str) -> dict:
   mesh = parallel.job_mesh(config.data)
   os.makedirs(workdir, exist_ok=True)
   size = config.data.image_size
-  info = input_pipeline.dataset_info(config.data.dataset)
+  info = datasets.dataset_info(config.data.dataset)
   teacher, teacher_vars, teacher_meta = teacher_lib.load_teacher(
       config.teacher_ckpt, model_name=config.teacher_model, dataset=config.data.dataset,
       image_size=size, mesh=mesh)
@@ -270,7 +271,7 @@ def train_dfkd(config, workdir: str) -> dict:
   if parallel.is_main_process():
     writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
-  data = input_pipeline.load_dataset(config.data)
+  data = datasets.load_dataset(config.data)
   teacher_accuracy = evaluation.top1_accuracy(
       evaluation.make_eval_fn(teacher, mean=data.mean, std=data.std, mesh=mesh), teacher_vars,
       data.test_images, data.test_labels.astype(np.int32), num_classes=info.num_classes,

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rfd_jax import config_validation, input_pipeline, losses, optim, rgal_losses
+from rfd_jax import config_validation, losses, optim, rgal_losses
+from rfd_jax.data import augment
 from rfd_jax.models.cmi_generator import CmiGenerator
 
 
@@ -62,7 +63,7 @@ def synthesis_loss(trainable: dict[str, Any], gen_batch_stats: Any, teacher_vars
                    student_vars: dict[str, Any], targets: jax.Array, rng: jax.Array, *,
                    generator: nn.Module, teacher: nn.Module, student: nn.Module,
                    weights: dict[str, float], mean, std,
-                   augmentation: input_pipeline.Augmentation, triplet_layers: tuple[str, ...],
+                   augmentation: augment.Augmentation, triplet_layers: tuple[str, ...],
                    swap: bool) -> tuple[jax.Array, tuple[Any, jax.Array, dict[str, jax.Array]]]:
   """L_syn = bn·L_bn + oh·L_oh + adv·L_adv + triplet·L_tri on one augmented view (spec §3.3).
 
@@ -74,7 +75,7 @@ def synthesis_loss(trainable: dict[str, Any], gen_batch_stats: Any, teacher_vars
   images, updates = generator.apply({"params": trainable["generator"],
                                      "batch_stats": gen_batch_stats}, trainable["z"],
                                     mutable=["batch_stats"])
-  views = input_pipeline.augment(rng_aug, _normalize_float(images, mean, std), augmentation,
+  views = augment.augment(rng_aug, _normalize_float(images, mean, std), augmentation,
                                  mean, std)
   (t_logits, _), t_out = teacher.apply(teacher_vars, views, train=False, mutable=["bn_stats"])
   s_logits, s_features = student.apply(student_vars, views, train=False)
@@ -193,15 +194,15 @@ def student_loss(trainable, batch_stats, views, t_logits, t_features, rng, *, st
 
 def student_step(state: StudentState, images: jax.Array, teacher_vars, rng, lr, *,
                  student: nn.Module, teacher: nn.Module, tx: optax.GradientTransformation,
-                 weight_decay: float, mean, std, augmentation: input_pipeline.Augmentation,
+                 weight_decay: float, mean, std, augmentation: augment.Augmentation,
                  pair_sample: bool, **loss_kwargs) -> tuple[StudentState, dict[str, jax.Array]]:
   """One SGD step on a pool batch (uint8 (B, H, W, 3)): two augmented views of every image when
   `pair_sample` (so every sample has a positive: its twin), the teacher in eval mode."""
   rng_a, rng_b, rng_tri = jax.random.split(rng, 3)
-  x = input_pipeline.normalize(images, mean, std)
-  views = input_pipeline.augment(rng_a, x, augmentation, mean, std)
+  x = augment.normalize(images, mean, std)
+  views = augment.augment(rng_a, x, augmentation, mean, std)
   if pair_sample:
-    views = jnp.concatenate([views, input_pipeline.augment(rng_b, x, augmentation, mean, std)])
+    views = jnp.concatenate([views, augment.augment(rng_b, x, augmentation, mean, std)])
   t_logits, t_features = teacher.apply(teacher_vars, views, train=False)
   (_, (batch_stats, metrics)), grads = jax.value_and_grad(student_loss, has_aux=True)(
       state.trainable, state.batch_stats, views, t_logits, t_features, rng_tri, student=student,

@@ -1,4 +1,4 @@
-"""PNG figures of a run: synthetic replay grids, the accuracy matrix, A_t curves, sweep comparisons.
+"""PNG figures of a run: synthetic replay grids, the accuracy matrix, A_t curves.
 
 matplotlib's object-oriented API on the Agg canvas (no pyplot, no display). Every figure has a
 fixed size in pixels (figsize × DPI, no tight bounding box), so outputs are comparable across runs;
@@ -19,7 +19,8 @@ DPI = 100
 CELL_INCHES = 1.0  # one synthetic image per inch of the grid: 100 × 100 px
 
 
-def _save(fig: Figure, path: str) -> None:
+def save_figure(fig: Figure, path: str) -> None:
+  """Writes `fig` as a PNG at `path` (atomically: a viewer never sees a half-written file)."""
   FigureCanvasAgg(fig)
   tmp = f"{path}.tmp.png"
   fig.savefig(tmp, dpi=DPI)
@@ -65,7 +66,7 @@ def save_image_grid(path: str, images: np.ndarray, labels: Sequence[int], *, mea
             ha="center", va="center")
   if title:
     fig.suptitle(title, fontsize=9, y=1 - 0.1 * title_inches / height, va="top")
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def save_synthetic_grid(path: str, gen_vars, teacher_vars, rng, *, generator, teacher, spec,
@@ -133,7 +134,7 @@ def save_accuracy_matrix(path: str, acc_matrix: Sequence[Sequence[float | None]]
   ax.set_xlabel("evaluated on task j")
   ax.set_ylabel("after training task t")
   ax.set_title("accuracy matrix a[t, j] (%)")
-  _save(fig, path)
+  save_figure(fig, path)
 
 
 def save_accuracy_curve(path: str, acc_seen: Sequence[float],
@@ -143,13 +144,14 @@ def save_accuracy_curve(path: str, acc_seen: Sequence[float],
   ax = fig.subplots()
   tasks = np.arange(len(acc_seen))
   ax.plot(tasks, acc_seen, marker="o")
-  _task_axis(ax, len(acc_seen), classes_seen)
+  task_axis(ax, len(acc_seen), classes_seen)
   ax.set_ylabel("A_t: accuracy on all seen classes (%)")
   ax.set_title(f"final {acc_seen[-1]:.2f}%, average incremental {np.mean(acc_seen):.2f}%")
-  _save(fig, path)
+  save_figure(fig, path)
 
 
-def _task_axis(ax, num_tasks: int, classes_seen: Sequence[int] | None) -> None:
+def task_axis(ax, num_tasks: int, classes_seen: Sequence[int] | None) -> None:
+  """The x axis of a per-task chart: tasks from 1 (with the classes seen), y from 0 to 101 %."""
   labels = [str(t + 1) for t in range(num_tasks)]  # tasks from 1, as in the logs
   if classes_seen is not None and num_tasks <= 20:
     labels = [f"{t + 1}\n({c})" for t, c in zip(range(num_tasks), classes_seen)]
@@ -166,40 +168,3 @@ def save_run_plots(workdir: str, results: Mapping) -> None:
   save_accuracy_matrix(os.path.join(workdir, "accuracy_matrix.png"), results["acc_matrix"])
   save_accuracy_curve(os.path.join(workdir, "accuracy_curve.png"), results["acc_seen"],
                       np.cumsum(results["task_sizes"]).tolist())
-
-
-def save_comparison(path: str, curves: Mapping[str, Sequence[Sequence[float]]],
-                    classes_seen: Sequence[int] | None = None) -> None:
-  """Sweep comparison, 1280 × 480 px: left, the mean A_t curve per label with a ± sample-std band
-  over its runs; right, the final accuracy per label (mean, std error bars).
-
-  curves: label → list of A_t sequences (one per run, all of the same length per label).
-  """
-  fig = Figure(figsize=(12.8, 4.8), layout="constrained")
-  left, right = fig.subplots(1, 2)
-  labels = list(curves)
-  finals, errors = [], []
-  for label in labels:
-    runs = np.asarray(curves[label], np.float64)  # (runs, T)
-    mean = runs.mean(axis=0)
-    std = runs.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros_like(mean)
-    tasks = np.arange(runs.shape[1])
-    left.plot(tasks, mean, marker="o", label=f"{label} ({len(runs)})")
-    left.fill_between(tasks, mean - std, mean + std, alpha=0.2)
-    finals.append(mean[-1])
-    errors.append(std[-1])
-  num_tasks = max((len(c[0]) for c in curves.values()), default=1)
-  _task_axis(left, num_tasks, classes_seen)
-  left.set_ylabel("A_t (%), mean ± std over runs")
-  left.legend(fontsize=8)
-  positions = np.arange(len(labels))
-  right.bar(positions, finals, yerr=errors, capsize=4, alpha=0.8,
-            color=[f"C{i}" for i in range(len(labels))])  # the colours of the curves
-  for x, value in zip(positions, finals):
-    right.text(x, 2, f"{value:.1f}", ha="center", va="bottom", fontsize=8, color="white")
-  right.set_xticks(positions)
-  right.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
-  right.set_ylim(0, 105)
-  right.set_ylabel("final accuracy A_T (%)")
-  right.grid(axis="y", alpha=0.3)
-  _save(fig, path)

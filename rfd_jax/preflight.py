@@ -16,7 +16,8 @@ import os
 
 import numpy as np
 
-from rfd_jax import checkpointing, config_validation, input_pipeline, tasks
+from rfd_jax import checkpointing, config_validation, tasks
+from rfd_jax.data import datasets, sklearn_digits
 
 ConfigError = config_validation.ConfigError
 
@@ -72,13 +73,14 @@ def check_workdir(workdir: str) -> None:
 
 
 def _digits_train_labels() -> np.ndarray:
-  """The labels of input_pipeline.load_digits's training split, without building its images
+  """The labels of sklearn_digits.load_digits's training split, without building its images
   (the stratified split depends only on the labels, the sizes and the seed)."""
-  from sklearn import datasets, model_selection  # pylint: disable=g-import-not-at-top
-  labels = datasets.load_digits().target.astype(np.int64)
+  from sklearn import datasets as sklearn_datasets  # pylint: disable=g-import-not-at-top
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  labels = sklearn_datasets.load_digits().target.astype(np.int64)
   train, _ = model_selection.train_test_split(
-      np.arange(len(labels)), test_size=input_pipeline.DIGITS_TEST_FRACTION, stratify=labels,
-      random_state=input_pipeline.DIGITS_SPLIT_SEED)
+      np.arange(len(labels)), test_size=sklearn_digits.DIGITS_TEST_FRACTION, stratify=labels,
+      random_state=sklearn_digits.DIGITS_SPLIT_SEED)
   return labels[train]
 
 
@@ -87,13 +89,13 @@ def _tfds_train_counts(name: str, data_dir: str, num_classes: int) -> np.ndarray
   (PreparedDataNotFoundError otherwise). The TFDS datasets used here have balanced classes, so the
   split size recorded in dataset_info.json (shardLengths) gives them without reading any record;
   None when it is not recorded."""
-  from rfd_jax import tfds_data  # pylint: disable=g-import-not-at-top  (imports tfds)
+  from rfd_jax.data import tfds_source  # pylint: disable=g-import-not-at-top  (imports tfds)
   try:
-    dataset_dir = tfds_data.check_prepared(name, "train", data_dir=data_dir or None)
-    tfds_data.check_prepared(name, "test", data_dir=data_dir or None)
+    dataset_dir = tfds_source.check_prepared(name, "train", data_dir=data_dir or None)
+    tfds_source.check_prepared(name, "test", data_dir=data_dir or None)
   except ValueError as e:  # an unsupported dataset or split; a missing one raises FileNotFoundError
     raise ConfigError(str(e)) from None
-  info = json.loads((dataset_dir / tfds_data.DATASET_INFO_FILENAME).read_text())
+  info = json.loads((dataset_dir / tfds_source.DATASET_INFO_FILENAME).read_text())
   lengths = [split.get("shardLengths") for split in info.get("splits", [])
              if split.get("name") == "train"]
   if not lengths or not lengths[0]:
@@ -110,7 +112,7 @@ def train_class_counts(data_config) -> np.ndarray | None:
     FileNotFoundError: the data is missing; the message says what to put where.
   """
   name = data_config.dataset
-  info = input_pipeline.dataset_info(name)
+  info = datasets.dataset_info(name)
   if name == "digits":
     if data_config.data_dir:
       raise ConfigError(
@@ -118,7 +120,7 @@ def train_class_counts(data_config) -> np.ndarray | None:
           "with scikit-learn; drop --config.data.data_dir, or pick the dataset that lives there "
           "with --config.data.dataset.")
     return np.bincount(_digits_train_labels(), minlength=info.num_classes)
-  from rfd_jax import image_folders  # pylint: disable=g-import-not-at-top
+  from rfd_jax.data import image_folders  # pylint: disable=g-import-not-at-top
   if name in image_folders.FOLDER_DATASETS:
     files = {"tiny_imagenet": image_folders.tiny_imagenet_files,
              "imagenet100": image_folders.imagenet100_files,

@@ -10,8 +10,8 @@ Fashion-MNIST: the four idx files, by default from Debian's `dataset-fashion-mni
 (/usr/share/datasets/fashion-mnist).
 
 The output, `DIR/<name>/<version>/`, is what `tfds.data_source(name, data_dir=DIR)` and
-`--config.data.data_dir=DIR` read (see rfd_jax/prepare/tfds_writer.py). All files are parsed and
-checked before anything is written, and the dataset is renamed into place only once complete.
+`--config.data.data_dir=DIR` read (see rfd_jax/data/prepare/tfds_writer.py). All files are parsed
+and checked before anything is written, and the dataset is renamed into place only once complete.
 
 Exit status: 0 done; 2 bad arguments, missing or malformed input, or an existing dataset without
 --overwrite (one `error:` line on stderr).
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from etils import epath
 
-from rfd_jax.prepare import cifar, fashion_mnist, tfds_writer
+from rfd_jax.data.prepare import cifar, fashion_mnist, tfds_writer
 
 
 def _argument_parser() -> argparse.ArgumentParser:

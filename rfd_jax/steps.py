@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rfd_jax import input_pipeline, inversion, learners, losses, optim, parallel
+from rfd_jax import inversion, learners, losses, optim, parallel
+from rfd_jax.data import augment
 from rfd_jax.learners import DistillInputs
 from rfd_jax.models.resnet import mask_unseen
 from rfd_jax.state import TrainState
@@ -43,16 +44,16 @@ def _count_labels(counts: jax.Array, *labels: jax.Array) -> jax.Array:
 
 
 def _real_images(batch, rng, mean, std, augmentation):
-  images = input_pipeline.normalize(batch["images"], mean, std)
+  images = augment.normalize(batch["images"], mean, std)
   if augmentation is None:
     return images
-  return input_pipeline.augment(rng, images, augmentation, mean, std)
+  return augment.augment(rng, images, augmentation, mean, std)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
                hparams: dict[str, Any], *, model: nn.Module, tx: optax.GradientTransformation,
                weight_decay: float, mean: np.ndarray, std: np.ndarray,
-               augmentation: input_pipeline.Augmentation | None = input_pipeline.Augmentation(),
+               augmentation: augment.Augmentation | None = augment.Augmentation(),
                ce_over_all_outputs: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step of cross-entropy over the seen classes (finetune, joint, and every task 0), or
   over all the head's outputs with `ce_over_all_outputs` (ABD's single Linear head).
@@ -93,8 +94,8 @@ def distill_train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.
                        gen_vars: dict[str, Any], *, loss_fn: Callable, model: nn.Module,
                        generator: nn.Module, tx: optax.GradientTransformation,
                        weight_decay: float, mean: np.ndarray, std: np.ndarray,
-                       augmentation: input_pipeline.Augmentation | None = (
-                           input_pipeline.Augmentation()),
+                       augmentation: augment.Augmentation | None = (
+                           augment.Augmentation()),
                        batch_sharding=None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One step of a data-free distillation learner (task >= 1).
 
@@ -140,7 +141,7 @@ def eval_step(variables: dict[str, Any], images: jax.Array, num_seen: jax.Array,
 
   images: uint8 (B, H, W, 3) → int32 (B,) model labels.
   """
-  logits, _ = model.apply(variables, input_pipeline.normalize(images, mean, std), train=False)
+  logits, _ = model.apply(variables, augment.normalize(images, mean, std), train=False)
   return jnp.argmax(mask_unseen(logits, num_seen), axis=-1).astype(jnp.int32)
 
 
@@ -173,7 +174,7 @@ def build_step_fns(config, learner: learners.Learner, model, generator, tx, data
     return lambda state, b, key, step, *args: step_fn(state, b, jax.random.fold_in(key, step),
                                                       *args)
   common = dict(model=model, tx=tx, weight_decay=config.optim.weight_decay, mean=data.mean,
-                std=data.std, augmentation=input_pipeline.Augmentation.from_config(config.data))
+                std=data.std, augmentation=augment.Augmentation.from_config(config.data))
   distill = lambda loss_fn: None if loss_fn is None else jax.jit(
       keyed(functools.partial(distill_train_step, loss_fn=loss_fn, generator=generator,
                               batch_sharding=batch, **common)),

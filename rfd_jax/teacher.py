@@ -28,8 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rfd_jax import (checkpointing, config_validation, evaluation, input_pipeline, loop, losses,
-                     optim, parallel, plan as plan_lib, writers)
+from rfd_jax import (checkpointing, config_validation, evaluation, loop, losses, optim, parallel,
+                     plan as plan_lib, writers)
+from rfd_jax.data import augment, datasets
 from rfd_jax.models import dfkd_nets
 
 
@@ -58,13 +59,13 @@ def create_classifier_state(model: nn.Module, rng: jax.Array, image_size: int,
 def classifier_step(state: ClassifierState, batch: dict[str, jax.Array], rng: jax.Array,
                     lr: jax.Array, *, model: nn.Module, tx: optax.GradientTransformation,
                     weight_decay: float, mean: np.ndarray, std: np.ndarray,
-                    augmentation: input_pipeline.Augmentation
+                    augmentation: augment.Augmentation
                     ) -> tuple[ClassifierState, dict[str, jax.Array]]:
   """One SGD step of cross-entropy on an augmented real batch ("images" uint8 (B, H, W, 3),
   "labels" int32 (B,)). Returns the new state and {"train/loss", "train/accuracy"} (batch means;
   the accuracy in percent, like the test accuracy)."""
-  images = input_pipeline.augment(rng, input_pipeline.normalize(batch["images"], mean, std),
-                                  augmentation, mean, std)
+  images = augment.augment(rng, augment.normalize(batch["images"], mean, std),
+                           augmentation, mean, std)
 
   def loss_fn(params):
     (logits, _), updates = model.apply({"params": params, "batch_stats": state.batch_stats},
@@ -80,9 +81,9 @@ def classifier_step(state: ClassifierState, batch: dict[str, jax.Array], rng: ja
                         opt_state=opt_state), {"train/loss": loss, "train/accuracy": acc})
 
 
-def validate(config) -> input_pipeline.DatasetInfo:
+def validate(config) -> datasets.DatasetInfo:
   """Checks the fields the teacher and dfkd jobs share; returns the dataset's info."""
-  info = input_pipeline.dataset_info(config.data.dataset)
+  info = datasets.dataset_info(config.data.dataset)
   if config.model.name not in dfkd_nets.CLASSIFIER_NAMES:
     raise config_validation.ConfigError(
         f"config.model.name={config.model.name!r} is unknown for job "
@@ -116,15 +117,15 @@ class TeacherJob:
     self.train_step = jax.jit(functools.partial(
         classifier_step, model=model, tx=optim.momentum_transform(config.optim.momentum),
         weight_decay=config.optim.weight_decay, mean=data.mean, std=data.std,
-        augmentation=input_pipeline.Augmentation.from_config(config.data)), donate_argnums=(0,))
+        augmentation=augment.Augmentation.from_config(config.data)), donate_argnums=(0,))
     self.eval_fn = evaluation.make_eval_fn(model, mean=data.mean, std=data.std, mesh=mesh)
     self.num_classes = model.num_classes
     self._epoch_start, self._train_means, self._eta = time.time(), {}, "?"
 
   @functools.lru_cache(maxsize=1)
   def _epoch_batches(self, epoch: int) -> np.ndarray:
-    return input_pipeline.epoch_batches(len(self.labels), self.config.data.batch_size,
-                                        seed=self.config.seed, task=0, epoch=epoch)
+    return datasets.epoch_batches(len(self.labels), self.config.data.batch_size,
+                                  seed=self.config.seed, task=0, epoch=epoch)
 
   @functools.lru_cache(maxsize=1)
   def _lr(self, lr: float) -> jax.Array:
@@ -205,7 +206,7 @@ def train_teacher(config, workdir: str) -> dict:
   if parallel.is_main_process():
     writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
-  data = input_pipeline.load_dataset(config.data)
+  data = datasets.load_dataset(config.data)
   epoch_steps = len(data.train_labels) // config.data.batch_size
   plan = plan_lib.teacher_plan(epochs=config.optim.epochs, epoch_steps=epoch_steps,
                                lr=config.optim.lr)
@@ -294,7 +295,7 @@ def load_teacher(path: str, *, model_name: str, dataset: str, image_size: int, m
   if epochs_done < saved["optim"]["epochs"]:
     logging.warning("teacher %s stopped at %s", path, meta["position"])
   model = dfkd_nets.build_classifier(saved["model"]["name"],
-                                     input_pipeline.dataset_info(dataset).num_classes,
+                                     datasets.dataset_info(dataset).num_classes,
                                      dtype=saved.get("dtype", "float32"))
   tx = optim.momentum_transform(saved["optim"]["momentum"])
   abstract = jax.eval_shape(lambda: create_classifier_state(model, jax.random.key(0),

@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfd_jax import (checkpointing, config_validation, dfcil_run, evaluation, input_pipeline,
-                     inversion, loop, metrics, parallel, plan as plan_lib, plots, writers)
+from rfd_jax import (checkpointing, config_validation, dfcil_run, evaluation, inversion, loop,
+                     metrics, parallel, plan as plan_lib, plots, writers)
+from rfd_jax.data import datasets
 from rfd_jax.state import trainable_mask
 
 
@@ -65,9 +66,9 @@ class DfcilJob:
 
   @functools.lru_cache(maxsize=4)
   def _epoch_batches(self, task: int, epoch: int) -> np.ndarray:
-    return input_pipeline.epoch_batches(len(self.run.task_indices[task]),
-                                        self.run.config.data.batch_size,
-                                        seed=self.run.config.seed, task=task, epoch=epoch)
+    return datasets.epoch_batches(len(self.run.task_indices[task]),
+                                  self.run.config.data.batch_size, seed=self.run.config.seed,
+                                  task=task, epoch=epoch)
 
   @functools.lru_cache(maxsize=2)
   def _task_key(self, task: int) -> jax.Array:

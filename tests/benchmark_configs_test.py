@@ -12,8 +12,9 @@ import optax
 import pytest
 
 from configs import abd_cifar100, imagenet100, imagenet_r, tiny_imagenet
-from rfd_jax import (config_validation, dfcil_run, input_pipeline, inversion, learners, optim,
+from rfd_jax import (config_validation, dfcil_run, inversion, learners, optim,
                      steps, train)
+from rfd_jax.data import augment, datasets
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import build_model
 from rfd_jax.state import trainable_mask
@@ -73,9 +74,9 @@ def test_one_train_step_on_fake_folder_data(name, tmp_path):
   {"tiny_imagenet": make_tiny_imagenet, "imagenet100": make_imagenet100,
    "imagenet_r": make_imagenet_r}[name](tmp_path)
   spec = config_validation.validate(config)
-  data = input_pipeline.load_dataset(config.data)
+  data = datasets.load_dataset(config.data)
   labels = spec.to_model_labels(data.train_labels).astype(np.int32)
-  sel = input_pipeline.epoch_batches(len(labels), 4, seed=0, task=0, epoch=0)[0]
+  sel = datasets.epoch_batches(len(labels), 4, seed=0, task=0, epoch=0)[0]
   batch = {"images": data.train_images[sel], "labels": labels[sel]}
 
   model = build_model(config.model, spec.sizes)
@@ -139,7 +140,7 @@ def test_abd_cifar100_is_abds_recipe(num_tasks):
   random.setstate(saved)
   assert list(spec.class_order) == order and list(spec.sizes) == [100 // num_tasks] * num_tasks
   assert (config.method, config.data.batch_size, config.inversion.batch_size) == ("abd", 128, 128)
-  assert input_pipeline.Augmentation.from_config(config.data) == input_pipeline.Augmentation(
+  assert augment.Augmentation.from_config(config.data) == augment.Augmentation(
       crop_padding=4, crop_fill="black", flip=True, jitter_brightness=63 / 255,
       jitter_contrast=0.8)
   # MultiStepLR(milestones=[100, 150, 200, 250]) over schedule[-1] = 250 epochs
@@ -195,7 +196,7 @@ def test_one_abd_step_with_abds_recipe():
       steps.distill_train_step, loss_fn=learner.main_loss, model=model, generator=generator, tx=tx,
       weight_decay=config.optim.weight_decay, mean=np.full(3, 0.5, np.float32),
       std=np.full(3, 0.25, np.float32),
-      augmentation=input_pipeline.Augmentation.from_config(config.data))
+      augmentation=augment.Augmentation.from_config(config.data))
   hparams = {"lr": jnp.float32(0.1), "num_seen": jnp.int32(30), "num_old": jnp.int32(20),
              "trainable": trainable_mask(state, tasks_seen=3, backbone=True), "weights": {},
              "class_weights": jnp.ones(100)}

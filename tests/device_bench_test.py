@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from bench import device, fake_cifar100
-from rfd_jax import tfds_data
-from rfd_jax.prepare import cifar
+from rfd_jax.data import tfds_source
+from rfd_jax.data.prepare import cifar
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +66,7 @@ def test_projected_seconds():
 def test_fake_cifar100_reads_back_balanced(tmp_path):
   archive = fake_cifar100.fake_archive(train_per_class=2, test_per_class=1)
   cifar.write(archive, dataset_name="cifar100", data_dir=tmp_path)
-  images, labels = tfds_data.load_split("cifar100", "train", str(tmp_path))
+  images, labels = tfds_source.load_split("cifar100", "train", str(tmp_path))
   assert images.shape == (200, 32, 32, 3) and images.dtype == np.uint8
   np.testing.assert_array_equal(np.bincount(labels, minlength=100), np.full(100, 2))
 

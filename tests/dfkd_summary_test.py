@@ -1,4 +1,4 @@
-"""rfd_jax.dfkd_summary: the DFKD table from run directories."""
+"""rfd_jax.tools.dfkd_summary: the DFKD table from run directories."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 
 from configs import dfkd_digits
-from rfd_jax import dfkd_summary, sweep
+from rfd_jax.tools import dfkd_summary, sweep_runs
 
 
 def _write_run(root, label, seed, accuracy, best, **rgal):
@@ -39,5 +39,5 @@ def test_a_dfcil_run_in_the_layout_is_refused(tmp_path):
   _write_run(tmp_path, "rgal", 0, 80.0, 82.0)
   with open(tmp_path / "rgal" / "s0" / "results.json", "w") as f:
     json.dump({"method": "rfd"}, f)
-  with pytest.raises(sweep.SweepError, match="not a dfkd run"):
+  with pytest.raises(sweep_runs.SweepError, match="not a dfkd run"):
     dfkd_summary.load_runs(str(tmp_path))

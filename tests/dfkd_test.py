@@ -12,8 +12,9 @@ import optax
 import pytest
 
 from configs import dfkd_digits, teacher_digits
-from rfd_jax import (checkpointing, config_validation, dfkd, dfkd_steps, input_pipeline, loop,
+from rfd_jax import (checkpointing, config_validation, dfkd, dfkd_steps, loop,
                      plan, teacher)
+from rfd_jax.data import augment, datasets
 from rfd_jax.models import dfkd_nets
 from rfd_jax.models.cmi_generator import CmiGenerator
 
@@ -72,7 +73,7 @@ def test_teacher_learns_and_writes_results(teacher_run):
 
 
 def _epoch_steps(config):
-  return len(input_pipeline.load_dataset(config.data).train_labels) // config.data.batch_size
+  return len(datasets.load_dataset(config.data).train_labels) // config.data.batch_size
 
 
 def _preempted_at(monkeypatch, step, run):
@@ -162,7 +163,7 @@ def test_synthesis_keeps_the_lowest_loss_batch():
   kwargs = dict(generator=generator, teacher=net, student=net,
                 weights={"bn": 1.0, "oh": 1.0, "adv": 1.0, "triplet": 0.1},
                 mean=np.zeros(3, np.float32), std=np.ones(3, np.float32),
-                augmentation=input_pipeline.Augmentation(2, "black", False),
+                augmentation=augment.Augmentation(2, "black", False),
                 triplet_layers=("stage3",), swap=True)
   state = dfkd_steps.init_synthesis(jax.random.key(1), generator=generator, batch_size=batch, tx=tx)
   targets = jnp.arange(batch) % 10

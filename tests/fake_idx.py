@@ -11,7 +11,7 @@ import struct
 import numpy as np
 import pytest
 
-from rfd_jax.prepare import fashion_mnist
+from rfd_jax.data.prepare import fashion_mnist
 
 
 def idx_bytes(data: np.ndarray) -> bytes:

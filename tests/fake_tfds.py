@@ -8,12 +8,12 @@ import json
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rfd_jax import tfds_data
+from rfd_jax.data import tfds_source
 
 
 def write_placeholder_prepared_dir(data_dir, name: str, *, file_format: str = "array_record"):
   """Creates the files `check_prepared` looks for (no real records: tfds is mocked when read)."""
-  dataset_dir = tfds_data.prepared_dataset_dir(name, data_dir=data_dir)
+  dataset_dir = tfds_source.prepared_dataset_dir(name, data_dir=data_dir)
   dataset_dir.mkdir(parents=True)
   (dataset_dir / "dataset_info.json").write_text(
       json.dumps({"name": name, "splits": [{"name": "train"}, {"name": "test"}]}))

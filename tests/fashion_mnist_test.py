@@ -13,8 +13,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import fashion_mnist as fashion_mnist_config
-from rfd_jax import config_validation, input_pipeline, prepare_data
-from rfd_jax.prepare import fashion_mnist
+from rfd_jax import config_validation, prepare_data
+from rfd_jax.data import datasets
+from rfd_jax.data.prepare import fashion_mnist
 
 from fake_idx import idx_bytes, no_network, write_fake_fashion_mnist, write_gzip
 
@@ -78,7 +79,7 @@ def test_loader_reads_the_converted_set_grey_to_rgb_and_subset(prepared):
   data_dir, expected = prepared
   cfg = ml_collections.ConfigDict({"dataset": "fashion_mnist", "data_dir": str(data_dir),
                                    "image_size": 28, "train_per_class": 0})
-  data = input_pipeline.load_dataset(cfg)
+  data = datasets.load_dataset(cfg)
   assert data.train_images.shape == (12, 28, 28, 3) and data.test_images.shape == (5, 28, 28, 3)
   assert data.train_images.dtype == np.uint8 and data.train_labels.dtype == np.int64
   np.testing.assert_array_equal(data.train_images[..., 0], data.train_images[..., 2])
@@ -89,7 +90,7 @@ def test_loader_reads_the_converted_set_grey_to_rgb_and_subset(prepared):
   assert data.num_classes == 10
 
   cfg.image_size, cfg.train_per_class = 16, 1
-  small = input_pipeline.load_dataset(cfg)
+  small = datasets.load_dataset(cfg)
   assert small.train_images.shape == (10, 16, 16, 3) and small.test_images.shape == (5, 16, 16, 3)
   # The first image of each class in record order (classes 0 and 1 have two each in the files).
   assert sorted(small.train_labels) == list(range(10))

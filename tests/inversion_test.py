@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from rfd_jax import input_pipeline, inversion, optim, steps
+from rfd_jax import inversion, optim, steps
+from rfd_jax.data import sklearn_digits
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import CifarResNet
 from rfd_jax.state import create_train_state, trainable_mask
@@ -22,7 +23,7 @@ WEIGHTS = {"ce": 1.0, "balance": 1.0, "smoothness": 1e-3, "bn": 50.0, "ce_temper
 @pytest.fixture(scope="module", name="teacher")
 def _teacher():
   """ResNet-32 on 16-px digits 0..3 (model labels = digits): 100 steps at lr 0.05, 40 at 0.005."""
-  data = input_pipeline.load_digits(SIZE)
+  data = sklearn_digits.load_digits(SIZE)
   keep = np.flatnonzero(data.train_labels < NUM_OLD)
   model = CifarResNet(task_sizes=(NUM_OLD, 10 - NUM_OLD))
   tx = optim.momentum_transform(0.9)

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from configs import cifar10, dfkd_digits, digits, teacher_digits, tiny_imagenet
-from rfd_jax import cli, input_pipeline, main, preflight
+from rfd_jax import cli, main, preflight
+from rfd_jax.data import sklearn_digits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -185,7 +186,7 @@ def test_batch_size_check_follows_the_method(capsys, tmp_path):
 
 
 def test_digits_counts_are_those_of_the_loaded_split():
-  loaded = input_pipeline.load_digits(image_size=8)
+  loaded = sklearn_digits.load_digits(image_size=8)
   np.testing.assert_array_equal(np.bincount(preflight._digits_train_labels(), minlength=10),
                                 np.bincount(loaded.train_labels, minlength=10))
 

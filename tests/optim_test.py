@@ -1,11 +1,9 @@
-"""Tests for rfd_jax.optim: SGD equals optax's reference; masks freeze; the LR schedule."""
+"""Tests for rfd_jax.optim: SGD equals optax's reference; masks freeze (the LR schedules: plan_test)."""
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
-import pytest
 
 from rfd_jax import optim
 

@@ -46,15 +46,12 @@ def test_accuracy_matrix_heatmap_is_lower_triangular(tmp_path):
   assert np.all(cells[np.triu_indices(3, 1)] < 0.05), cells  # blank above the diagonal (edges)
 
 
-def test_curve_run_plots_and_comparison_sizes(tmp_path):
+def test_curve_and_run_plot_sizes(tmp_path):
   results = {"acc_matrix": [[90.0, None], [60.0, 80.0]], "acc_seen": [90.0, 70.0],
              "task_sizes": [5, 5]}
   plots.save_run_plots(str(tmp_path), results)
   assert Image.open(tmp_path / "accuracy_matrix.png").size == (640, 480)
   assert Image.open(tmp_path / "accuracy_curve.png").size == (640, 480)
-  plots.save_comparison(str(tmp_path / "c.png"), {"a": [[90, 70], [80, 60]], "b": [[90, 40]]},
-                        [5, 10])
-  assert Image.open(tmp_path / "c.png").size == (1280, 480)
 
 
 def test_replay_title_numbers_tasks_from_1_and_names_missing_classes():

@@ -12,8 +12,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from rfd_jax import prepare_data
-from rfd_jax.prepare import cifar
-from rfd_jax import tfds_data
+from rfd_jax.data import tfds_source
+from rfd_jax.data.prepare import cifar
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                  "truck"]
@@ -116,7 +116,7 @@ def test_cifar10_round_trip(tmp_path, capsys):
   assert str(dataset_dir) in capsys.readouterr().out
   assert list(dataset_dir.glob("cifar10-train.array_record-*"))
   for split, (images, labels) in expected.items():
-    loaded_images, loaded_labels = tfds_data.load_split("cifar10", split, str(data_dir))
+    loaded_images, loaded_labels = tfds_source.load_split("cifar10", split, str(data_dir))
     order = _record_indices("cifar10", split, data_dir)
     assert sorted(order) == list(range(len(labels)))
     np.testing.assert_array_equal(loaded_images, images[order])
@@ -143,7 +143,7 @@ def test_cifar100_round_trip(tmp_path):
                             "--data_dir", str(data_dir)]) == 0
 
   for split, (images, fine, coarse) in expected.items():
-    loaded_images, loaded_labels = tfds_data.load_split("cifar100", split, data_dir)
+    loaded_images, loaded_labels = tfds_source.load_split("cifar100", split, data_dir)
     order = _record_indices("cifar100", split, data_dir)
     np.testing.assert_array_equal(loaded_images, images[order])
     np.testing.assert_array_equal(loaded_labels, fine[order])
@@ -171,7 +171,7 @@ def test_existing_dataset_needs_overwrite(tmp_path, capsys):
   new_expected = _write_fake_cifar10(archive_path, rng=np.random.default_rng(3),
                                      batch_sizes=(2,) * 5, test_size=2)
   assert prepare_data.main([*args, "--overwrite"]) == 0
-  _, labels = tfds_data.load_split("cifar10", "train", tmp_path / "tfds")
+  _, labels = tfds_source.load_split("cifar10", "train", tmp_path / "tfds")
   assert len(labels) == len(new_expected["train"][1]) == 10
 
 

@@ -1,4 +1,4 @@
-"""`python -m rfd_jax.report`: the results table of a finished run, a clear error otherwise."""
+"""`python -m rfd_jax.tools.report`: the results table of a finished run, a clear error otherwise."""
 
 import json
 import os
@@ -16,8 +16,8 @@ RESULTS = {
 
 
 def _report(*workdirs):
-  return subprocess.run([sys.executable, "-m", "rfd_jax.report", *map(str, workdirs)], cwd=REPO,
-                        capture_output=True, text=True, timeout=60, check=False)
+  return subprocess.run([sys.executable, "-m", "rfd_jax.tools.report", *map(str, workdirs)],
+                        cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_prints_the_results_table(tmp_path):

@@ -9,7 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rfd_jax import input_pipeline, optim, steps, tasks
+from rfd_jax import optim, steps, tasks
+from rfd_jax.data import augment, datasets
 from rfd_jax.models import resnet
 from rfd_jax.state import create_train_state, trainable_mask
 
@@ -24,7 +25,7 @@ def _cifar_batch(tmp_path_factory):
   cfg = ml_collections.ConfigDict({"dataset": "cifar10", "data_dir": str(data_dir),
                                    "image_size": 32})
   with mock_cifar(64):
-    data = input_pipeline.load_dataset(cfg)
+    data = datasets.load_dataset(cfg)
   spec = tasks.make_task_spec(num_classes=10, num_tasks=5, order="seed0")
   labels = spec.to_model_labels(data.train_labels).astype(np.int32)
   keep = np.flatnonzero(labels < spec.num_seen(1))[:16]
@@ -49,7 +50,7 @@ def test_one_train_step_on_mock_cifar(cifar_batch):
   new_state, metrics = step(state, batch, jax.random.key(1), hparams)
 
   # the reported loss is the CE over the 4 seen classes, recomputed here in numpy
-  x = input_pipeline.normalize(batch["images"], data.mean, data.std)
+  x = augment.normalize(batch["images"], data.mean, data.std)
   (logits, _), _ = model.apply(state.variables, x, train=True, mutable=["batch_stats"])
   z = np.asarray(logits, np.float64)[:, :4]
   log_probs = z - z.max(1, keepdims=True)

@@ -1,4 +1,4 @@
-"""rfd_jax.sweep: argument parsing, run layout, skipping, summaries and the Markdown section.
+"""rfd_jax.tools.sweep (with sweep_runs, summaries): argument parsing, run layout, skipping, summaries and the Markdown section.
 
 No training: launches are faked (or --dry_run), results.json files are written by hand.
 """
@@ -9,9 +9,11 @@ import os
 import sys
 
 import numpy as np
+from PIL import Image
 import pytest
 
-from rfd_jax import sweep, tasks
+from rfd_jax import tasks
+from rfd_jax.tools import summaries, sweep, sweep_runs
 
 
 def fake_results(method, order, seed, final, avg, forgetting, wall=100.0):
@@ -29,17 +31,17 @@ def write_results(workdir, results):
 
 
 def test_method_entries():
-  assert sweep.parse_method_entry("abd") == sweep.MethodEntry("abd", (("method", "abd"),))
-  entry = sweep.parse_method_entry("rfd-no-lfd:method=rfd:distill.lambda_lfd=0")
+  assert sweep_runs.parse_method_entry("abd") == sweep_runs.MethodEntry("abd", (("method", "abd"),))
+  entry = sweep_runs.parse_method_entry("rfd-no-lfd:method=rfd:distill.lambda_lfd=0")
   assert entry.label == "rfd-no-lfd" and entry.method == "rfd"
   assert entry.overrides == (("method", "rfd"), ("distill.lambda_lfd", "0"))
   assert entry.settings == "method=rfd distill.lambda_lfd=0"
-  assert sweep.parse_method_entry("abd:config.optim.lr=0.1").overrides == (
+  assert sweep_runs.parse_method_entry("abd:config.optim.lr=0.1").overrides == (
       ("method", "abd"), ("optim.lr", "0.1"))
   for bad in ["abd:seed=1", "abd:data.class_order=seed1", "abd:lr", "a/b", "abd:=1"]:
-    with pytest.raises(sweep.SweepError):
-      sweep.parse_method_entry(bad)
-  assert sweep.split_list("finetune, abd:optim.milestones=(1,2),rfd") == [
+    with pytest.raises(sweep_runs.SweepError):
+      sweep_runs.parse_method_entry(bad)
+  assert sweep_runs.split_list("finetune, abd:optim.milestones=(1,2),rfd") == [
       "finetune", "abd:optim.milestones=(1,2)", "rfd"]
 
 
@@ -148,7 +150,7 @@ def test_summarize_only_and_markdown_section(tmp_path, capsys):
   text = doc.read_text()
   assert text.startswith("# Results\n\nhand-written intro\n\n<!-- sweep:digits:begin -->\n")
   assert text.endswith("<!-- sweep:digits:end -->\n\nhand-written notes\n")
-  assert "old table" not in text and "python -m rfd_jax.sweep --workdir" in text
+  assert "old table" not in text and "python -m rfd_jax.tools.sweep --workdir" in text
   assert "| `abd` |  | seed0, seed1 | 0 | 65.00 ± 7.07 |" in text
   assert "| `x` | `method=joint` | seed0 | 2 | 99.00 |" in text
   # a second section is appended; the first is kept
@@ -160,13 +162,13 @@ def test_summarize_only_and_markdown_section(tmp_path, capsys):
 
 def test_replace_section_creates_the_file_and_rejects_a_lone_begin(tmp_path):
   path = str(tmp_path / "docs" / "new.md")
-  sweep.replace_section(path, "a", "table\n")
+  summaries.replace_section(path, "a", "table\n")
   with open(path) as f:
     assert f.read() == "<!-- sweep:a:begin -->\ntable\n<!-- sweep:a:end -->\n"
   with open(path, "w") as f:
     f.write("<!-- sweep:a:begin -->\n")
-  with pytest.raises(sweep.SweepError):
-    sweep.replace_section(path, "a", "table")
+  with pytest.raises(sweep_runs.SweepError):
+    summaries.replace_section(path, "a", "table")
 
 
 def test_a_stray_run_in_the_layout_is_an_error(tmp_path, capsys):
@@ -175,3 +177,9 @@ def test_a_stray_run_in_the_layout_is_an_error(tmp_path, capsys):
   assert sweep.main(["--config", "c.py", "--workdir", workdir, "--methods", "abd",
                      "--dry_run"]) == 1
   assert "class order" in capsys.readouterr().err
+
+
+def test_comparison_png_size(tmp_path):
+  summaries.save_comparison(str(tmp_path / "c.png"), {"a": [[90, 70], [80, 60]], "b": [[90, 40]]},
+                            [5, 10])
+  assert Image.open(tmp_path / "c.png").size == (1280, 480)

@@ -1,4 +1,4 @@
-"""Tests for rfd_jax.prepare.tfds_writer: a failure while writing leaves nothing behind, and
+"""Tests for rfd_jax.data.prepare.tfds_writer: a failure while writing leaves nothing behind, and
 --overwrite replaces an existing dataset only once the new one is complete."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rfd_jax import tfds_data
-from rfd_jax.prepare import tfds_writer
+from rfd_jax.data import tfds_source
+from rfd_jax.data.prepare import tfds_writer
 
 from fake_idx import no_network
 
@@ -57,12 +57,12 @@ def test_overwrite_replaces_only_a_complete_dataset(tmp_path):
 
   with pytest.raises(RuntimeError):
     _write(data_dir, num_train=4, fail_after=2, overwrite=True)
-  _, labels = tfds_data.load_split("fashion_mnist", "train", data_dir)
+  _, labels = tfds_source.load_split("fashion_mnist", "train", data_dir)
   assert len(labels) == 3  # the old dataset, intact
   assert [p.name for p in data_dir.iterdir()] == ["fashion_mnist"]
 
   _write(data_dir, num_train=4, overwrite=True)
-  images, labels = tfds_data.load_split("fashion_mnist", "train", data_dir)
+  images, labels = tfds_source.load_split("fashion_mnist", "train", data_dir)
   assert images.shape == (4, 28, 28, 1)
   assert sorted(images[:, 0, 0, 0]) == [0, 1, 2, 3]
   assert [p.name for p in data_dir.iterdir()] == ["fashion_mnist"]

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 from etils import epath
 
-from rfd_jax.prepare import tfds_writer
+from rfd_jax.data.prepare import tfds_writer
 
 DATASET_NAME = "fashion_mnist"
 DEBIAN_PACKAGE = "dataset-fashion-mnist"

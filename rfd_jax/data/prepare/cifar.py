@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 from etils import epath
 
-from rfd_jax.prepare import tfds_writer
+from rfd_jax.data.prepare import tfds_writer
 
 IMAGE_SIZE = 32
 NUM_CHANNELS = 3

@@ -1,4 +1,4 @@
-r"""`python -m rfd_jax.report WORKDIR [WORKDIR ...]`: prints the results table of finished runs.
+r"""`python -m rfd_jax.tools.report WORKDIR [WORKDIR ...]`: the results table of finished runs.
 
 Reads WORKDIR/results.json: the accuracy matrix with A_t per row, the final and average incremental
 accuracy, forgetting and wall time. A workdir without results.json (a run still going or a wrong
@@ -24,8 +24,8 @@ def load_results(workdir: str) -> dict:
       raise FileNotFoundError(f"{workdir} is not a directory.")
     hint = ("it holds no finished run (results.json is written when the last task ends)")
     if any(os.path.isfile(os.path.join(root, "results.json")) for root, _, _ in os.walk(workdir)):
-      hint = ("it holds runs in sub-directories: run `python -m rfd_jax.report` on one of them, "
-              "or `python -m rfd_jax.sweep --workdir " + workdir + " --summarize_only`")
+      hint = ("it holds runs in sub-directories: run `python -m rfd_jax.tools.report` on one of "
+              "them, or `python -m rfd_jax.tools.sweep --workdir " + workdir + " --summarize_only`")
     raise FileNotFoundError(f"no results.json in {workdir}: {hint}.")
   with open(path) as f:
     return json.load(f)
@@ -56,7 +56,7 @@ def format_report(results: dict) -> str:
 
 def main(argv):
   if len(argv) < 2:
-    raise app.UsageError("usage: python -m rfd_jax.report WORKDIR [WORKDIR ...]")
+    raise app.UsageError("usage: python -m rfd_jax.tools.report WORKDIR [WORKDIR ...]")
   for i, workdir in enumerate(argv[1:]):
     try:
       results = load_results(workdir)

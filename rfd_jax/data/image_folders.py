@@ -1,19 +1,12 @@
 """Tiny-ImageNet, ImageNet-100 and ImageNet-R from the folder layouts users already have on disk.
 
-Preprocessing follows RFD's `cl_lite` datasets (spec §1.2): `PIL.Image.open(path).convert("RGB")`,
-then torchvision's `Resize(r)` (bilinear, shorter side to r, longer side `int(r * long / short)`) and
-`CenterCrop(s)` (offsets `int(round((h - s) / 2))`), giving uint8 (s, s, 3) images:
-  * tiny_imagenet: r = s = config.data.image_size (64; the images are 64×64 already);
-  * imagenet100, imagenet_r: s = config.data.image_size (224) and r = round(s · 256 / 224) (256).
-Normalisation and augmentation happen on the device (input_pipeline).
-
-Tiny-ImageNet (100k + 10k images, 1.2 GB at 64 px) is decoded once into memory by a thread pool.
-The ImageNet-sized sets cannot be held in memory (ImageNet-100 is 19 GB at 224 px), so their images
-are `LazyImages`: an array-like that decodes the rows it is indexed with on a thread pool (Pillow
-releases the GIL while decoding and resizing) and keeps recently decoded rows in an LRU cache of
-`config.data.cache_gb` GB per split, which holds a whole ImageNet-100 task (about 13k images,
-2 GB). JAX dispatches train steps asynchronously, so decoding the next batch overlaps the device
-work on the current one; `prefetch_rows` schedules decodes further ahead.
+This module finds the files and their class ids; `image_decode` turns them into images as RFD's
+`cl_lite` datasets do (spec §1.2: Resize(r) + CenterCrop(s) on PIL RGB images):
+  * tiny_imagenet: r = s = config.data.image_size (64; the images are 64×64 already), decoded once
+    into memory by a thread pool (100k + 10k images, 1.2 GB at 64 px);
+  * imagenet100, imagenet_r: s = config.data.image_size (224) and r = round(s · 256 / 224) (256),
+    decoded lazily (`image_decode.LazyImages`: ImageNet-100 is 19 GB at 224 px).
+Normalisation and augmentation happen on the device (rfd_jax.data.augment).
 
 Class ids (the ids that `config.data.class_order` permutes):
   * tiny_imagenet: the line number of the wnid in `wnids.txt`, in file order (not sorted), exactly
@@ -25,20 +18,17 @@ Class ids (the ids that `config.data.class_order` permutes):
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import os
-import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 
 from absl import logging
 import numpy as np
 
-from rfd_jax import input_pipeline
+from rfd_jax.data import datasets, image_decode
 
 FOLDER_DATASETS = ("tiny_imagenet", "imagenet100", "imagenet_r")
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
-DEFAULT_CACHE_GB = 4.0
 # ImageNet-R without CODA-Prompt's split files: per class, floor(0.8 n) training images (see
 # `write_imagenet_r_split`).
 IMAGENET_R_TRAIN_FRACTION = 0.8
@@ -74,195 +64,12 @@ def _missing(what: str, layout: str, dataset: str, *, looked: Sequence[str] = ()
 
 
 # ---------------------------------------------------------------------------------------------
-# Decoding.
-
-
-def resize_size_for(dataset: str, image_size: int) -> int:
-  """torchvision Resize target (shorter side) for a center crop of `image_size`."""
-  if dataset == "tiny_imagenet":
-    return image_size
-  return int(round(image_size * 256 / 224))  # Resize(256) + CenterCrop(224), scaled
-
-
-def load_image(path: str, *, resize: int, crop: int) -> np.ndarray:
-  """Decodes one image as torchvision's Resize(resize) + CenterCrop(crop) on a PIL RGB image.
-
-  Returns uint8 (crop, crop, 3).
-  Raises FileNotFoundError (naming the path) for a missing file.
-  """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  with Image.open(path) as img:
-    img = img.convert("RGB")
-  width, height = img.size
-  short, long = (width, height) if width <= height else (height, width)
-  if short != resize:
-    new_short, new_long = resize, int(resize * long / short)
-    size = (new_short, new_long) if width <= height else (new_long, new_short)
-    img = img.resize(size, Image.BILINEAR)
-    width, height = img.size
-  if crop > min(width, height):
-    raise ValueError(f"{path}: crop {crop} is larger than the resized image {width}×{height}")
-  top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
-  img = img.crop((left, top, left + crop, top + crop))
-  return np.asarray(img, dtype=np.uint8)
-
-
-def _num_threads(num_threads: int) -> int:
-  return num_threads if num_threads > 0 else min(32, os.cpu_count() or 1)
-
-
-def decode_all(paths: Sequence[str], *, resize: int, crop: int, num_threads: int = 0,
-               what: str = "images") -> np.ndarray:
-  """Decodes every path on a thread pool into one uint8 (N, crop, crop, 3) array, in order."""
-  out = np.empty((len(paths), crop, crop, 3), np.uint8)
-
-  def decode_into(i):
-    out[i] = load_image(paths[i], resize=resize, crop=crop)  # no decoded copy waits in a future
-
-  with concurrent.futures.ThreadPoolExecutor(_num_threads(num_threads)) as pool:
-    for done, _ in enumerate(pool.map(decode_into, range(len(paths))), start=1):
-      if done % 20000 == 0:
-        logging.info("decoded %d/%d %s", done, len(paths), what)
-  return out
-
-
-class LazyImages:
-  """uint8 (N, S, S, 3) images decoded from files when indexed; an ndarray stand-in.
-
-  Supports what the training loop uses: `len`, `.shape`, `.dtype`, `.ndim`, and `x[key]` for an int
-  (→ (S, S, 3)), a slice, an int index array of any shape (→ key.shape + (S, S, 3)) or a boolean
-  mask (N,). Rows are decoded on a thread pool; the same index always gives the same pixels.
-  `np.asarray(x)` decodes everything.
-  """
-
-  def __init__(self, paths: Sequence[str], *, resize: int, crop: int, num_threads: int = 0,
-               cache_bytes: int = int(DEFAULT_CACHE_GB * 2**30), name: str = "images"):
-    self._paths = list(paths)
-    self._resize, self._crop, self._name = resize, crop, name
-    self.shape = (len(self._paths), crop, crop, 3)
-    self.dtype = np.dtype(np.uint8)
-    self.ndim = 4
-    self._capacity = max(int(cache_bytes) // (crop * crop * 3), 0)
-    self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
-    self._pending: dict[int, concurrent.futures.Future] = {}
-    self._lock = threading.RLock()  # a done-callback may run inside _submit
-    self._pool = concurrent.futures.ThreadPoolExecutor(_num_threads(num_threads),
-                                                       thread_name_prefix=f"decode-{name}")
-
-  def __len__(self) -> int:
-    return self.shape[0]
-
-  def __repr__(self) -> str:
-    return (f"LazyImages({self._name}, shape={self.shape}, cached={len(self._cache)}/"
-            f"{self._capacity})")
-
-  @property
-  def paths(self) -> list[str]:
-    return list(self._paths)
-
-  def _decode(self, index: int) -> np.ndarray:
-    return load_image(self._paths[index], resize=self._resize, crop=self._crop)
-
-  def _indices(self, key) -> np.ndarray:
-    if isinstance(key, slice):
-      return np.arange(len(self))[key]
-    key = np.asarray(key)
-    if key.dtype == bool:
-      if key.shape != (len(self),):
-        raise IndexError(f"boolean index of shape {key.shape} for {len(self)} rows")
-      return np.flatnonzero(key)
-    if not np.issubdtype(key.dtype, np.integer):
-      raise IndexError(f"LazyImages rows are indexed by ints, slices or masks, not {key.dtype}")
-    if key.size and (key.min() < -len(self) or key.max() >= len(self)):
-      raise IndexError(f"index out of range for {len(self)} rows")
-    return np.where(key < 0, key + len(self), key)
-
-  def _submit(self, indices: Iterable[int]) -> dict[int, np.ndarray | concurrent.futures.Future]:
-    """Cached rows, pending decodes and new decodes for `indices`; call with the lock held."""
-    rows = {}
-    for i in indices:
-      i = int(i)
-      if i in rows:
-        continue
-      if i in self._cache:
-        self._cache.move_to_end(i)
-        rows[i] = self._cache[i]
-      elif i in self._pending:
-        rows[i] = self._pending[i]
-      else:
-        future = self._pool.submit(self._decode, i)
-        rows[i] = self._pending[i] = future
-        future.add_done_callback(lambda f, i=i: self._store(i, f))
-    return rows
-
-  def _store(self, index: int, future: concurrent.futures.Future) -> None:
-    """Moves a finished decode from the pending set into the LRU cache."""
-    with self._lock:
-      self._pending.pop(index, None)
-      if self._capacity and not future.cancelled() and future.exception() is None:
-        self._cache[index] = future.result()
-        self._cache.move_to_end(index)
-        while len(self._cache) > self._capacity:
-          self._cache.popitem(last=False)
-
-  def prefetch(self, key) -> None:
-    """Starts decoding the rows of `key` in the background; a later `x[key]` picks them up."""
-    with self._lock:
-      self._submit(np.unique(self._indices(key)))
-
-  def __getitem__(self, key) -> np.ndarray:
-    if isinstance(key, (int, np.integer)):
-      return self[np.asarray([key])][0]
-    if isinstance(key, tuple):
-      raise IndexError("LazyImages supports row indexing only (x[rows]); index the result further")
-    indices = self._indices(key)
-    flat = indices.reshape(-1)
-    with self._lock:
-      rows = self._submit(flat)
-    decoded = {i: row.result() if isinstance(row, concurrent.futures.Future) else row
-               for i, row in rows.items()}
-    out = np.empty((len(flat), *self.shape[1:]), np.uint8)
-    for k, i in enumerate(flat):
-      out[k] = decoded[int(i)]
-    return out.reshape(*indices.shape, *self.shape[1:])
-
-  def __array__(self, dtype=None, copy=None):
-    del copy  # always a fresh array
-    if len(self) * np.prod(self.shape[1:]) > 2**30:
-      logging.warning("decoding all %d %s into memory", len(self), self._name)
-    out = self[np.arange(len(self))]
-    return out if dtype is None else out.astype(dtype)
-
-  def close(self) -> None:
-    self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def prefetch_rows(images, index_batches: Iterable[np.ndarray], *, depth: int = 2
-                  ) -> Iterator[np.ndarray]:
-  """Yields `images[idx]` for each idx, with the next `depth` batches decoding in the background.
-
-  Works for numpy arrays (plain indexing) and `LazyImages` (decode ahead on its thread pool).
-  """
-  pending: collections.deque[np.ndarray] = collections.deque()
-  batches = iter(index_batches)
-  lazy = isinstance(images, LazyImages)
-  for idx in batches:
-    pending.append(idx)
-    if lazy:
-      images.prefetch(idx)
-    if len(pending) > depth:
-      yield images[pending.popleft()]
-  while pending:
-    yield images[pending.popleft()]
-
-
-# ---------------------------------------------------------------------------------------------
 # Layouts.
 
 
 def _check_files_exist(paths: Sequence[str], *, what: str, layout: str, dataset: str,
                        num_threads: int) -> None:
-  with concurrent.futures.ThreadPoolExecutor(_num_threads(num_threads)) as pool:
+  with concurrent.futures.ThreadPoolExecutor(image_decode.resolve_num_threads(num_threads)) as pool:
     exists = list(pool.map(os.path.isfile, paths))
   missing = [p for p, ok in zip(paths, exists) if not ok]
   if missing:
@@ -480,7 +287,7 @@ def imagenet_r_files(data_dir: str, *, num_threads: int = 0
 # Entry point.
 
 
-def load(data_config) -> input_pipeline.Dataset:
+def load(data_config) -> datasets.Dataset:
   """Loads a folder dataset: Tiny-ImageNet into memory, the ImageNet sets as `LazyImages`.
 
   Reads `dataset`, `data_dir`, `image_size` and, if present, `decode_threads` (0: one per core,
@@ -491,10 +298,10 @@ def load(data_config) -> input_pipeline.Dataset:
     ValueError: a malformed list/split file or class ids out of range.
   """
   name = data_config.dataset
-  info = input_pipeline.dataset_info(name)
+  info = datasets.dataset_info(name)
   threads = int(data_config.get("decode_threads", 0))
   crop = int(data_config.image_size)
-  resize = resize_size_for(name, crop)
+  resize = image_decode.resize_size_for(name, crop)
   if name == "tiny_imagenet":
     tr_paths, tr_y, te_paths, te_y = tiny_imagenet_files(data_config.data_dir)
   elif name == "imagenet100":
@@ -509,13 +316,15 @@ def load(data_config) -> input_pipeline.Dataset:
                len(te_paths), resize, crop)
 
   if name == "tiny_imagenet":
-    tr_x = decode_all(tr_paths, resize=resize, crop=crop, num_threads=threads, what="train images")
-    te_x = decode_all(te_paths, resize=resize, crop=crop, num_threads=threads, what="test images")
+    tr_x = image_decode.decode_all(tr_paths, resize=resize, crop=crop, num_threads=threads,
+                                   what="train images")
+    te_x = image_decode.decode_all(te_paths, resize=resize, crop=crop, num_threads=threads,
+                                   what="test images")
   else:
-    cache_bytes = int(float(data_config.get("cache_gb", DEFAULT_CACHE_GB)) * 2**30)
-    tr_x = LazyImages(tr_paths, resize=resize, crop=crop, num_threads=threads,
-                      cache_bytes=cache_bytes, name=f"{name}-train")
-    te_x = LazyImages(te_paths, resize=resize, crop=crop, num_threads=threads,
-                      cache_bytes=cache_bytes, name=f"{name}-test")
-  return input_pipeline.Dataset(name, tr_x, tr_y, te_x, te_y, np.asarray(info.mean, np.float32),
-                                np.asarray(info.std, np.float32))
+    cache_bytes = int(float(data_config.get("cache_gb", image_decode.DEFAULT_CACHE_GB)) * 2**30)
+    tr_x = image_decode.LazyImages(tr_paths, resize=resize, crop=crop, num_threads=threads,
+                                   cache_bytes=cache_bytes, name=f"{name}-train")
+    te_x = image_decode.LazyImages(te_paths, resize=resize, crop=crop, num_threads=threads,
+                                   cache_bytes=cache_bytes, name=f"{name}-test")
+  return datasets.Dataset(name, tr_x, tr_y, te_x, te_y, np.asarray(info.mean, np.float32),
+                          np.asarray(info.std, np.float32))

@@ -1,94 +1,25 @@
-"""Tests for rfd_jax.input_pipeline: digits, mock CIFAR, batching, normalisation, augmentation."""
+"""Tests for rfd_jax.data.augment: normalisation, crop and flip, colour jitter, Augmentation."""
 
-import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from rfd_jax import input_pipeline
-
-from fake_tfds import fake_image, mock_cifar, write_placeholder_prepared_dir
-
-
-def test_digits_fixed_stratified_split():
-  data = input_pipeline.load_digits(16)
-  chex.assert_shape([data.train_images, data.test_images], [(1257, 16, 16, 3), (540, 16, 16, 3)])
-  chex.assert_type([data.train_images, data.train_labels], [np.uint8, np.int64])
-  np.testing.assert_array_equal(data.train_images[..., 0], data.train_images[..., 2])  # grey
-  counts = np.bincount(data.test_labels, minlength=10)
-  assert counts.min() >= 52 and counts.max() <= 55  # 30% of each class (174..183 per class)
-  again = input_pipeline.load_digits(16)
-  np.testing.assert_array_equal(again.test_images, data.test_images)
-  scaled = data.train_images[..., 0] / 255.0
-  np.testing.assert_allclose(data.mean, scaled.mean(), rtol=1e-5)
-  np.testing.assert_allclose(data.std, scaled.std(), rtol=1e-5)
-
-
-def test_digits_at_native_size_are_the_sklearn_pixels():
-  from sklearn import datasets
-  data = input_pipeline.load_digits(8)
-  originals = {tuple(np.round(img * 255 / 16).astype(np.uint8).ravel())
-               for img in datasets.load_digits().images}
-  assert all(tuple(img[..., 0].ravel()) in originals for img in data.test_images[:20])
-
-
-def test_unknown_dataset_names_the_field():
-  with pytest.raises(ValueError, match="config.data.dataset='imagenet7'"):
-    input_pipeline.dataset_info("imagenet7")
-
-
-def test_cifar10_through_mocked_tfds(tmp_path):
-  write_placeholder_prepared_dir(tmp_path, "cifar10")
-  cfg = ml_collections.ConfigDict({"dataset": "cifar10", "data_dir": str(tmp_path),
-                                   "image_size": 32})
-  with mock_cifar(12):
-    data = input_pipeline.load_dataset(cfg)
-  chex.assert_shape([data.train_images, data.test_images], [(12, 32, 32, 3)] * 2)
-  np.testing.assert_array_equal(data.train_images[5], fake_image(5))
-  np.testing.assert_allclose(data.mean, [0.4914, 0.4822, 0.4465])
-  assert data.num_classes == 10
-
-
-def test_first_per_class_keeps_the_first_n_of_each_class_in_order():
-  labels = np.array([3, 1, 3, 3, 0, 1, 1, 3])
-  np.testing.assert_array_equal(input_pipeline.first_per_class(labels, 2), [0, 1, 2, 4, 5])
-  np.testing.assert_array_equal(input_pipeline.first_per_class(labels, 9), np.arange(8))
-
-
-def test_train_per_class_subsets_training_images_only():
-  cfg = ml_collections.ConfigDict({"dataset": "digits", "data_dir": "", "image_size": 8,
-                                   "train_per_class": 5})
-  data, full = input_pipeline.load_dataset(cfg), input_pipeline.load_digits(8)
-  np.testing.assert_array_equal(np.bincount(data.train_labels), [5] * 10)
-  keep = input_pipeline.first_per_class(full.train_labels, 5)
-  np.testing.assert_array_equal(data.train_images, full.train_images[keep])
-  np.testing.assert_array_equal(data.test_labels, full.test_labels)
-  np.testing.assert_array_equal(data.mean, full.mean)  # normalisation stays the full set's
-
-
-def test_epoch_batches_deterministic_and_drop_last():
-  a = input_pipeline.epoch_batches(103, 10, seed=0, task=1, epoch=2)
-  b = input_pipeline.epoch_batches(103, 10, seed=0, task=1, epoch=2)
-  c = input_pipeline.epoch_batches(103, 10, seed=0, task=1, epoch=3)
-  chex.assert_shape(a, (10, 10))
-  np.testing.assert_array_equal(a, b)
-  assert not np.array_equal(a, c)
-  assert len(np.unique(a)) == 100 and a.max() < 103
+from rfd_jax.data import augment
 
 
 def test_normalize_matches_numpy():
   images = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
   mean, std = np.array([0.1, 0.2, 0.3], np.float32), np.array([0.5, 0.25, 2.0], np.float32)
-  np.testing.assert_allclose(input_pipeline.normalize(images, mean, std),
+  np.testing.assert_allclose(augment.normalize(images, mean, std),
                              (images / 255.0 - mean) / std, rtol=1e-5, atol=1e-6)
 
 
 def test_random_crop_flip_matches_numpy_reference():
   rng = jax.random.key(3)
   images = np.random.default_rng(1).normal(size=(6, 8, 8, 3)).astype(np.float32)
-  out = np.asarray(input_pipeline.random_crop_flip(rng, jnp.asarray(images), pad=4))
+  out = np.asarray(augment.random_crop_flip(rng, jnp.asarray(images), pad=4))
   # same draws as the implementation, then crop/flip written out in numpy
   rng_y, rng_x, rng_flip = jax.random.split(rng, 3)
   top = np.asarray(jax.random.randint(rng_y, (6,), 0, 9))
@@ -108,17 +39,17 @@ def test_black_fill_without_flip_shifts_over_black():
   mean, std = np.array([0.2, 0.2, 0.2], np.float32), np.array([0.4, 0.4, 0.4], np.float32)
   pixels = np.zeros((4, 6, 6, 3), np.uint8)
   pixels[:, 2:4, 2:4] = 255  # a white square on black
-  images = input_pipeline.normalize(pixels, mean, std)
-  aug = input_pipeline.Augmentation(crop_padding=2, crop_fill="black", flip=False)
-  out = np.asarray(input_pipeline.augment(jax.random.key(0), images, aug, mean, std))
+  images = augment.normalize(pixels, mean, std)
+  aug = augment.Augmentation(crop_padding=2, crop_fill="black", flip=False)
+  out = np.asarray(augment.augment(jax.random.key(0), images, aug, mean, std))
   black = (0 - 0.2) / 0.4
   # every output pixel is either the square or black background: no mean-colour bars
   assert np.all(np.isclose(out, black, atol=1e-6) | np.isclose(out, (1 - 0.2) / 0.4, atol=1e-6))
   assert np.all((np.isclose(out, (1 - 0.2) / 0.4)).sum(axis=(1, 2, 3)) == 4 * 3)  # square kept
   # the papers' fill pads with 0 in normalised space, i.e. the mean colour
-  paper = np.asarray(input_pipeline.augment(jax.random.key(0), images,
-                                            input_pipeline.Augmentation(2, "normalized", False),
-                                            mean, std))
+  paper = np.asarray(augment.augment(jax.random.key(0), images,
+                                     augment.Augmentation(2, "normalized", False),
+                                     mean, std))
   assert np.isclose(paper, 0.0).any() and not np.isclose(out, 0.0).any()
 
 
@@ -143,7 +74,7 @@ def test_adjust_brightness_contrast_matches_numpy_with_fixed_factors():
   brightness = np.array([1.24, 0.76, 1.1, 0.9], np.float32)
   contrast = np.array([1.8, 0.2, 1.5, 0.5], np.float32)
   contrast_first = np.array([True, False, False, True])
-  out = np.asarray(input_pipeline.adjust_brightness_contrast(
+  out = np.asarray(augment.adjust_brightness_contrast(
       jnp.asarray(images), brightness=jnp.asarray(brightness), contrast=jnp.asarray(contrast),
       contrast_first=jnp.asarray(contrast_first)))
   expected = _numpy_jitter(images, brightness, contrast, contrast_first)
@@ -153,7 +84,7 @@ def test_adjust_brightness_contrast_matches_numpy_with_fixed_factors():
   swapped = _numpy_jitter(images, brightness, contrast, ~contrast_first)
   assert not np.allclose(swapped, expected, atol=1e-3)
   # a skipped adjustment is the identity
-  only_b = input_pipeline.adjust_brightness_contrast(
+  only_b = augment.adjust_brightness_contrast(
       jnp.asarray(images), brightness=jnp.asarray(brightness), contrast=None,
       contrast_first=jnp.asarray(contrast_first))
   np.testing.assert_allclose(only_b, np.clip(images * brightness[:, None, None, None], 0, 1),
@@ -163,8 +94,8 @@ def test_adjust_brightness_contrast_matches_numpy_with_fixed_factors():
 def test_color_jitter_draws_per_image_factors_in_torchvision_ranges():
   rng = jax.random.key(5)
   images = np.random.default_rng(1).uniform(0, 1, (64, 4, 4, 3)).astype(np.float32)
-  out = np.asarray(input_pipeline.color_jitter(rng, jnp.asarray(images), brightness=63 / 255,
-                                               contrast=0.8))
+  out = np.asarray(augment.color_jitter(rng, jnp.asarray(images), brightness=63 / 255,
+                                        contrast=0.8))
   # the implementation's draws, then the adjustments written out in numpy
   rng_b, rng_c, rng_order = jax.random.split(rng, 3)
   b = np.asarray(jax.random.uniform(rng_b, (64,), minval=1 - 63 / 255, maxval=1 + 63 / 255))
@@ -174,14 +105,14 @@ def test_color_jitter_draws_per_image_factors_in_torchvision_ranges():
   assert 0 < order.sum() < 64 and len(np.unique(b)) == 64  # per image: factors and order vary
   # the factor ranges themselves: brightness on a flat grey image, contrast on a two-level one
   grey = jnp.full((512, 2, 2, 3), 0.25)
-  factors = np.asarray(input_pipeline.color_jitter(rng, grey, brightness=63 / 255,
-                                                   contrast=0.0))[:, 0, 0, 0] / 0.25
+  factors = np.asarray(augment.color_jitter(rng, grey, brightness=63 / 255,
+                                            contrast=0.0))[:, 0, 0, 0] / 0.25
   assert factors.min() >= 1 - 63 / 255 - 1e-6 and factors.max() <= 1 + 63 / 255 + 1e-6
   assert factors.min() < 0.77 and factors.max() > 1.23
   two_level = jnp.asarray(np.repeat([0.2, 0.6], 2)[None, :, None, None] * np.ones((512, 4, 1, 3)))
   for strength, low, high in ((0.8, 0.2, 1.8), (1.5, 0.0, 2.5)):  # max(0, 1 − s)
-    out = np.asarray(input_pipeline.color_jitter(rng, two_level, brightness=0.0,
-                                                 contrast=strength))
+    out = np.asarray(augment.color_jitter(rng, two_level, brightness=0.0,
+                                          contrast=strength))
     factors = (out[:, 2, 0, 0] - 0.4) / 0.2  # 0.6 → 0.4 + 0.2·c, below the clamp for c < 3
     assert factors.min() >= low - 1e-5 and factors.max() <= high + 1e-5
     assert factors.min() < low + 0.05 and factors.max() > high - 0.05
@@ -192,16 +123,16 @@ def test_augment_without_jitter_is_exactly_the_crop_and_flip(fill):
   """Jitter off (the default, and configs without the fields): bit-identical to the former
   augment, i.e. `random_crop_flip` with the fill in normalised units."""
   mean, std = np.array([0.5, 0.4, 0.3], np.float32), np.array([0.25, 0.2, 0.3], np.float32)
-  images = input_pipeline.normalize(
+  images = augment.normalize(
       np.random.default_rng(2).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8), mean, std)
   config = ml_collections.ConfigDict({"crop_padding": 4, "crop_fill": fill, "flip": True})
-  aug = input_pipeline.Augmentation.from_config(config)
-  assert aug == input_pipeline.Augmentation(4, fill, True, 0.0, 0.0)
+  aug = augment.Augmentation.from_config(config)
+  assert aug == augment.Augmentation(4, fill, True, 0.0, 0.0)
   rng = jax.random.key(7)
-  out = input_pipeline.augment(rng, images, aug, mean, std)
+  out = augment.augment(rng, images, aug, mean, std)
   former_fill = 0.0 if fill == "normalized" else -jnp.asarray(mean) / jnp.asarray(std)
   np.testing.assert_array_equal(
-      out, input_pipeline.random_crop_flip(rng, images, pad=4, fill=former_fill, flip=True))
+      out, augment.random_crop_flip(rng, images, pad=4, fill=former_fill, flip=True))
 
 
 def test_augment_with_jitter_runs_jitter_then_flip_then_black_padded_crop():
@@ -209,10 +140,10 @@ def test_augment_with_jitter_runs_jitter_then_flip_then_black_padded_crop():
   Normalize; the crop and flip draws are those of the jitter-free augmentation."""
   mean, std = np.array([0.5, 0.4, 0.3], np.float32), np.array([0.25, 0.2, 0.3], np.float32)
   pixels = np.random.default_rng(3).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
-  images = input_pipeline.normalize(pixels, mean, std)
-  aug = input_pipeline.Augmentation(4, "black", True, 63 / 255, 0.8)
+  images = augment.normalize(pixels, mean, std)
+  aug = augment.Augmentation(4, "black", True, 63 / 255, 0.8)
   rng = jax.random.key(11)
-  out = np.asarray(input_pipeline.augment(rng, images, aug, mean, std))
+  out = np.asarray(augment.augment(rng, images, aug, mean, std))
   # jitter draws from fold_in(rng, 1), as color_jitter's own test reproduces them
   rng_b, rng_c, rng_order = jax.random.split(jax.random.fold_in(rng, 1), 3)
   b = np.asarray(jax.random.uniform(rng_b, (6,), minval=1 - 63 / 255, maxval=1 + 63 / 255))

@@ -1,0 +1,206 @@
+r"""Runs methods × class orders × seeds into sub-workdirs and summarises them.
+
+  python -m rfd_jax.tools.sweep --config configs/digits.py --workdir runs/sweep_digits \
+      --orders seed0,seed1,seed2 \
+      --methods finetune,joint,rfd,"rfd-no-lfd:method=rfd:distill.lambda_lfd=0" \
+      [--set key=value ...] [--seeds 0,1] [--parallel N] \
+      [--output docs/results.md --section digits] [--dry_run] [--summarize_only]
+
+A methods entry is `label[:key=value[:key=value ...]]` (config fields without the `config.`
+prefix); a bare label, or an entry without a `method=` override, sets `method=label`. `--set`
+applies to every run, before the entry's own overrides. Run (label, order, seed) goes to
+`WORKDIR/<label>/<order>` (`<order>-s<seed>` for seeds other than 0) and is
+`python -m rfd_jax.main --config CONFIG --workdir SUB --config.method=M --config.data.class_order=O
+--config.seed=S <overrides>`, logged to `SUB/log.txt`. Runs with a results.json are skipped, so a
+sweep resumes, or collects runs made earlier by hand in that layout; a failed run is reported, the
+others go on, and the exit status is 1.
+
+Then WORKDIR/summary.md, summary.csv and comparison.png: per label, mean ± sample std over its
+runs of the final accuracy, average incremental accuracy and forgetting, and the wall time per run.
+`--output FILE --section NAME` also puts the Markdown table, with the sweep's command line,
+between `<!-- sweep:NAME:begin -->` and `<!-- sweep:NAME:end -->` in FILE, keeping the rest of it.
+`--summarize_only` rebuilds the summaries from the sub-workdirs without running anything (without
+--methods: every `<label>/<run>/results.json` under WORKDIR).
+
+The run layout is `sweep_runs`, the tables and the figure `summaries`; this module is the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import concurrent.futures
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from rfd_jax import tasks
+from rfd_jax.tools import summaries, sweep_runs
+
+
+def check_methods(entries: Sequence[sweep_runs.MethodEntry]) -> None:
+  """SweepError naming the first entry whose method rfd_jax.main does not know (a dry run would
+  print its commands and every run would fail)."""
+  # Imported here: config_validation imports JAX, which the summaries do not need.
+  from rfd_jax import config_validation  # pylint: disable=g-import-not-at-top
+  for entry in entries:
+    if entry.method not in config_validation.METHODS:
+      raise sweep_runs.SweepError(
+          f"--methods: unknown method {entry.method!r} (entry {entry.label!r}); known methods: "
+          f"{', '.join(config_validation.METHODS)}. A label that is not a method names its "
+          f"method, e.g. {entry.label}:method=rfd.")
+
+
+def launch(run: sweep_runs.Run, config: str,
+           common: Sequence[tuple[str, str]]) -> tuple[int, float]:
+  """Runs one rfd_jax.main subprocess, output appended to SUB/log.txt. → (exit status, seconds)."""
+  os.makedirs(run.workdir, exist_ok=True)
+  command = run.command(config, common)
+  start = time.time()
+  with open(os.path.join(run.workdir, "log.txt"), "a") as log:
+    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
+    log.flush()
+    proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
+  return proc.returncode, time.time() - start
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog="python -m rfd_jax.tools.sweep", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", help="configs/*.py file of every run (not needed with "
+                      "--summarize_only)")
+  parser.add_argument("--workdir", required=True, help="the sweep's directory")
+  parser.add_argument("--methods", help="label[:key=value...],... (a bare label sets method)")
+  parser.add_argument("--orders", default="seed0", help="class orders, e.g. seed0,seed1,seed2")
+  parser.add_argument("--seeds", default="0", help="config.seed values, e.g. 0,1,2")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a config override for every run (repeatable)")
+  parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
+  parser.add_argument("--output", help="Markdown file to put the table in (e.g. docs/results.md)")
+  parser.add_argument("--section", help="marker name in --output (default: the workdir's name)")
+  parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
+  parser.add_argument("--summarize_only", action="store_true",
+                      help="rebuild the summaries from existing runs")
+  args = parser.parse_args(argv)
+  if not args.summarize_only and not (args.config and args.methods):
+    parser.error("--config and --methods are required unless --summarize_only")
+  if args.parallel < 1:
+    parser.error("--parallel must be >= 1")
+  return args
+
+
+def plan_from_args(args: argparse.Namespace
+                   ) -> tuple[list[sweep_runs.Run], list[tuple[str, str]]]:
+  """The sweep's runs and its `--set` overrides; SweepError on a bad argument."""
+  common = [sweep_runs.parse_override(s, where="--set") for s in args.set]
+  for key, _ in common:
+    if key in sweep_runs.RESERVED or key == "method":
+      raise sweep_runs.SweepError(
+          f"--set {key}=...: use {sweep_runs.RESERVED.get(key, '--methods')} for it.")
+  orders = sweep_runs.split_list(args.orders)
+  for order in orders:
+    if order not in tasks.NAMED_ORDERS:
+      raise sweep_runs.SweepError(f"--orders: {order!r} is not one of the named class orders "
+                                  f"{tasks.NAMED_ORDERS}.")
+  try:
+    seeds = [int(s) for s in sweep_runs.split_list(args.seeds)]
+  except ValueError as e:
+    raise sweep_runs.SweepError(
+        f"--seeds {args.seeds!r}: comma-separated integers expected.") from e
+  if args.methods:
+    entries = [sweep_runs.parse_method_entry(e) for e in sweep_runs.split_list(args.methods)]
+    check_methods(entries)
+    labels = [e.label for e in entries]
+    if len(set(labels)) < len(labels):
+      raise sweep_runs.SweepError(f"--methods: duplicate labels in {labels}.")
+    return sweep_runs.plan_runs(args.workdir, entries, orders, seeds), common
+  if not os.path.isdir(args.workdir):
+    raise sweep_runs.SweepError(f"--workdir {args.workdir} does not exist.")
+  return sweep_runs.discover_runs(args.workdir), common
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = parse_args(argv)
+  command = shlex.join(["python", "-m", "rfd_jax.tools.sweep", *argv])
+  try:
+    runs, common = plan_from_args(args)
+  except sweep_runs.SweepError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+  failed: list[str] = []  # messages; appended to from the --parallel threads too
+  results: dict[str, dict] = {}  # run workdir → its results.json
+
+  def collect(run: sweep_runs.Run) -> bool:
+    """Whether the run needs no launch: finished (results kept), or a stray run (an error)."""
+    try:
+      found = sweep_runs.load_results(run)
+    except sweep_runs.SweepError as e:
+      failed.append(str(e))
+      return True
+    if found is not None:
+      results[run.workdir] = found
+    return found is not None
+
+  todo = [run for run in runs if not collect(run)]
+  if args.summarize_only:
+    for run in todo:
+      print(f"missing {run.workdir}: no results.json")
+  else:
+    for run in runs:
+      if run.workdir in results:
+        print(f"skip {run.workdir}: results.json exists")
+    if args.dry_run:
+      for run in todo:
+        print(shlex.join(run.command(args.config, common)))
+      todo = []
+
+    def one(i_run):
+      i, run = i_run
+      progress = f"[{i + 1}/{len(todo)}]"
+      print(f"{progress} {run.entry.label} {run.order} seed {run.seed}: running "
+            f"(log: {os.path.join(run.workdir, 'log.txt')})", flush=True)
+      try:
+        status, seconds = launch(run, args.config, common)
+      except OSError as e:  # e.g. an unwritable workdir: this run fails, the others go on
+        status, seconds = f"{type(e).__name__}: {e}", 0.0
+      if status == 0 and collect(run):
+        print(f"{progress} {run.workdir}: done in {seconds:.0f}s, final accuracy "
+              f"{results[run.workdir]['final_acc']:.2f}", flush=True)
+      else:
+        failed.append(f"{run.workdir}: exit status {status} (see its log.txt)")
+        print(f"{progress} {run.workdir}: FAILED, exit status {status}", flush=True)
+
+    with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+      list(pool.map(one, enumerate(todo)))
+
+  if not args.dry_run:
+    # The command that ran the runs is kept for the tables --summarize_only rebuilds later.
+    os.makedirs(args.workdir, exist_ok=True)
+    commands_file = os.path.join(args.workdir, "sweep_command.txt")
+    commands = [command]
+    if not args.summarize_only:
+      with open(commands_file, "w") as f:
+        f.write(command + "\n")
+    elif os.path.isfile(commands_file):
+      with open(commands_file) as f:
+        commands = [f.read().strip(), command]
+    rows = summaries.summarize(runs, results)
+    if rows:
+      markdown = summaries.write_summaries(args.workdir, rows, commands, args.output,
+                                           args.section)
+      print(f"\n{markdown}\nwrote {os.path.join(args.workdir, 'summary.md')}, summary.csv, "
+            "comparison.png" + (f" and {args.output}" if args.output else ""))
+    else:
+      print("no finished runs to summarize")
+  for message in failed:
+    print(f"error: {message}", file=sys.stderr)
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
