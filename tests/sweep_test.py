@@ -6,7 +6,10 @@ No training: launches are faked (or --dry_run), results.json files are written b
 import csv
 import json
 import os
+import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 from PIL import Image
@@ -94,7 +97,8 @@ def test_runs_summarizes_and_reports_failures(tmp_path, monkeypatch, capsys):
             ("abd", "seed2"): (65.0, 85.5, 18.0), ("finetune", "seed0"): (20.0, 45.0, 99.0)}
   launched = []
 
-  def fake_launch(run, config, common):
+  def fake_launch(run, config, common, device=None):
+    assert device is None  # no --devices: every run sees every device
     launched.append((run.entry.label, run.order))
     if (run.entry.label, run.order) not in values:  # broken, finetune seed1 and seed2 fail
       return 1, 0.5
@@ -135,6 +139,37 @@ def test_runs_summarizes_and_reports_failures(tmp_path, monkeypatch, capsys):
   assert sweep.main(args) == 1
   assert sorted(launched) == [("broken", o) for o in ("seed0", "seed1", "seed2")] + [
       ("finetune", "seed1"), ("finetune", "seed2")]
+
+
+def test_devices_give_each_concurrent_run_a_gpu_of_its_own(tmp_path, monkeypatch, capsys):
+  workdir = str(tmp_path / "sw")
+  running, seen, lock = set(), [], threading.Lock()
+
+  def fake_run(command, stdout, stderr, check, env):  # launch()'s subprocess.run
+    del stdout, stderr, check
+    device = env["CUDA_VISIBLE_DEVICES"]
+    with lock:
+      assert device not in running  # never two runs on one GPU at a time
+      running.add(device)
+      seen.append(device)
+    time.sleep(0.05)
+    order = next(c.split("=", 1)[1] for c in command if c.startswith("--config.data.class_order="))
+    write_results(command[command.index("--workdir") + 1],
+                  fake_results("finetune", order, 0, 20.0, 45.0, 99.0))
+    with lock:
+      running.remove(device)
+    return subprocess.CompletedProcess(command, 0)
+
+  monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+  status = sweep.main(["--config", "configs/digits.py", "--workdir", workdir,
+                       "--orders", "seed0,seed1,seed2", "--methods", "finetune",
+                       "--devices", "3,5"])  # --parallel defaults to one run per GPU
+  out = capsys.readouterr().out
+  assert status == 0, out
+  assert len(seen) == 3 and set(seen) <= {"3", "5"} and "running on GPU " in out
+  with open(os.path.join(workdir, "finetune", "seed0", "log.txt")) as f:
+    assert "CUDA_VISIBLE_DEVICES=" in f.readline()
+  assert sweep.gpu_ids("0,2") == ["0", "2"] and sweep.gpu_ids("") == []
 
 
 def test_summarize_only_and_markdown_section(tmp_path, capsys):

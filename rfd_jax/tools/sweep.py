@@ -3,7 +3,7 @@ r"""Runs methods × class orders × seeds into sub-workdirs and summarises them.
   python -m rfd_jax.tools.sweep --config configs/digits.py --workdir runs/sweep_digits \
       --orders seed0,seed1,seed2 \
       --methods finetune,joint,rfd,"rfd-no-lfd:method=rfd:distill.lambda_lfd=0" \
-      [--set key=value ...] [--seeds 0,1] [--parallel N] \
+      [--set key=value ...] [--seeds 0,1] [--parallel N] [--devices 0,1,2,3 | auto] \
       [--output docs/results.md --section digits] [--dry_run] [--summarize_only]
 
 A methods entry is `label[:key=value[:key=value ...]]` (config fields without the `config.`
@@ -14,6 +14,11 @@ applies to every run, before the entry's own overrides. Run (label, order, seed)
 --config.seed=S <overrides>`, logged to `SUB/log.txt`. Runs with a results.json are skipped, so a
 sweep resumes, or collects runs made earlier by hand in that layout; a failed run is reported, the
 others go on, and the exit status is 1.
+
+`--devices` gives each run a GPU of its own (CUDA_VISIBLE_DEVICES=<id> in its environment; `auto`:
+every GPU `nvidia-smi -L` lists) and runs one per GPU at a time unless --parallel says otherwise:
+on a multi-GPU machine, runs of a small network (ResNet-32) go faster side by side than data-
+parallel over all GPUs (launch/README.md). Without it, every run sees every device.
 
 Then WORKDIR/summary.md, summary.csv and comparison.png: per label, mean ± sample std over its
 runs of the final accuracy, average incremental accuracy and forgetting, and the wall time per run.
@@ -31,6 +36,7 @@ import argparse
 from collections.abc import Sequence
 import concurrent.futures
 import os
+import queue
 import shlex
 import subprocess
 import sys
@@ -53,17 +59,37 @@ def check_methods(entries: Sequence[sweep_runs.MethodEntry]) -> None:
           f"method, e.g. {entry.label}:method=rfd.")
 
 
-def launch(run: sweep_runs.Run, config: str,
-           common: Sequence[tuple[str, str]]) -> tuple[int, float]:
-  """Runs one rfd_jax.main subprocess, output appended to SUB/log.txt. → (exit status, seconds)."""
+def launch(run: sweep_runs.Run, config: str, common: Sequence[tuple[str, str]],
+           device: str | None = None) -> tuple[int, float]:
+  """Runs one rfd_jax.main subprocess, output appended to SUB/log.txt, on GPU `device` alone if
+  given. → (exit status, seconds)."""
   os.makedirs(run.workdir, exist_ok=True)
   command = run.command(config, common)
+  env = None if device is None else dict(os.environ, CUDA_VISIBLE_DEVICES=device)
   start = time.time()
   with open(os.path.join(run.workdir, "log.txt"), "a") as log:
-    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
+    where = "" if device is None else f"CUDA_VISIBLE_DEVICES={device} "
+    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {where}{shlex.join(command)}\n")
     log.flush()
-    proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
+    proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False, env=env)
   return proc.returncode, time.time() - start
+
+
+def gpu_ids(devices: str) -> list[str]:
+  """--devices → GPU ids: "0,2" as given; "auto": those `nvidia-smi -L` lists; "": none."""
+  if devices != "auto":
+    return sweep_runs.split_list(devices) if devices else []
+  try:
+    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=True,
+                             timeout=60).stdout
+  except (OSError, subprocess.SubprocessError) as e:
+    raise sweep_runs.SweepError(f"--devices auto: `nvidia-smi -L` failed ({e}); list the GPU ids, "
+                                "e.g. --devices 0,1.") from e
+  ids = [line.split(":")[0].split()[1] for line in listing.splitlines()
+         if line.startswith("GPU ")]
+  if not ids:
+    raise sweep_runs.SweepError("--devices auto: nvidia-smi lists no GPU; leave --devices out.")
+  return ids
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -78,7 +104,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--seeds", default="0", help="config.seed values, e.g. 0,1,2")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="a config override for every run (repeatable)")
-  parser.add_argument("--parallel", type=int, default=1, help="runs at a time")
+  parser.add_argument("--parallel", type=int, default=None,
+                      help="runs at a time (default: 1, or one per --devices GPU)")
+  parser.add_argument("--devices", default="", help="GPU ids, one per concurrent run, e.g. "
+                      "0,1,2,3, or auto (every GPU of nvidia-smi -L); default: all runs see all "
+                      "devices")
   parser.add_argument("--output", help="Markdown file to put the table in (e.g. docs/results.md)")
   parser.add_argument("--section", help="marker name in --output (default: the workdir's name)")
   parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
@@ -87,7 +117,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   args = parser.parse_args(argv)
   if not args.summarize_only and not (args.config and args.methods):
     parser.error("--config and --methods are required unless --summarize_only")
-  if args.parallel < 1:
+  if args.parallel is not None and args.parallel < 1:
     parser.error("--parallel must be >= 1")
   return args
 
@@ -128,9 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   command = shlex.join(["python", "-m", "rfd_jax.tools.sweep", *argv])
   try:
     runs, common = plan_from_args(args)
+    devices = gpu_ids(args.devices) if not args.summarize_only else []
   except sweep_runs.SweepError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  parallel = args.parallel or max(len(devices), 1)
+  free_devices: queue.Queue = queue.Queue()  # a run takes a GPU and gives it back when done
+  for device in devices:
+    free_devices.put(device)
 
   failed: list[str] = []  # messages; appended to from the --parallel threads too
   results: dict[str, dict] = {}  # run workdir → its results.json
@@ -162,12 +197,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     def one(i_run):
       i, run = i_run
       progress = f"[{i + 1}/{len(todo)}]"
-      print(f"{progress} {run.entry.label} {run.order} seed {run.seed}: running "
+      device = free_devices.get() if devices else None
+      print(f"{progress} {run.entry.label} {run.order} seed {run.seed}: running"
+            f"{'' if device is None else f' on GPU {device}'} "
             f"(log: {os.path.join(run.workdir, 'log.txt')})", flush=True)
       try:
-        status, seconds = launch(run, args.config, common)
+        status, seconds = launch(run, args.config, common, device)
       except OSError as e:  # e.g. an unwritable workdir: this run fails, the others go on
         status, seconds = f"{type(e).__name__}: {e}", 0.0
+      finally:
+        if device is not None:
+          free_devices.put(device)
       if status == 0 and collect(run):
         print(f"{progress} {run.workdir}: done in {seconds:.0f}s, final accuracy "
               f"{results[run.workdir]['final_acc']:.2f}", flush=True)
@@ -175,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         failed.append(f"{run.workdir}: exit status {status} (see its log.txt)")
         print(f"{progress} {run.workdir}: FAILED, exit status {status}", flush=True)
 
-    with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
       list(pool.map(one, enumerate(todo)))
 
   if not args.dry_run:
