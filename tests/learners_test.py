@@ -53,6 +53,17 @@ def test_rfd_loss_weights_match_the_spec_examples():
   np.testing.assert_allclose(got, (0.388, 0.867, 1.163), atol=1e-3)
 
 
+def test_rfd_dist_inter_min_old_drops_the_inter_term_below_it():
+  config = digits.get_config()
+  w = learners.loss_weights(config.distill, "rfd", num_old=2, num_new=2)
+  assert w["dist_inter"] == 1.0 and w["dist_intra"] == 1.0  # RFD's DIST: β = γ = 1
+  config.distill.dist_inter_min_old = 3
+  assert learners.loss_weights(config.distill, "rfd", num_old=2, num_new=2)["dist_inter"] == 0.0
+  assert learners.loss_weights(config.distill, "rfd", num_old=4, num_new=2)["dist_inter"] == 1.0
+  config.distill.dist_inter_weight = 0.5
+  assert learners.loss_weights(config.distill, "rfd", num_old=4, num_new=2)["dist_inter"] == 0.5
+
+
 @pytest.fixture(scope="module", name="setup")
 def _setup():
   model = CifarResNet(task_sizes=(2,) * 5, stage_blocks=(1, 1, 1, 1))
