@@ -2,7 +2,10 @@ r"""`python -m rfd_jax.diagnose --workdir RUN`: what a class-incremental run's c
 
 Reads a finished (or stopped) run of `rfd_jax.main` and reports, without training anything:
 
-* per checkpoint: the task and phase it was saved in, and the student's accuracy on the test
+* per checkpoint: the task and phase it was saved in (the phase the run was in or about to start:
+  "finetune" at the fine-tuning's first epoch is the end of the main phase, "start" of task t+1
+  the end of task t, "inversion" at the last iteration the start of training), and the student's
+  accuracy on the test
   images of the classes seen so far, split into old and new classes, plus the *prediction bias*:
   the share of those test images predicted as one of the newest task's classes (the new classes
   hold 1/(t+1) of the test images after task t, so a share far above that is a bias toward new);
@@ -192,7 +195,8 @@ def top2_gap(logits: jax.Array, num_old) -> jax.Array:
   return top[:, 0] - top[:, 1]
 
 
-def make_probe(reader: RunReader, phase: str, names: list[str]):
+@functools.lru_cache(maxsize=None)
+def make_probe(reader: RunReader, phase: str, names: tuple[str, ...]):
   """A jitted fn (state, batch, rng, hparams, teacher, gen, term_weights) → per-term gradient
   norms (all trainable params, heads only), the loss terms, and the old-logit gaps."""
   config, model = reader.config, reader.model
@@ -208,12 +212,16 @@ def make_probe(reader: RunReader, phase: str, names: list[str]):
                                    inputs, {**hparams, "weights": weights}, model=model,
                                    teacher_vars=jax.lax.stop_gradient(teacher_vars))
       return loss, metrics
+    # One vmapped backward pass for all terms: stacked weight dicts, one row per term.
+    stacked = jax.tree.map(lambda *w: jnp.stack(w), *[term_weights[n] for n in names])
+    grads, metrics = jax.vmap(
+        lambda w: jax.grad(objective, has_aux=True)(state.trainable, w))(stacked)
+    metrics = jax.tree.map(lambda m: m[0], metrics)
     out = {}
-    for name in names:
-      grads, metrics = jax.grad(objective, has_aux=True)(state.trainable, term_weights[name])
-      grads = jax.tree.map(lambda g, m: g * m, grads, hparams["trainable"])
-      out[f"grad/{name}"] = _norm(grads)
-      out[f"grad_head/{name}"] = _norm(grads["model"]["head"])
+    for i, name in enumerate(names):
+      g = jax.tree.map(lambda x, m: x[i] * m, grads, hparams["trainable"])
+      out[f"grad/{name}"] = _norm(g)
+      out[f"grad_head/{name}"] = _norm(g["model"]["head"])
     out.update(metrics)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     train = phase == "main"
@@ -284,8 +292,7 @@ def gradient_report(reader: RunReader, checkpoint_id: int, meta: dict, *, num_ba
   state = arrays["state"]
   hp = task_hparams(reader, state, task, phase, 0.0, arrays["class_weights"])
   term_weights = _term_weights(hp["weights"], phase, split_dist=True)
-  names = sorted(term_weights)
-  probe = make_probe(reader, phase, names)
+  probe = make_probe(reader, phase, tuple(sorted(term_weights)))
   task_key = jax.random.fold_in(reader.root_key, task + 1)
   rows = []
   for i, batch in enumerate(_task_batches(reader, task, 0)[:num_batches]):
@@ -339,7 +346,7 @@ def replay_task(reader: RunReader, task: int, *, every: int = 1) -> dict[str, An
       hp = task_hparams(reader, state, task, phase, lr, class_weights)
       if probe is None:
         term_weights = _term_weights(hp["weights"], phase, split_dist=True)
-        probe = make_probe(reader, phase, sorted(term_weights))
+        probe = make_probe(reader, phase, tuple(sorted(term_weights)))
       for batch in _task_batches(reader, task, epoch):
         rng = jax.random.fold_in(task_key, step_in_task)
         record = {"step": done_before + step_in_task + 1, "phase": phase, "epoch": epoch,
@@ -351,6 +358,8 @@ def replay_task(reader: RunReader, task: int, *, every: int = 1) -> dict[str, An
         record.update({f"step/{k}": v for k, v in jax.device_get(metrics).items()})
         records.append({k: (v.item() if hasattr(v, "item") else v) for k, v in record.items()})
         step_in_task += 1
+      logging.info("replay: task %d %s epoch %d done (%d steps)", task + 1, phase, epoch + 1,
+                   step_in_task)
       class_weights = losses.class_balance_weights(state.class_counts,
                                                    jnp.int32(reader.spec.num_seen(task)))
     preds, labels = reader.predictions(state.variables, reader.spec.num_seen(task))
@@ -365,18 +374,21 @@ def _compare_with_log(reader: RunReader, records: list[dict]) -> float | None:
   path = os.path.join(reader.workdir, "metrics.jsonl")
   if not os.path.isfile(path):
     return None
-  by_step = {r["step"]: r["step/train/loss"] for r in records}
+  by_step = {r["step"]: r for r in records}
   every = reader.config.log.every_steps
   diffs = []
   with open(path) as f:
     for line in f:
       logged = json.loads(line)
-      if "train/loss" not in logged:
+      if "train/loss" not in logged or logged["step"] not in by_step:
         continue
+      # train.py's interval means restart at every epoch: the steps since the last log step
+      # that belong to the logged step's epoch.
       window = [by_step.get(s) for s in range(logged["step"] - every + 1, logged["step"] + 1)]
-      if logged["step"] in by_step and all(v is not None for v in window):
-        diffs.append(abs(np.mean(window) - logged["train/loss"])
-                     / max(abs(logged["train/loss"]), 1e-12))
+      window = [r for r in window if r is not None and r["epoch"] == logged["epoch"]]
+      if window:
+        replayed = np.mean([r["step/train/loss"] for r in window])
+        diffs.append(abs(replayed - logged["train/loss"]) / max(abs(logged["train/loss"]), 1e-12))
   return float(max(diffs)) if diffs else None
 
 
@@ -406,7 +418,8 @@ def diagnose(workdir: str, *, confusion_task: int = 2, grad_task: int = 2, grad_
         confusion = {"checkpoint": checkpoint_id, "task": confusion_task,
                      "classes": [int(c) for c in spec.class_order[:spec.num_seen(trained)]],
                      "matrix": report["confusion"]}
-      if meta["task"] == grad_task - 1:
+      logging.info("checkpoint %d: %s", checkpoint_id, entry)
+      if meta["task"] == grad_task - 1 and grad_batches > 0:
         g = gradient_report(reader, checkpoint_id, meta, num_batches=grad_batches)
         if g is not None:
           grads.append(g)
@@ -451,13 +464,14 @@ def format_diagnosis(result: dict[str, Any]) -> str:
       lines.append(f"  after {e['after']}: acc_seen {f(e['acc_seen'])} old {f(e['old_acc'])} "
                    f"new {f(e['new_acc'])} pred. new {f(e['new_share'])}")
     probed = [r for r in rep["steps"] if any(k.startswith("grad/") for k in r)]
-    if probed:
-      names = sorted(k for k in probed[0] if k.startswith("grad/"))
+    names = sorted({k for r in probed for k in r if k.startswith("grad/")})
+    if names:
       lines.append("  largest per-term gradient norms (step: value):")
-      for k in names:
-        top = sorted(probed, key=lambda r: -r.get(k, 0.0))[:3]
-        lines.append(f"    {k[5:]:16s} median {np.median([r[k] for r in probed]):.3g}; "
-                     + ", ".join(f"{r['step']}: {r[k]:.3g}" for r in top))
+    for k in names:
+      rows = [r for r in probed if k in r]
+      top = sorted(rows, key=lambda r: -r[k])[:3]
+      lines.append(f"    {k[5:]:16s} median {np.median([r[k] for r in rows]):.3g}; "
+                   + ", ".join(f"{r['step']}: {r[k]:.3g}" for r in top))
   return "\n".join(lines)
 
 
@@ -465,7 +479,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The run's workdir.")
 flags.DEFINE_integer("confusion_task", 2, "1-based task whose end-of-task confusion is printed.")
 flags.DEFINE_integer("grad_task", 2, "1-based task whose checkpoints get gradient norms.")
-flags.DEFINE_integer("grad_batches", 4, "Batches the gradient norms are averaged over.")
+flags.DEFINE_integer("grad_batches", 4,
+                     "Batches the gradient norms are averaged over (0: no gradient norms).")
 flags.DEFINE_bool("replay", False, "Replay grad_task step by step from its inversion checkpoint.")
 flags.DEFINE_integer("replay_every", 1, "Probe every N-th step of the replay.")
 flags.DEFINE_string("output", "", "JSON output (default WORKDIR/diagnosis.json).")
@@ -482,8 +497,8 @@ def main(argv):
   output = FLAGS.output or os.path.join(FLAGS.workdir, "diagnosis.json")
   with open(output, "w") as f:
     json.dump(result, f)
+  print(f"wrote {output}\n")
   print(format_diagnosis(result))
-  print(f"\nwrote {output}")
 
 
 if __name__ == "__main__":
