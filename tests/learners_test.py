@@ -55,6 +55,8 @@ def test_rfd_loss_weights_match_the_spec_examples():
 
 def test_rfd_dist_inter_min_old_drops_the_inter_term_below_it():
   config = digits.get_config()
+  assert config.distill.dist_inter_min_old == 3  # digits 5×2: no inter term with 2 old classes
+  config.distill.dist_inter_min_old = 2  # the authors' behaviour, the default of the other configs
   w = learners.loss_weights(config.distill, "rfd", num_old=2, num_new=2)
   assert w["dist_inter"] == 1.0 and w["dist_intra"] == 1.0  # RFD's DIST: β = γ = 1
   config.distill.dist_inter_min_old = 3
