@@ -15,7 +15,7 @@ from PIL import Image
 import pytest
 
 from configs import digits, imagenet100
-from rfd_jax import learners, optim, rgal_losses, steps, train
+from rfd_jax import config_validation, learners, optim, rgal_losses, steps, train
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import CifarResNet
 from rfd_jax.state import trainable_mask
@@ -64,6 +64,11 @@ def test_rfd_dist_inter_min_old_drops_the_inter_term_below_it():
   assert learners.loss_weights(config.distill, "rfd", num_old=4, num_new=2)["dist_inter"] == 1.0
   config.distill.dist_inter_weight = 0.5
   assert learners.loss_weights(config.distill, "rfd", num_old=4, num_new=2)["dist_inter"] == 0.5
+  for field, value in (("dist_inter_min_old", 0), ("dist_intra_weight", -1.0)):
+    bad = digits.get_config()
+    bad.distill[field] = value
+    with pytest.raises(config_validation.ConfigError, match=f"config.distill.{field}="):
+      config_validation.validate(bad)
 
 
 @pytest.fixture(scope="module", name="setup")
