@@ -68,6 +68,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.distill.lambda_dist_new = 0.15  # rfd: DIST on real old-class logits, × αβ²
   config.distill.lambda_lfd = 0.05  # rfd: low-level feature distillation, × αβ (ImageNet: 0.15)
   config.distill.dist_temperature = 4.0  # rfd: DIST τ
+  config.distill.dist_inter_weight = 1.0  # rfd: DIST's β (inter-class term; RFD: 1)
+  config.distill.dist_intra_weight = 1.0  # rfd: DIST's γ (intra-class term; RFD: 1)
+  # rfd: DIST's inter-class term only while the teacher knows >= this many classes. With 2 it is
+  # a step function with a ~1e8 gradient spike at ties (docs/rfd_first_task.md); 3 drops it there.
+  config.distill.dist_inter_min_old = 2
   config.distill.lambda_hkd = 0.15  # rdfcil: L1 hard KD on synthetic old logits, × αβ
   config.distill.lambda_rkd = 0.5  # rdfcil: RKD angle on real features, × αβ
   config.distill.lambda_ft_ce = 0.5  # rfd, rdfcil head fine-tuning: class-weighted global CE

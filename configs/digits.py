@@ -32,6 +32,10 @@ def get_config():
   # paper's lr 0.005 barely moves the heads in 28 steps, so it is scaled up with the main lr.
   config.optim.ft_lr = 0.05
   # The inversion loss flattens by ~200 iterations on digits (BN-KL 0.0053 at 200, 0.0042 at 400).
+  # The first incremental task has 2 old classes, where DIST's inter-class term is a step function
+  # with a ~1e6-1e8x gradient spike at logit ties; one such step wiped out task 2 (order seed1: A_2
+  # 25.23% → 76.17%, final 41.48% → 70.37% without it). docs/rfd_first_task.md.
+  config.distill.dist_inter_min_old = 3
   config.inversion.iterations = 200
   config.inversion.chunk_steps = 50
   config.inversion.batch_size = 32

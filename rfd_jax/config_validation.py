@@ -173,6 +173,12 @@ def validate(config) -> tasks.TaskSpec:
     _require(distill[name] >= 0, f"config.distill.{name}={distill[name]} must be >= 0.")
   for name in ("dist_temperature", "lwf_temperature"):
     _require(distill[name] > 0, f"config.distill.{name}={distill[name]} must be > 0.")
+  for name in ("dist_inter_weight", "dist_intra_weight"):
+    _require(distill.get(name, 1.0) >= 0,
+             f"config.distill.{name}={distill.get(name)} must be >= 0.")
+  min_old = distill.get("dist_inter_min_old", 2)
+  _require(isinstance(min_old, int) and not isinstance(min_old, bool) and min_old >= 1,
+           f"config.distill.dist_inter_min_old={min_old!r} must be an integer >= 1.")
   _require(config.log.every_steps >= 1,
            f"config.log.every_steps={config.log.every_steps} must be >= 1.")
   ckpt = config.ckpt

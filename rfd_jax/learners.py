@@ -120,7 +120,8 @@ def loss_weights(distill_config, scheme: str, *, num_old: int, num_new: int) -> 
 
   α = log2(n_new/2 + 1), β = √(n_old/n_new); w_ce = λ_ce(1 + 1/α)/β;
   rdfcil: w_hkd = λ_hkd·αβ, w_rkd = λ_rkd·αβ;
-  rfd: w_dist_old = λ_dist_old·αβ², w_dist_new = λ_dist_new·αβ², w_lfd = λ_lfd·αβ;
+  rfd: w_dist_old = λ_dist_old·αβ², w_dist_new = λ_dist_new·αβ², w_lfd = λ_lfd·αβ, and DIST's
+    own term weights dist_inter = β_DIST (0 while n_old < dist_inter_min_old), dist_intra = γ_DIST;
   both: w_ft_ce = λ_ft_ce (the fine-tuning phase's weighted global CE). {} for other methods.
   """
   if scheme not in ("rdfcil", "rfd") or num_old == 0:
@@ -135,7 +136,10 @@ def loss_weights(distill_config, scheme: str, *, num_old: int, num_new: int) -> 
   else:
     weights.update(dist_old=distill_config.lambda_dist_old * alpha * beta ** 2,
                    dist_new=distill_config.lambda_dist_new * alpha * beta ** 2,
-                   lfd=distill_config.lambda_lfd * alpha * beta)
+                   lfd=distill_config.lambda_lfd * alpha * beta,
+                   dist_inter=(distill_config.get("dist_inter_weight", 1.0)
+                               if num_old >= distill_config.get("dist_inter_min_old", 2) else 0.0),
+                   dist_intra=distill_config.get("dist_intra_weight", 1.0))
   return weights
 
 
@@ -201,12 +205,14 @@ def rdfcil_finetune_loss(params, aux, batch_stats, inputs: DistillInputs, hparam
 # ---- RFD ------------------------------------------------------------------------------------
 
 
-def _rfd_dist_terms(z_real, z_syn, inputs: DistillInputs, num_old, temperature):
+def _rfd_dist_terms(z_real, z_syn, inputs: DistillInputs, num_old, temperature, weights):
   """DIST on the old-class logits of the synthetic batch and of the real batch."""
+  term_weights = dict(inter_weight=weights.get("dist_inter", 1.0),
+                      intra_weight=weights.get("dist_intra", 1.0))
   dist_syn = losses.dist_loss(student=z_syn, teacher=inputs.t_syn_logits, num_classes=num_old,
-                              temperature=temperature)
+                              temperature=temperature, **term_weights)
   dist_real = losses.dist_loss(student=z_real, teacher=inputs.t_real_logits, num_classes=num_old,
-                               temperature=temperature)
+                               temperature=temperature, **term_weights)
   return dist_syn, dist_real
 
 
@@ -232,7 +238,7 @@ def rfd_main_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, *, m
       {"params": params, "batch_stats": batch_stats}, inputs.t_real_stage1, train=True,
       mutable=["batch_stats"], method=model.from_stage1)
   loss_ce = jnp.mean(_local_ce(z_real, inputs.labels, num_old, num_seen))
-  dist_syn, dist_real = _rfd_dist_terms(z_real, z_syn, inputs, num_old, temperature)
+  dist_syn, dist_real = _rfd_dist_terms(z_real, z_syn, inputs, num_old, temperature, w)
   loss_lfd = losses.feature_mse(student=f_real["pooled"], hybrid=f_hybrid["pooled"])
   loss = (w["ce"] * loss_ce + w["dist_old"] * dist_syn + w["dist_new"] * dist_real
           + w["lfd"] * loss_lfd)
@@ -264,7 +270,8 @@ def rfd_finetune_loss(params, aux, batch_stats, inputs: DistillInputs, hparams, 
   z_real, _, _ = _apply(model, params, batch_stats, inputs.real, train=False)
   z_syn, _, _ = _apply(model, params, batch_stats, inputs.syn, train=False)
   loss_ce = _class_weighted_global_ce(z_real, z_syn, inputs, hparams)
-  dist_syn, dist_real = _rfd_dist_terms(z_real, z_syn, inputs, hparams["num_old"], temperature)
+  dist_syn, dist_real = _rfd_dist_terms(z_real, z_syn, inputs, hparams["num_old"], temperature,
+                                        w)
   loss = w["ft_ce"] * loss_ce + w["dist_old"] * dist_syn + w["dist_new"] * dist_real
   metrics = {"train/loss_wce": loss_ce, "train/loss_dist_syn": dist_syn,
              "train/loss_dist_real": dist_real, "train/acc": _seen_accuracy(z_real, inputs, hparams)}

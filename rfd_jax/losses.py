@@ -203,13 +203,20 @@ def _masked_pearson(a: jax.Array, b: jax.Array, mask: jax.Array, axis: int) -> j
 
 
 def dist_loss(*, student: jax.Array, teacher: jax.Array, num_classes,
-              temperature: float = 4.0) -> jax.Array:
+              temperature: float = 4.0, inter_weight=1.0, intra_weight=1.0) -> jax.Array:
   """DIST relation distillation over the first num_classes columns (no τ² factor).
 
   P = softmax(s/τ), Q = softmax(t/τ) over those classes;
   inter = 1 − mean_i pearson(P[i, :], Q[i, :])   (per sample, across classes)
   intra = 1 − mean_c pearson(P[:, c], Q[:, c])   (per class, across the batch)
-  returns inter + intra. student, teacher (B, C); num_classes may be traced.
+  returns inter_weight·inter + intra_weight·intra (DIST's β and γ; RFD uses 1 and 1).
+  student, teacher (B, C); num_classes and the weights may be traced.
+
+  With num_classes == 2 the inter term is degenerate: a centred 2-vector is (d, −d), so
+  pearson(P[i], Q[i]) = sign(d_P)·sign(d_Q)·x/(x + 1e-8) with x = 2|d_P||d_Q|, a step function of
+  the student whose gradient is ~0 except within ~1e-8 of a tie p_i0 = p_i1, where it reaches
+  ~|d_Q|/1e-8 (docs/rfd_first_task.md). An inter_weight of 0 there (config.distill.
+  dist_inter_min_old = 3) removes only that spike.
   """
   keep = jnp.arange(student.shape[-1]) < num_classes
   probs = lambda z: jax.nn.softmax(jnp.where(keep, _at_least_f32(z) / temperature, -1e9),
@@ -219,7 +226,7 @@ def dist_loss(*, student: jax.Array, teacher: jax.Array, num_classes,
   inter = 1.0 - jnp.mean(_masked_pearson(p, q, mask, axis=1))
   per_class = _masked_pearson(p, q, mask, axis=0)
   intra = 1.0 - jnp.sum(per_class * keep) / jnp.maximum(num_classes, 1)
-  return inter + intra
+  return inter_weight * inter + intra_weight * intra
 
 
 def feature_mse(*, student: jax.Array, hybrid: jax.Array) -> jax.Array:

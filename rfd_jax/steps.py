@@ -89,6 +89,32 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   return new_state, metrics
 
 
+def distill_inputs(batch: dict[str, jax.Array], rng: jax.Array, hparams: dict[str, Any],
+                   teacher_vars: dict[str, Any], gen_vars: dict[str, Any], *, model: nn.Module,
+                   generator: nn.Module, mean: np.ndarray, std: np.ndarray,
+                   augmentation: augment.Augmentation | None = (
+                       augment.Augmentation()),
+                   batch_sharding=None) -> DistillInputs:
+  """What a distillation loss sees in one step (see `distill_train_step`): the augmented real
+  batch, a fresh synthetic batch of its size, the frozen teacher's outputs on both (eval mode,
+  logits masked to the hparams["num_old"] old classes) and the synthetic labels (teacher argmax)."""
+  rng_aug, rng_syn = jax.random.split(rng)
+  real = _real_images(batch, rng_aug, mean, std, augmentation)
+  syn = inversion.generate(gen_vars, rng_syn, generator=generator, batch_size=real.shape[0],
+                           batch_sharding=batch_sharding)
+  teacher_vars = jax.lax.stop_gradient(teacher_vars)
+  t_logits, t_feats = model.apply(teacher_vars, jnp.concatenate([real, syn]), train=False)
+  t_logits = mask_unseen(t_logits, hparams["num_old"])
+  t_real_logits, t_syn_logits = jnp.split(t_logits, 2)
+  t_real_pooled, t_syn_pooled = jnp.split(t_feats["pooled"], 2)
+  t_real_stage1 = t_feats["stage1"][:real.shape[0]]  # RFD's hybrid path; dropped by XLA if unused
+  syn_labels = jnp.argmax(t_syn_logits, axis=-1).astype(jnp.int32)
+  return DistillInputs(real=real, labels=batch["labels"], syn=syn, syn_labels=syn_labels,
+                       t_real_logits=t_real_logits, t_syn_logits=t_syn_logits,
+                       t_real_pooled=t_real_pooled, t_syn_pooled=t_syn_pooled,
+                       t_real_stage1=t_real_stage1, rng=jax.random.fold_in(rng, 2))
+
+
 def distill_train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
                        hparams: dict[str, Any], teacher_vars: dict[str, Any],
                        gen_vars: dict[str, Any], *, loss_fn: Callable, model: nn.Module,
@@ -106,21 +132,10 @@ def distill_train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.
   hparams: as `train_step` plus "num_old" int32, "weights" (dict of f32 loss weights) and
     "class_weights" f32 (C,). teacher_vars / gen_vars: frozen variables, never differentiated.
   """
-  rng_aug, rng_syn = jax.random.split(rng)
-  real = _real_images(batch, rng_aug, mean, std, augmentation)
-  syn = inversion.generate(gen_vars, rng_syn, generator=generator, batch_size=real.shape[0],
-                           batch_sharding=batch_sharding)
+  inputs = distill_inputs(batch, rng, hparams, teacher_vars, gen_vars, model=model,
+                          generator=generator, mean=mean, std=std, augmentation=augmentation,
+                          batch_sharding=batch_sharding)
   teacher_vars = jax.lax.stop_gradient(teacher_vars)
-  t_logits, t_feats = model.apply(teacher_vars, jnp.concatenate([real, syn]), train=False)
-  t_logits = mask_unseen(t_logits, hparams["num_old"])
-  t_real_logits, t_syn_logits = jnp.split(t_logits, 2)
-  t_real_pooled, t_syn_pooled = jnp.split(t_feats["pooled"], 2)
-  t_real_stage1 = t_feats["stage1"][:real.shape[0]]  # RFD's hybrid path; dropped by XLA if unused
-  syn_labels = jnp.argmax(t_syn_logits, axis=-1).astype(jnp.int32)
-  inputs = DistillInputs(real=real, labels=batch["labels"], syn=syn, syn_labels=syn_labels,
-                         t_real_logits=t_real_logits, t_syn_logits=t_syn_logits,
-                         t_real_pooled=t_real_pooled, t_syn_pooled=t_syn_pooled,
-                         t_real_stage1=t_real_stage1, rng=jax.random.fold_in(rng, 2))
 
   def objective(trainable):
     return loss_fn(trainable["model"], trainable["aux"], state.batch_stats, inputs, hparams,
@@ -130,7 +145,7 @@ def distill_train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.
       state.trainable)
   new_state = _update(state, grads, batch_stats, hparams, tx=tx, weight_decay=weight_decay)
   new_state = new_state.replace(
-      class_counts=_count_labels(state.class_counts, batch["labels"], syn_labels))
+      class_counts=_count_labels(state.class_counts, batch["labels"], inputs.syn_labels))
   # The learners report train/acc as a fraction; the run's metrics are in percent like eval/*.
   return new_state, {"train/loss": loss, **metrics, "train/acc": 100.0 * metrics["train/acc"]}
 

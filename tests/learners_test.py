@@ -15,7 +15,7 @@ from PIL import Image
 import pytest
 
 from configs import digits, imagenet100
-from rfd_jax import dfcil_run, learners, optim, rgal_losses, steps, train
+from rfd_jax import config_validation, dfcil_run, learners, optim, rgal_losses, steps, train
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import CifarResNet
 from rfd_jax.state import trainable_mask
@@ -51,6 +51,24 @@ def test_rfd_loss_weights_match_the_spec_examples():
   imagenet = imagenet100.get_config().distill
   got = [learners.loss_weights(imagenet, "rfd", num_old=n, num_new=10)["lfd"] for n in (10, 50, 90)]
   np.testing.assert_allclose(got, (0.388, 0.867, 1.163), atol=1e-3)
+
+
+def test_rfd_dist_inter_min_old_drops_the_inter_term_below_it():
+  config = digits.get_config()
+  assert config.distill.dist_inter_min_old == 3  # digits 5×2: no inter term with 2 old classes
+  config.distill.dist_inter_min_old = 2  # the authors' behaviour, the default of the other configs
+  w = learners.loss_weights(config.distill, "rfd", num_old=2, num_new=2)
+  assert w["dist_inter"] == 1.0 and w["dist_intra"] == 1.0  # RFD's DIST: β = γ = 1
+  config.distill.dist_inter_min_old = 3
+  assert learners.loss_weights(config.distill, "rfd", num_old=2, num_new=2)["dist_inter"] == 0.0
+  assert learners.loss_weights(config.distill, "rfd", num_old=4, num_new=2)["dist_inter"] == 1.0
+  config.distill.dist_inter_weight = 0.5
+  assert learners.loss_weights(config.distill, "rfd", num_old=4, num_new=2)["dist_inter"] == 0.5
+  for field, value in (("dist_inter_min_old", 0), ("dist_intra_weight", -1.0)):
+    bad = digits.get_config()
+    bad.distill[field] = value
+    with pytest.raises(config_validation.ConfigError, match=f"config.distill.{field}="):
+      config_validation.validate(bad)
 
 
 @pytest.fixture(scope="module", name="setup")

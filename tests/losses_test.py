@@ -190,6 +190,49 @@ def test_dist_matches_numpy_over_the_old_classes():
   assert abs(float(same)) < 1e-5  # identical predictions: perfect correlation both ways
 
 
+def _dist_parts_np(s, t, num_classes, tau):
+  p, q = _softmax_np(s[:, :num_classes] / tau), _softmax_np(t[:, :num_classes] / tau)
+  inter = 1 - np.mean([_pearson_np(p[i], q[i]) for i in range(len(p))])
+  intra = 1 - np.mean([_pearson_np(p[:, c], q[:, c]) for c in range(num_classes)])
+  return inter, intra
+
+
+def test_dist_term_weights_match_numpy():
+  s, t = RNG.normal(size=(6, 7)) * 3, RNG.normal(size=(6, 7)) * 3
+  inter, intra = _dist_parts_np(s, t, 4, 4.0)
+  for beta, gamma in ((1.0, 1.0), (0.0, 1.0), (0.5, 2.0), (1.0, 0.0)):
+    got = losses.dist_loss(student=jnp.asarray(s, jnp.float32),
+                           teacher=jnp.asarray(t, jnp.float32), num_classes=jnp.int32(4),
+                           temperature=4.0, inter_weight=jnp.float32(beta),
+                           intra_weight=jnp.float32(gamma))
+    np.testing.assert_allclose(got, beta * inter + gamma * intra, rtol=1e-5, atol=1e-6)
+
+
+def test_dist_inter_term_with_two_classes_is_a_step_with_a_spike_at_ties():
+  # With 2 classes a centred row is (d, −d): pearson(P_i, Q_i) = ±x/(x + 1e-8), x = 2|d_P||d_Q|.
+  # Away from a tie its gradient is ~0; at a tie it is ~|d_Q|/1e-8 (issue #21). Three classes
+  # have no such point, and inter_weight = 0 removes it.
+  t = jnp.asarray(RNG.normal(size=(8, 2)) * 3, jnp.float32)
+  s = RNG.normal(size=(8, 2)).astype(np.float32)
+  inter_only = lambda z, n=2, w=1.0: losses.dist_loss(student=z, teacher=t, num_classes=n,
+                                                      inter_weight=w, intra_weight=0.0)
+  away = jax.grad(inter_only)(jnp.asarray(s))
+  value = float(inter_only(jnp.asarray(s)))
+  signs = np.sign(s[:, 0] - s[:, 1]) * np.sign(np.asarray(t[:, 0] - t[:, 1]))
+  np.testing.assert_allclose(value, 1 - np.mean(signs), atol=1e-5)  # a count of sign agreements
+  assert float(jnp.max(jnp.abs(away))) < 1e-4
+  tied = s.copy()
+  tied[0, 1] = tied[0, 0]
+  spike = jax.grad(inter_only)(jnp.asarray(tied))
+  assert float(jnp.max(jnp.abs(spike))) > 1e3
+  assert float(jnp.max(jnp.abs(jax.grad(lambda z: inter_only(z, w=0.0))(jnp.asarray(tied))))) == 0
+  t3 = jnp.asarray(RNG.normal(size=(8, 3)) * 3, jnp.float32)
+  tied3 = np.concatenate([tied, RNG.normal(size=(8, 1)).astype(np.float32)], axis=1)
+  three = jax.grad(lambda z: losses.dist_loss(student=z, teacher=t3, num_classes=3,
+                                              intra_weight=0.0))(jnp.asarray(tied3))
+  assert float(jnp.max(jnp.abs(three))) < 1.0
+
+
 def test_dist_is_shift_and_scale_invariant_per_row():
   t = RNG.normal(size=(5, 4))
   s = 2.0 * t + 1.5  # the softmax at τ changes, but the relation loss stays low
@@ -304,6 +347,14 @@ def test_dist_loss_gradient():
                         _normal(16, 6, 7, scale=3.0), num_classes=jnp.int32(4), temperature=4.0)
   np.testing.assert_array_equal(g_s[:, 4:], 0.0)
   np.testing.assert_array_equal(g_t[:, 4:], 0.0)
+
+
+def test_dist_loss_gradient_with_term_weights():
+  for beta, gamma in ((0.0, 1.0), (0.5, 2.0)):
+    g_s, _ = _two_sided(losses.dist_loss, _normal(19, 6, 5, scale=3.0),
+                        _normal(20, 6, 5, scale=3.0), num_classes=jnp.int32(3), temperature=4.0,
+                        inter_weight=beta, intra_weight=gamma)
+    np.testing.assert_array_equal(g_s[:, 3:], 0.0)
 
 
 def test_feature_mse_gradient():
