@@ -20,20 +20,19 @@ Reads a finished (or stopped) run of `rfd_jax.main` and reports, without trainin
   terms, per-term gradient norms and logit gaps, and checked against the run's metrics.jsonl.
 
 Dependencies on the run layout, kept small on purpose (adapt here when they change):
-  WORKDIR/config.json       the run's config (ConfigDict as a dict);
-  WORKDIR/metrics.jsonl     one JSON object per log step: "step", "task", "phase", "train/*";
-  WORKDIR/checkpoints/<id>  `checkpointing.Checkpoints`; each checkpoint's JSON meta is read for
-                            the keys "task", "phase" (start | inversion | train), "phase_name"
-                            (main | finetune | ...), "epoch", "step_in_epoch", "done_steps",
-                            "inversion_iteration" and "arrays" (the names of the array trees);
-                            the arrays "state" (state.TrainState), "class_weights" (C,),
-                            "teacher" ({"params", "batch_stats"} of the model) and "generator"
-                            (inversion.GeneratorState) are restored against abstract trees built
-                            from the config as `train.restore_run_state` builds them.
-The replay mirrors train.py's task loop (fresh optimizer and class counts per task; epochs of
-`input_pipeline.epoch_batches(seed, task, epoch)`; step key fold_in(fold_in(key(seed), task + 1),
-step_in_task); class weights refreshed at epoch ends; main phase then head fine-tuning); when that
-loop changes, `replay_task` must follow it, and the check against metrics.jsonl says whether it did.
+  WORKDIR/config.json         the run's config (ConfigDict as a dict);
+  WORKDIR/metrics.jsonl       train records at log steps and segment ends: "step" (global),
+                              "task", "phase" (the segment), "train/*";
+  WORKDIR/checkpoints/<step>  `checkpointing.Checkpoints` keyed by the global step; each meta's
+                              "step" and "arrays" are read, the arrays "state", "class_weights",
+                              "teacher" and "generator" restored against
+                              `dfcil_run.abstract_arrays`; where a step falls comes from the run's
+                              plan (`dfcil_run.load_run`).
+The replay mirrors train.DfcilJob (fresh optimizer and class counts at the main phase; the plan's
+epochs, learning rates and batches `datasets.epoch_batches(seed, task, epoch)`; the step key
+fold_in(fold_in(key(seed), task + 1), step_in_task); class weights refreshed at epoch ends) and
+calls the run's own jitted steps; when that job changes, `replay_task` must follow it, and the check
+against metrics.jsonl says whether it did.
 
 Writes WORKDIR/diagnosis.json (or --output) and prints the tables.
 """
@@ -51,13 +50,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
-from rfd_jax import (checkpointing, config_validation, input_pipeline, inversion, learners,
-                     losses, optim, parallel, steps, tasks, xla_env)
-from rfd_jax.models.generator import generator_for
-from rfd_jax.models.resnet import build_model, mask_unseen
-from rfd_jax.state import create_train_state, trainable_mask
+from rfd_jax import (checkpointing, config_validation, dfcil_run, evaluation, parallel, steps,
+                     tasks, xla_env)
+from rfd_jax.data import augment, datasets
+from rfd_jax.state import trainable_mask
 
 NOT_TERMS = ("dist_inter", "dist_intra")  # weights inside DIST, not loss terms of their own
 
@@ -66,7 +63,7 @@ NOT_TERMS = ("dist_inter", "dist_intra")  # weights inside DIST, not loss terms 
 
 
 class RunReader:
-  """A run's config, data, model and checkpoints, read only."""
+  """A run's config, data, model, plan and checkpoints, read only."""
 
   def __init__(self, workdir: str):
     self.workdir = workdir
@@ -74,70 +71,49 @@ class RunReader:
       self.config = ml_collections.ConfigDict(json.load(f))
     config = self.config
     self.spec: tasks.TaskSpec = config_validation.validate(config)
-    self.learner = learners.get_learner(config)
-    self.model = build_model(config.model, self.spec.sizes, dtype=config.dtype)
-    self.generator = generator_for(config.data.image_size)
-    self.tx = optim.momentum_transform(config.optim.momentum)
-    self.root_key = jax.random.key(config.seed)
-    self.data = input_pipeline.load_dataset(config.data)
-    self.train_labels = self.spec.to_model_labels(self.data.train_labels).astype(np.int32)
-    self.test_labels = self.spec.to_model_labels(self.data.test_labels).astype(np.int32)
+    mesh = parallel.make_mesh()
+    self.run = dfcil_run.load_run(config, workdir, self.spec, mesh)
+    self.learner, self.model, self.data = self.run.learner, self.run.model, self.run.data
+    self.plan = self.run.plan
+    self.test_labels = self.run.test_labels
     self.checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"), keep=10**6,
                                                  read_only=True)
-    self._sharding = parallel.replicated(parallel.make_mesh())
-    self._eval = jax.jit(functools.partial(steps.eval_step, model=self.model,
-                                           mean=self.data.mean, std=self.data.std))
-    self._logits = jax.jit(lambda variables, images: self.model.apply(
-        variables, input_pipeline.normalize(images, self.data.mean, self.data.std),
-        train=False)[0])
+    self._abstract = dfcil_run.abstract_arrays(config, self.spec, mesh)
 
   def close(self) -> None:
     self.checkpoints.close()
 
-  def aux_init(self, task: int) -> Any:
-    if self.learner.init_aux is None:
-      return {}
-    return self.learner.init_aux(jax.random.fold_in(self.root_key, 10_000 + task),
-                                 self.model.num_features)
-
-  def _abstract(self) -> dict[str, Any]:
-    config = self.config
-    state = jax.eval_shape(lambda: create_train_state(
-        model=self.model, rng=jax.random.key(0), image_size=config.data.image_size,
-        num_classes=self.spec.num_classes, tx=self.tx, aux_params=self.aux_init(0)))
-    gen = jax.eval_shape(lambda: inversion.create_generator_state(
-        generator=self.generator, rng=jax.random.key(0),
-        tx=optax.adam(config.inversion.lr)))
-    like = lambda tree: checkpointing.abstract_like(tree, self._sharding)
-    return {"state": like(state), "teacher": like(state.variables),
-            "generator": like(gen),
-            "class_weights": like(jax.ShapeDtypeStruct((self.spec.num_classes,), jnp.float32))}
-
   def metas(self) -> list[tuple[int, dict]]:
     return [(i, self.checkpoints.read_meta(i)) for i in self.checkpoints.all_ids()]
 
-  def arrays(self, checkpoint_id: int, meta: dict) -> dict[str, Any]:
-    abstract = self._abstract()
-    return self.checkpoints.read_arrays(checkpoint_id, {k: abstract[k] for k in meta["arrays"]})
+  def arrays(self, step: int, meta: dict) -> dict[str, Any]:
+    return self.checkpoints.read_arrays(step, {k: self._abstract[k] for k in meta["arrays"]})
 
-  # ---- evaluation ----
-
-  def trained_task(self, meta: dict) -> int:
-    """The last task the checkpoint's student has trained on (-1: none)."""
-    return meta["task"] if meta["phase"] == "train" else meta["task"] - 1
+  def where(self, step: int) -> tuple[int, str, int]:
+    """(the last task the student of step `step` has trained on (-1: none), a label of the
+    point, the task's epoch): "end of task", "end of inversion", "end of main" (the fine-tuning
+    is next), or the segment the step is in."""
+    if step >= self.plan.total_steps:
+      return self.spec.num_tasks - 1, "end of task", 0
+    pos = self.plan.locate(step)
+    seg, task = pos.segment, pos.segment.task
+    if step in self.plan.task_end_steps():
+      return task - 1, "end of task", 0
+    if seg.name == "main" and pos.offset == 0:
+      return task - 1, "end of inversion" if task else "start", 0
+    if seg.name == "finetune" and pos.offset == 0:
+      return task, "end of main", pos.epoch
+    if seg.name == "inversion":
+      return task - 1, "inversion", 0
+    return task, seg.name, pos.epoch
 
   def predictions(self, variables, num_seen: int) -> tuple[np.ndarray, np.ndarray]:
     """(predictions, labels) on the test images of the first num_seen classes."""
     seen = self.test_labels < num_seen
     images, labels = self.data.test_images[seen], self.test_labels[seen]
-    size = self.config.data.eval_batch_size
-    preds = []
-    for i in range(0, len(images), size):
-      chunk = images[i:i + size]
-      padded = np.concatenate([chunk, np.zeros((size - len(chunk),) + chunk.shape[1:],
-                                                chunk.dtype)])
-      preds.append(np.asarray(self._eval(variables, padded, jnp.int32(num_seen)))[:len(chunk)])
-    return np.concatenate(preds), labels
+    preds = evaluation.predict(self.run.fns.eval_step, variables, images, num_seen,
+                               self.config.data.eval_batch_size, self.run.mesh)
+    return preds, labels
 
 
 def accuracy_report(predictions: np.ndarray, labels: np.ndarray, spec: tasks.TaskSpec,
@@ -201,11 +177,11 @@ def make_probe(reader: RunReader, phase: str, names: tuple[str, ...]):
   norms (all trainable params, heads only), the loss terms, and the old-logit gaps."""
   config, model = reader.config, reader.model
   loss_fn = reader.learner.main_loss if phase == "main" else reader.learner.finetune_loss
-  augmentation = input_pipeline.Augmentation.from_config(config.data)
+  augmentation = augment.Augmentation.from_config(config.data)
 
   def probe(state, batch, rng, hparams, teacher_vars, gen_vars, term_weights):
     inputs = steps.distill_inputs(batch, rng, hparams, teacher_vars, gen_vars, model=model,
-                                  generator=reader.generator, mean=reader.data.mean,
+                                  generator=reader.run.generator, mean=reader.data.mean,
                                   std=reader.data.std, augmentation=augmentation)
     def objective(trainable, weights):
       loss, (_, metrics) = loss_fn(trainable["model"], trainable["aux"], state.batch_stats,
@@ -239,61 +215,42 @@ def make_probe(reader: RunReader, phase: str, names: tuple[str, ...]):
 
 def task_hparams(reader: RunReader, state, task: int, phase: str, lr: float,
                  class_weights) -> dict[str, Any]:
-  """The hparams train.py passes the distillation step of `task` in `phase`."""
+  """The hparams train.DfcilJob passes the distillation step of `task` in `phase`."""
   spec, config = reader.spec, reader.config
   num_seen, num_old = spec.num_seen(task), int(spec.offsets[task])
   heads = spec.num_tasks if reader.learner.ce_over_all_outputs else task + 1
-  weights = {k: jnp.float32(v) for k, v in learners.loss_weights(
-      config.distill, config.method, num_old=num_old, num_new=num_seen - num_old).items()}
+  weights = {k: jnp.float32(v) for k, v in reader.learner.loss_weights(
+      config.distill, num_old=num_old, num_new=num_seen - num_old).items()}
   return {"lr": jnp.float32(lr), "num_seen": jnp.int32(num_seen),
           "trainable": trainable_mask(state, tasks_seen=heads, backbone=phase == "main"),
           "num_old": jnp.int32(num_old), "weights": weights, "class_weights": class_weights}
 
 
 def _task_batches(reader: RunReader, task: int, epoch: int) -> list[dict[str, np.ndarray]]:
-  config, spec = reader.config, reader.spec
-  labels = reader.train_labels
-  if config.method == "joint":
-    idx = np.flatnonzero(labels < spec.num_seen(task))
-  else:
-    idx = np.flatnonzero((labels >= spec.offsets[task]) & (labels < spec.offsets[task + 1]))
-  batches = input_pipeline.epoch_batches(len(idx), config.data.batch_size, seed=config.seed,
-                                         task=task, epoch=epoch)
-  return [{"images": reader.data.train_images[idx[b]], "labels": labels[idx[b]]}
+  config, idx = reader.config, reader.run.task_indices[task]
+  batches = datasets.epoch_batches(len(idx), config.data.batch_size, seed=config.seed,
+                                   task=task, epoch=epoch)
+  return [{"images": reader.data.train_images[idx[b]], "labels": reader.run.train_labels[idx[b]]}
           for b in batches]
 
 
-def _phases(config, learner, task: int) -> list[tuple[str, int, int]]:
-  """(name, first epoch, number of epochs) of task `task`, as train.task_phases."""
-  main = config.optim.epochs - (config.optim.ft_epochs if learner.has_finetune_phase else 0)
-  out = [("main", 0, main)]
-  if learner.has_finetune_phase and task > 0 and config.optim.ft_epochs > 0:
-    out.append(("finetune", main, config.optim.ft_epochs))
-  return out
-
-
-def gradient_report(reader: RunReader, checkpoint_id: int, meta: dict, *, num_batches: int
+def gradient_report(reader: RunReader, step: int, meta: dict, *, num_batches: int
                     ) -> dict[str, Any] | None:
-  """Per-term gradient norms of the checkpoint's student in the phase it was saved in (a
-  checkpoint at the end of the inversion is probed as the main phase's start), averaged over
-  `num_batches` batches of its task (epoch 0's first batches, step keys 0..)."""
-  task = meta["task"]
-  if task == 0 or task >= reader.spec.num_tasks or not reader.learner.uses_inversion:
+  """Per-term gradient norms of the checkpoint's student in the phase it is in (a checkpoint at
+  the end of the inversion is probed as the main phase's start), averaged over `num_batches`
+  batches of its task (epoch 0's first batches, step keys 0..)."""
+  if step >= reader.plan.total_steps or not reader.learner.uses_inversion:
     return None
-  if meta["phase"] == "inversion":
-    if meta["inversion_iteration"] < reader.config.inversion.iterations:
-      return None
-    phase = "main"
-  elif meta["phase"] == "train" and meta["phase_name"] in ("main", "finetune"):
-    phase = meta["phase_name"]
-  else:
+  pos = reader.plan.locate(step)
+  task, phase = pos.segment.task, pos.segment.name
+  if task == 0 or phase not in ("main", "finetune"):
     return None
-  arrays = reader.arrays(checkpoint_id, meta)
+  arrays = reader.arrays(step, meta)
   state = arrays["state"]
   hp = task_hparams(reader, state, task, phase, 0.0, arrays["class_weights"])
   term_weights = _term_weights(hp["weights"], phase, split_dist=True)
   probe = make_probe(reader, phase, tuple(sorted(term_weights)))
-  task_key = jax.random.fold_in(reader.root_key, task + 1)
+  task_key = jax.random.fold_in(reader.run.root_key, task + 1)
   rows = []
   for i, batch in enumerate(_task_batches(reader, task, 0)[:num_batches]):
     rows.append(jax.device_get(probe(state, batch, jax.random.fold_in(task_key, i), hp,
@@ -301,8 +258,8 @@ def gradient_report(reader: RunReader, checkpoint_id: int, meta: dict, *, num_ba
                                      term_weights)))
   mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
   mean.update({k: float(np.min([r[k] for r in rows])) for k in rows[0] if k.startswith("gap_min")})
-  return {"checkpoint": checkpoint_id, "task": task + 1, "phase": phase,
-          "epoch": meta["epoch"], "batches": len(rows), **mean}
+  return {"checkpoint": step, "task": task + 1, "phase": phase, "epoch": pos.epoch,
+          "batches": len(rows), **mean}
 
 
 # ---- replay ------------------------------------------------------------------------------------
@@ -310,83 +267,81 @@ def gradient_report(reader: RunReader, checkpoint_id: int, meta: dict, *, num_ba
 
 def replay_task(reader: RunReader, task: int, *, every: int = 1) -> dict[str, Any]:
   """Re-runs task `task` (0-based) from its end-of-inversion checkpoint with the run's own data
-  stream, probing every `every`-th step before its update (see the module docstring).
+  stream and jitted steps, probing every `every`-th step before its update (see the module
+  docstring).
 
   Returns {"steps": [per-step records], "evaluations": [after main, after fine-tuning],
   "logged_loss_max_rel_diff": max relative difference of the replay's interval means of
   train/loss against metrics.jsonl (0: the replay reproduced the run)}.
   """
-  config = reader.config
-  start = [(i, m) for i, m in reader.metas() if m["task"] == task and m["phase"] == "inversion"
-           and m["inversion_iteration"] == config.inversion.iterations]
-  if not start:
+  run = reader.run
+  segments = [s for s in reader.plan.segments if s.task == task and s.name in ("main", "finetune")]
+  metas = dict(reader.metas())
+  if task == 0 or not segments or segments[0].start not in metas:
     raise ValueError(f"no end-of-inversion checkpoint of task {task + 1} in {reader.workdir} "
-                     "(run with --config.ckpt.keep=1000 to keep them)")
-  checkpoint_id, meta = start[-1]
-  arrays = reader.arrays(checkpoint_id, meta)
+                     f"(step {segments[0].start if segments else '?'}; run with "
+                     "--config.ckpt.keep=1000 to keep them)")
+  start = segments[0].start
+  arrays = reader.arrays(start, metas[start])
   teacher, gen_vars = arrays["teacher"], arrays["generator"].variables
   state = arrays["state"]
-  state = state.replace(aux_params=reader.aux_init(task))
-  state = state.replace(opt_state=reader.tx.init(state.trainable),
+  state = state.replace(aux_params=dfcil_run.aux_init(run, task))
+  state = state.replace(opt_state=run.tx.init(state.trainable),
                         class_counts=jnp.zeros_like(state.class_counts))
   class_weights = jnp.ones((reader.spec.num_classes,), jnp.float32)
-  common = dict(model=reader.model, tx=reader.tx, weight_decay=config.optim.weight_decay,
-                mean=reader.data.mean, std=reader.data.std,
-                augmentation=input_pipeline.Augmentation.from_config(config.data))
-  task_key = jax.random.fold_in(reader.root_key, task + 1)
-  records, evaluations, step_in_task = [], [], 0
-  done_before = meta["done_steps"]
-  for phase, first, num in _phases(config, reader.learner, task):
-    loss_fn = reader.learner.main_loss if phase == "main" else reader.learner.finetune_loss
-    step = jax.jit(functools.partial(steps.distill_train_step, loss_fn=loss_fn,
-                                     generator=reader.generator, **common), donate_argnums=(0,))
+  task_key = jax.random.fold_in(run.root_key, task + 1)
+  records, evaluations = [], []
+  for segment in segments:
+    phase = segment.name
+    step_fn = run.fns.distill_main_step if phase == "main" else run.fns.distill_finetune_step
     probe, term_weights = None, None
-    for epoch in range(first, first + num):
-      lr = optim.learning_rate(config.optim, epoch=epoch, finetune=phase == "finetune")
+    for e in range(segment.num_epochs):
+      epoch, lr = segment.first_epoch + e, segment.lrs[e]
       hp = task_hparams(reader, state, task, phase, lr, class_weights)
       if probe is None:
         term_weights = _term_weights(hp["weights"], phase, split_dist=True)
         probe = make_probe(reader, phase, tuple(sorted(term_weights)))
-      for batch in _task_batches(reader, task, epoch):
-        rng = jax.random.fold_in(task_key, step_in_task)
-        record = {"step": done_before + step_in_task + 1, "phase": phase, "epoch": epoch,
-                  "lr": lr}
+      for i, batch in enumerate(_task_batches(reader, task, epoch)):
+        step_in_task = epoch * segment.epoch_steps + i
+        record = {"step": segment.start + e * segment.epoch_steps + i + 1, "phase": phase,
+                  "epoch": epoch, "lr": lr}
         if step_in_task % every == 0:
-          record.update(jax.device_get(probe(state, batch, rng, hp, teacher, gen_vars,
-                                             term_weights)))
-        state, metrics = step(state, batch, rng, hp, teacher, gen_vars)
+          record.update(jax.device_get(probe(state, batch, jax.random.fold_in(task_key,
+                                                                              step_in_task),
+                                             hp, teacher, gen_vars, term_weights)))
+        state, metrics = step_fn(state, batch, task_key, np.int32(step_in_task), hp, teacher,
+                                 gen_vars)
         record.update({f"step/{k}": v for k, v in jax.device_get(metrics).items()})
         records.append({k: (v.item() if hasattr(v, "item") else v) for k, v in record.items()})
-        step_in_task += 1
-      logging.info("replay: task %d %s epoch %d done (%d steps)", task + 1, phase, epoch + 1,
-                   step_in_task)
-      class_weights = losses.class_balance_weights(state.class_counts,
-                                                   jnp.int32(reader.spec.num_seen(task)))
+      logging.info("replay: task %d %s epoch %d done", task + 1, phase, epoch + 1)
+      class_weights = run.fns.class_weights(state.class_counts,
+                                            jnp.int32(reader.spec.num_seen(task)))
     preds, labels = reader.predictions(state.variables, reader.spec.num_seen(task))
     evaluations.append({"after": phase, **accuracy_report(preds, labels, reader.spec, task)})
-  return {"start_checkpoint": checkpoint_id, "steps": records, "evaluations": evaluations,
+  return {"start_checkpoint": start, "steps": records, "evaluations": evaluations,
           "logged_loss_max_rel_diff": _compare_with_log(reader, records)}
 
 
 def _compare_with_log(reader: RunReader, records: list[dict]) -> float | None:
-  """Max relative difference between metrics.jsonl's train/loss (means over log intervals) and
-  the replay's means over the same intervals; None when the log has no overlapping record."""
+  """Max relative difference between metrics.jsonl's train/loss (means over the steps since the
+  previous record of the same segment, as rfd_jax.loop writes them) and the replay's means over
+  the same steps; None when the log has no overlapping record."""
   path = os.path.join(reader.workdir, "metrics.jsonl")
   if not os.path.isfile(path):
     return None
   by_step = {r["step"]: r for r in records}
-  every = reader.config.log.every_steps
-  diffs = []
+  diffs, previous = [], None  # previous: the last train record's step
   with open(path) as f:
     for line in f:
       logged = json.loads(line)
-      if "train/loss" not in logged or logged["step"] not in by_step:
+      if "train/loss" not in logged:
         continue
-      # train.py's interval means restart at every epoch: the steps since the last log step
-      # that belong to the logged step's epoch.
-      window = [by_step.get(s) for s in range(logged["step"] - every + 1, logged["step"] + 1)]
-      window = [r for r in window if r is not None and r["epoch"] == logged["epoch"]]
-      if window:
+      step = logged["step"]
+      segment = reader.plan.locate(step - 1).segment
+      first = max(previous if previous is not None else 0, segment.start)
+      previous = step
+      window = [by_step.get(s) for s in range(first + 1, step + 1)]
+      if window and all(r is not None for r in window):
         replayed = np.mean([r["step/train/loss"] for r in window])
         diffs.append(abs(replayed - logged["train/loss"]) / max(abs(logged["train/loss"]), 1e-12))
   return float(max(diffs)) if diffs else None
@@ -402,25 +357,26 @@ def diagnose(workdir: str, *, confusion_task: int = 2, grad_task: int = 2, grad_
   try:
     spec = reader.spec
     checkpoints, confusion, grads = [], None, []
-    for checkpoint_id, meta in reader.metas():
-      trained = reader.trained_task(meta)
+    for step, meta in reader.metas():
+      trained, where, epoch = reader.where(step)
+      task = reader.plan.locate(step).segment.task if step < reader.plan.total_steps else (
+          spec.num_tasks)
       if trained < 0 or trained >= spec.num_tasks:
         continue
-      arrays = reader.arrays(checkpoint_id, meta)
+      arrays = reader.arrays(step, meta)
       preds, labels = reader.predictions(arrays["state"].variables, spec.num_seen(trained))
       report = accuracy_report(preds, labels, spec, trained)
-      entry = {"checkpoint": checkpoint_id, "saved_in_task": meta["task"] + 1,
-               "phase": meta.get("phase_name", meta["phase"]), "epoch": meta["epoch"],
-               "done_steps": meta["done_steps"],
+      entry = {"checkpoint": step, "saved_in_task": min(task, spec.num_tasks - 1) + 1,
+               "phase": where, "epoch": epoch,
                **{k: v for k, v in report.items() if k != "confusion"}}
       checkpoints.append(entry)
-      if meta["phase"] == "start" and trained == confusion_task - 1:
-        confusion = {"checkpoint": checkpoint_id, "task": confusion_task,
+      if where == "end of task" and trained == confusion_task - 1:
+        confusion = {"checkpoint": step, "task": confusion_task,
                      "classes": [int(c) for c in spec.class_order[:spec.num_seen(trained)]],
                      "matrix": report["confusion"]}
-      logging.info("checkpoint %d: %s", checkpoint_id, entry)
-      if meta["task"] == grad_task - 1 and grad_batches > 0:
-        g = gradient_report(reader, checkpoint_id, meta, num_batches=grad_batches)
+      logging.info("checkpoint %d: %s", step, entry)
+      if task == grad_task - 1 and grad_batches > 0:
+        g = gradient_report(reader, step, meta, num_batches=grad_batches)
         if g is not None:
           grads.append(g)
     out = {"workdir": os.path.abspath(workdir), "checkpoints": checkpoints,
@@ -436,11 +392,11 @@ def format_diagnosis(result: dict[str, Any]) -> str:
   """The tables of `diagnose`'s result as text."""
   f = lambda v: "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:5.1f}"
   lines = [f"run {result['workdir']}", "",
-           "ckpt task phase     epoch  steps | trained | acc_seen  old    new  | pred. new "
+           " step task where             epoch | trained | acc_seen  old    new  | pred. new "
            "(expected) old→new"]
   for c in result["checkpoints"]:
-    lines.append(f"{c['checkpoint']:4d} {c['saved_in_task']:4d} {c['phase']:9s} {c['epoch']:5d} "
-                 f"{c['done_steps']:6d} | task {c['task']:2d} | {f(c['acc_seen'])}  "
+    lines.append(f"{c['checkpoint']:5d} {c['saved_in_task']:4d} {c['phase']:17s} {c['epoch']:5d} "
+                 f"| task {c['task']:2d} | {f(c['acc_seen'])}  "
                  f"{f(c['old_acc'])}  {f(c['new_acc'])} | {f(c['new_share'])} "
                  f"({f(c['new_share_expected'])}) {f(c['old_predicted_as_new'])}")
   if result["confusion"]:

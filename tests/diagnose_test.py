@@ -1,9 +1,6 @@
 """rfd_jax.diagnose on a tiny 2-task rfd run: its evaluations agree with the run's own, and its
 replay of task 2 reproduces the logged losses."""
 
-import json
-import os
-
 import numpy as np
 import pytest
 
@@ -34,14 +31,14 @@ def _tiny_rfd_run(tmp_path_factory):
 
 def test_checkpoint_evaluations_match_the_run(tiny_rfd_run):
   _, results, result = tiny_rfd_run
-  ends = {c["task"]: c for c in result["checkpoints"] if c["phase"] == "start"}
+  ends = {c["task"]: c for c in result["checkpoints"] if c["phase"] == "end of task"}
   assert sorted(ends) == [1, 2]
   for task, row in enumerate(results["acc_matrix"]):
     assert ends[task + 1]["acc_seen"] == pytest.approx(results["acc_seen"][task])
   assert ends[2]["old_acc"] == pytest.approx(results["acc_matrix"][1][0])
   assert ends[2]["new_acc"] == pytest.approx(results["acc_matrix"][1][1])
   phases = {(c["saved_in_task"], c["phase"]) for c in result["checkpoints"]}
-  assert {(2, "inversion"), (2, "finetune")} <= phases  # end of inversion, end of main phase
+  assert {(2, "end of inversion"), (2, "end of main")} <= phases
   conf = np.asarray(result["confusion"]["matrix"])
   assert conf.shape == (10, 10)
   assert 100.0 * np.trace(conf) / conf.sum() == pytest.approx(ends[2]["acc_seen"])
