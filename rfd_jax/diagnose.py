@@ -432,14 +432,20 @@ def format_diagnosis(result: dict[str, Any]) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The run's workdir.")
-flags.DEFINE_integer("confusion_task", 2, "1-based task whose end-of-task confusion is printed.")
-flags.DEFINE_integer("grad_task", 2, "1-based task whose checkpoints get gradient norms.")
-flags.DEFINE_integer("grad_batches", 4,
-                     "Batches the gradient norms are averaged over (0: no gradient norms).")
-flags.DEFINE_bool("replay", False, "Replay grad_task step by step from its inversion checkpoint.")
-flags.DEFINE_integer("replay_every", 1, "Probe every N-th step of the replay.")
-flags.DEFINE_string("output", "", "JSON output (default WORKDIR/diagnosis.json).")
+
+
+def define_flags() -> None:
+  """The command's flags, defined only when it runs as a program (a module-level definition would
+  clash with rfd_jax.main's --workdir wherever both are imported, e.g. in one test process)."""
+  flags.DEFINE_string("workdir", None, "The run's workdir.")
+  flags.DEFINE_integer("confusion_task", 2, "1-based task whose end-of-task confusion is printed.")
+  flags.DEFINE_integer("grad_task", 2, "1-based task whose checkpoints get gradient norms.")
+  flags.DEFINE_integer("grad_batches", 4,
+                       "Batches the gradient norms are averaged over (0: no gradient norms).")
+  flags.DEFINE_bool("replay", False,
+                    "Replay grad_task step by step from its inversion checkpoint.")
+  flags.DEFINE_integer("replay_every", 1, "Probe every N-th step of the replay.")
+  flags.DEFINE_string("output", "", "JSON output (default WORKDIR/diagnosis.json).")
 
 
 def main(argv):
@@ -458,4 +464,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
