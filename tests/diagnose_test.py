@@ -4,24 +4,15 @@ replay of task 2 reproduces the logged losses."""
 import numpy as np
 import pytest
 
-from configs import digits
 from rfd_jax import diagnose, tasks, train
+from train_test import tiny_config
 
 
 @pytest.fixture(scope="module", name="tiny_rfd_run")
 def _tiny_rfd_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("rfd"))
-  config = digits.get_config()
+  config = tiny_config("rfd")
   config.data.num_tasks = 2
-  config.data.image_size = 8
-  config.data.batch_size = 64
-  config.optim.epochs = 3
-  config.optim.ft_epochs = 1
-  config.optim.milestones = (1,)
-  config.inversion.iterations = 2
-  config.inversion.chunk_steps = 1
-  config.log.progress = False
-  config.log.images = False
   config.log.every_steps = 1
   config.ckpt.keep = 1000  # every phase boundary stays
   results = train.train_and_evaluate(config, workdir)
