@@ -181,6 +181,6 @@ def check_init_from(config, workdir: str) -> None:
   if meta is None:
     raise ConfigError(f"config.init_from={config.init_from!r} holds no readable checkpoint; "
                       "expected a run's workdir, its checkpoints directory or one checkpoint.")
-  current = json.loads(json.dumps(config.to_dict(), default=str))
+  current = checkpointing.config_dict(config)
   checkpointing.check_config(meta["config"], current,
                              allow_change=config.ckpt.allow_config_change, source=config.init_from)

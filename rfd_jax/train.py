@@ -203,9 +203,9 @@ class DfcilJob:
     if rs.gen_state is not None:
       arrays["generator"] = rs.gen_state
     plan = self.run.plan
-    task = plan.locate(self.step).segment.task if self.step < plan.total_steps else len(rs.rows)
-    meta = {"task": task, "segment": plan.locate(self.step).segment.name
-            if self.step < plan.total_steps else "done",
+    segment = plan.locate(self.step).segment if self.step < plan.total_steps else None
+    meta = {"task": segment.task if segment else len(rs.rows),
+            "segment": segment.name if segment else "done",
             "rows": [dataclasses.asdict(r) for r in rs.rows], "task_seconds": rs.task_seconds,
             "task_elapsed": time.time() - rs.task_start}
     return arrays, meta
