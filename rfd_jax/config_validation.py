@@ -132,6 +132,11 @@ def validate(config) -> tasks.TaskSpec:
   _require(0 <= optim.ft_epochs < optim.epochs,
            f"config.optim.ft_epochs={optim.ft_epochs} must be in [0, config.optim.epochs="
            f"{optim.epochs}): the main phase needs at least one epoch.")
+  _require(optim.get("loop", "auto") in ("auto", "scan", "host"),
+           f"config.optim.loop={optim.get('loop')!r}: expected 'auto', 'scan' or 'host'.")
+  _require(not (optim.get("loop") == "scan" and not data.get("device_resident", True)),
+           "config.optim.loop='scan' needs the train set on the device: set "
+           "config.data.device_resident=True or config.optim.loop='host'.")
   milestones = list(optim.milestones)
   _require(milestones == sorted(milestones) and all(m > 0 for m in milestones),
            f"config.optim.milestones={tuple(milestones)} must be increasing positive epochs.")

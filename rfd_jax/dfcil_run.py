@@ -44,6 +44,10 @@ class Run:
   task_indices: list[np.ndarray]
   plan: plan_lib.Plan
   fns: steps.StepFns
+  # the train set on the device ({"images" (N, H, W, 3) uint8, "labels" (N,) int32 model labels},
+  # replicated), or None: host-fed batches (config.data.device_resident, lazily decoded folders)
+  train_data: Any = None
+  loop: str = "host"  # the train phases' loop: "scan" (an epoch per call) or "host" (a step)
 
 
 @dataclasses.dataclass
@@ -76,10 +80,26 @@ class RunState:
                                                 run.mesh), task_start=time.time())
 
 
-def make_plan(config, learner: learners.Learner, epoch_steps: list[int]) -> plan_lib.Plan:
-  """The run's plan; epoch_steps[t]: train steps per epoch of task t."""
+def train_loop(config, resident: bool) -> str:
+  """config.optim.loop resolved: "auto" → "scan" on GPU/TPU with the data on the device, else
+  "host" (XLA:CPU runs a rolled loop of conv steps far slower than a host loop of jitted steps,
+  see inversion.resolve_loop). Raises ConfigError for "scan" without device-resident data."""
+  loop = config.optim.get("loop", "auto")
+  if loop == "auto":
+    return "scan" if resident and jax.default_backend() != "cpu" else "host"
+  if loop == "scan" and not resident:
+    raise config_validation.ConfigError(
+        f"config.optim.loop='scan' needs the train set on the device, but {config.data.dataset} "
+        "is decoded lazily from image files; use config.optim.loop='host'.")
+  return loop
+
+
+def make_plan(config, learner: learners.Learner, epoch_steps: list[int],
+              loop: str = "host") -> plan_lib.Plan:
+  """The run's plan; epoch_steps[t]: train steps per epoch of task t; loop "scan": a train block
+  is an epoch."""
   optim_config, inv = config.optim, config.inversion
-  return plan_lib.dfcil_plan(
+  return plan_lib.dfcil_plan(scan_epochs=loop == "scan",
       num_tasks=len(epoch_steps), epoch_steps=epoch_steps, epochs=optim_config.epochs,
       ft_epochs=optim_config.ft_epochs, has_finetune_phase=learner.has_finetune_phase,
       inversion_iterations=inv.iterations, inversion_block=inv.chunk_steps,
@@ -105,7 +125,10 @@ def load_run(config, workdir: str, spec: tasks.TaskSpec, mesh) -> Run:
       raise config_validation.ConfigError(
           f"config.data.batch_size={batch_size} exceeds the {len(idx)} training images of task "
           f"{t + 1}/{spec.num_tasks}; lower it.")
-  plan = make_plan(config, learner, [len(idx) // batch_size for idx in task_indices])
+  resident = config.data.get("device_resident", True) and isinstance(data.train_images,
+                                                                       np.ndarray)
+  loop = train_loop(config, resident)
+  plan = make_plan(config, learner, [len(idx) // batch_size for idx in task_indices], loop)
   optim_config, inv = config.optim, config.inversion
   model = build_model(config.model, spec.sizes, dtype=config.dtype)
   generator = generator_for(config.data.image_size, config.dtype)
@@ -114,7 +137,10 @@ def load_run(config, workdir: str, spec: tasks.TaskSpec, mesh) -> Run:
              generator=generator, tx=tx, gen_tx=optax.adam(inv.lr),
              root_key=jax.random.key(config.seed), data=data, train_labels=train_labels,
              test_labels=test_labels, task_indices=task_indices, plan=plan,
-             fns=steps.build_step_fns(config, learner, model, generator, tx, data, mesh))
+             fns=steps.build_step_fns(config, learner, model, generator, tx, data, mesh),
+             train_data=parallel.replicate({"images": data.train_images, "labels": train_labels},
+                                           mesh) if resident else None,
+             loop=loop)
 
 
 def aux_init(run: Run, task: int) -> Any:

@@ -160,11 +160,14 @@ class Loop:
     self._sums = (segment, interval, epoch_sums)  # checked and stored by a save
     while self.step < segment.end:
       position = self.plan.locate(self.step)
-      metrics = job.run_block(position, segment.block_steps)
-      previous, self.step = self.step, self.step + segment.block_steps
+      # to the next block boundary: a whole block, except after a resume inside one (a checkpoint
+      # of the host loop resumed by the scanned one)
+      num_steps = segment.block_steps - position.offset % segment.block_steps
+      metrics = job.run_block(position, num_steps)
+      previous, self.step = self.step, self.step + num_steps
       if metrics is not None:
-        interval.add(metrics, segment.block_steps, previous)
-        epoch_sums.add(metrics, segment.block_steps, previous)
+        interval.add(metrics, num_steps, previous)
+        epoch_sums.add(metrics, num_steps, previous)
       synced = False
       if self.log_every and self.step // self.log_every > previous // self.log_every:
         self._write(segment, interval, position.lr)

@@ -32,8 +32,8 @@ class Segment:
     segment has no epochs.
   first_epoch: the task's (or the run's) epoch number of the segment's first epoch.
   lrs: the learning rate of each of the segment's epochs (empty if it has none).
-  block_steps: steps run by one call of the segment's function (an inversion chunk); divides
-    num_steps.
+  block_steps: steps run by one call of the segment's function (an inversion chunk, a scanned
+    epoch); divides num_steps.
   save_at_end: whether a checkpoint is written when the segment ends.
   """
   name: str
@@ -158,13 +158,14 @@ class _Builder:
 def dfcil_plan(*, num_tasks: int, epoch_steps: Sequence[int], epochs: int, ft_epochs: int,
                has_finetune_phase: bool, inversion_iterations: int, inversion_block: int,
                uses_inversion: bool, lr: float, lr_decay: float, milestones: Sequence[int],
-               ft_lr: float) -> Plan:
+               ft_lr: float, scan_epochs: bool = False) -> Plan:
   """Per task t: inversion (t >= 1, if the learner inverts), main phase, head fine-tuning (t >= 1,
   learners that have one), evaluation.
 
   Learners with head fine-tuning (rdfcil, rfd) train E − E_ft main epochs and E_ft fine-tuning
   epochs (spec §3; task 0 has the E − E_ft main epochs only, as the original); the others train all
-  E epochs as main phase. epoch_steps[t]: train steps per epoch of task t.
+  E epochs as main phase. epoch_steps[t]: train steps per epoch of task t. scan_epochs: a train
+  block is a whole epoch (one jitted scan), else one step.
   """
   b = _Builder()
   main_epochs = epochs - ft_epochs if has_finetune_phase else epochs
@@ -172,12 +173,13 @@ def dfcil_plan(*, num_tasks: int, epoch_steps: Sequence[int], epochs: int, ft_ep
     finetunes = has_finetune_phase and task > 0 and ft_epochs > 0
     if uses_inversion and task > 0:
       b.add("inversion", task, inversion_iterations, block_steps=inversion_block)
+    block = epoch_steps[task] if scan_epochs else 1
     b.add("main", task, main_epochs * epoch_steps[task], epoch_steps=epoch_steps[task],
-          lrs=tuple(step_decay_lr(lr, lr_decay, milestones, e) for e in range(main_epochs)),
+          block_steps=block, lrs=tuple(step_decay_lr(lr, lr_decay, milestones, e) for e in range(main_epochs)),
           save_at_end=finetunes)  # else the evaluation follows at once and saves
     if finetunes:
       b.add("finetune", task, ft_epochs * epoch_steps[task], epoch_steps=epoch_steps[task],
-            first_epoch=main_epochs, lrs=(float(ft_lr),) * ft_epochs, save_at_end=False)
+            block_steps=block, first_epoch=main_epochs, lrs=(float(ft_lr),) * ft_epochs, save_at_end=False)
     b.add("eval", task, 1)
   return b.plan()
 

@@ -160,17 +160,61 @@ def eval_step(variables: dict[str, Any], images: jax.Array, num_seen: jax.Array,
   return jnp.argmax(mask_unseen(logits, num_seen), axis=-1).astype(jnp.int32)
 
 
+# ---- Device-resident data: blocks of steps without the host. ------------------------------------
+
+
+def gather_batch(data: dict[str, jax.Array], rows: jax.Array, batch_sharding=None
+                 ) -> dict[str, jax.Array]:
+  """One batch gathered on the device: data "images" (N, H, W, 3) uint8 and "labels" (N,) int32 at
+  `rows` (B,) int32 → {"images" (B, H, W, 3), "labels" (B,)}, split over the mesh like a host
+  batch (each device slices its own rows of the replicated dataset: no collective)."""
+  batch = {"images": data["images"][rows], "labels": data["labels"][rows]}
+  if batch_sharding is not None:
+    batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+  return batch
+
+
+def resident_block(num_steps: int, state: TrainState, data: dict[str, jax.Array],
+                   rows: jax.Array, first: jax.Array, task_key: jax.Array, epoch_start: jax.Array,
+                   hparams: dict[str, Any], *extra, step_fn: Callable,
+                   batch_sharding=None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """Steps `first` .. `first + num_steps - 1` of an epoch on device-resident data.
+
+  data: the task's dataset on the device (see `gather_batch`); rows: int32 (steps per epoch, B),
+  the epoch's batches as row indices into it. Step j of the epoch is the task's step
+  `epoch_start + j` and uses the key fold_in(task_key, epoch_start + j), as the host loop does.
+  `step_fn(state, batch, rng, hparams, *extra)`: a train step. One step is a plain call; more are
+  one lax.scan (what accelerators run fastest; XLA:CPU runs rolled conv loops slowly, see
+  `inversion.resolve_loop`). Returns the state and the metrics' mean over the block.
+  """
+  def body(state, j):
+    batch = gather_batch(data, rows[j], batch_sharding)
+    return step_fn(state, batch, jax.random.fold_in(task_key, epoch_start + j), hparams, *extra)
+  if num_steps == 1:
+    return body(state, first)
+  state, history = jax.lax.scan(body, state, first + jnp.arange(num_steps, dtype=jnp.int32))
+  return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), history)
+
+
 # ---- The run's jitted steps. ------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class StepFns:
-  """The run's jitted functions, each compiled once per run whatever the number of tasks. The
-  train steps take (state, batch, task_key, step_in_task, hparams[, teacher, generator]) and use
-  fold_in(task_key, step_in_task) as the step's key."""
+  """The run's jitted functions, each compiled once per run whatever the number of tasks.
+
+  The `*_step` train steps take a host-fed batch: (state, batch, task_key, step_in_task,
+  hparams[, teacher, generator]) and use fold_in(task_key, step_in_task) as the step's key. The
+  `*_block` ones run the same steps on device-resident data (`resident_block`): (K, state, data,
+  rows, first, task_key, epoch_start, hparams[, teacher, generator]), compiled once per distinct
+  number of steps K (1 for the host loop; the epoch lengths for the scanned loop).
+  """
   ce_step: Any
   distill_main_step: Any
   distill_finetune_step: Any
+  ce_block: Any
+  distill_main_block: Any
+  distill_finetune_block: Any
   eval_step: Any
   inversion_chunk: Any
   class_weights: Any
@@ -181,27 +225,41 @@ def build_step_fns(config, learner: learners.Learner, model, generator, tx, data
   """Binds the static arguments and jits every step of the run (the state is donated).
 
   State, keys, hparams, teacher and generator are replicated; real batches are split on the mesh's
-  "data" axis, so BatchNorm sees the global batch.
+  "data" axis, so BatchNorm sees the global batch. Device-resident data and its batch rows are
+  replicated; each device gathers its own rows of a batch.
   """
   rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-
-  def keyed(step_fn):  # (state, batch, task_key, step, ...): the step's key derived on device
-    return lambda state, b, key, step, *args: step_fn(state, b, jax.random.fold_in(key, step),
-                                                      *args)
   common = dict(model=model, tx=tx, weight_decay=config.optim.weight_decay, mean=data.mean,
                 std=data.std, augmentation=augment.Augmentation.from_config(config.data))
-  distill = lambda loss_fn: None if loss_fn is None else jax.jit(
-      keyed(functools.partial(distill_train_step, loss_fn=loss_fn, generator=generator,
-                              batch_sharding=batch, **common)),
-      donate_argnums=(0,), in_shardings=(rep, batch, rep, rep, rep, rep, rep), out_shardings=rep)
+  ce = functools.partial(train_step, **common, ce_over_all_outputs=learner.ce_over_all_outputs)
+  distill = {phase: None if loss_fn is None else functools.partial(
+      distill_train_step, loss_fn=loss_fn, generator=generator, batch_sharding=batch, **common)
+             for phase, loss_fn in (("main", learner.main_loss),
+                                    ("finetune", learner.finetune_loss))}
+
+  def host_fed(step_fn, num_extra):  # (state, batch, task_key, step, ...): key derived on device
+    if step_fn is None:
+      return None
+    keyed = lambda state, b, key, step, *args: step_fn(state, b, jax.random.fold_in(key, step),
+                                                       *args)
+    return jax.jit(keyed, donate_argnums=(0,), in_shardings=(rep, batch, rep, rep, rep)
+                   + (rep,) * num_extra, out_shardings=rep)
+
+  def resident(step_fn, num_extra):
+    if step_fn is None:
+      return None
+    return jax.jit(functools.partial(resident_block, step_fn=step_fn, batch_sharding=batch),
+                   static_argnums=(0,), donate_argnums=(1,),
+                   in_shardings=(rep,) * (7 + num_extra), out_shardings=rep)
+
   inv = config.inversion
   return StepFns(
-      ce_step=jax.jit(keyed(functools.partial(train_step, **common,
-                                              ce_over_all_outputs=learner.ce_over_all_outputs)),
-                      donate_argnums=(0,), in_shardings=(rep, batch, rep, rep, rep),
-                      out_shardings=rep),
-      distill_main_step=distill(learner.main_loss),
-      distill_finetune_step=distill(learner.finetune_loss),
+      ce_step=host_fed(ce, 0),
+      distill_main_step=host_fed(distill["main"], 2),
+      distill_finetune_step=host_fed(distill["finetune"], 2),
+      ce_block=resident(ce, 0),
+      distill_main_block=resident(distill["main"], 2),
+      distill_finetune_block=resident(distill["finetune"], 2),
       eval_step=jax.jit(functools.partial(eval_step, model=model, mean=data.mean,
                                           std=data.std),
                         in_shardings=(rep, batch, rep), out_shardings=rep),
