@@ -379,3 +379,19 @@ def test_comparison_png_size(tmp_path):
                             [5, 10])
   assert Image.open(tmp_path / "c.png").size == (1280, 480)
 
+
+def test_a_run_that_writes_another_runs_results_fails_without_stopping_the_sweep(
+    tmp_path, monkeypatch, capsys):
+  def fake_run(command, stdout, stderr, check, env):
+    del stdout, stderr, check, env
+    order = next(c.split("=", 1)[1] for c in command if c.startswith("--config.data.class_order="))
+    write_results(command[command.index("--workdir") + 1],
+                  fake_results("finetune", order, 7, 20.0, 45.0, 99.0))  # seed 7, not 0
+    return subprocess.CompletedProcess(command, 0)
+
+  monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+  assert sweep.main(["--config", "configs/digits.py", "--workdir", str(tmp_path / "sw"),
+                     "--orders", "seed0,seed1", "--methods", "finetune"]) == 1
+  err = capsys.readouterr().err
+  assert err.count("is a run of method=finetune seed=7, not the expected method=finetune "
+                   "seed=0") == 2, err

@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       finally:
         if slot is not None:
           free_slots.put(slot)
-      if status == 0 and collect(run):
+      if status == 0 and collect(run) and run.workdir in results:  # not a stray results.json
         print(f"{progress} {run.workdir}: done in {seconds:.0f}s, final accuracy "
               f"{results[run.workdir]['final_acc']:.2f}", flush=True)
       else:
