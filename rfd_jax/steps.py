@@ -89,6 +89,22 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   return new_state, metrics
 
 
+def _interleave(a: jax.Array, b: jax.Array) -> jax.Array:
+  """(B, ...) and (B, ...) → (2B, ...) with rows a0, b0, a1, b1, …
+
+  Unlike `jnp.concatenate([a, b])`, this keeps each device's rows local when a and b are sharded on
+  their leading axis: device d's rows of a and b become its contiguous rows of the result, so XLA
+  inserts no all-to-all to reshard the combined batch.
+  """
+  return jnp.stack([a, b], axis=1).reshape((2 * a.shape[0],) + a.shape[1:])
+
+
+def _deinterleave(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The inverse of `_interleave`: (2B, ...) → its even rows (B, ...), its odd rows (B, ...)."""
+  x = x.reshape((x.shape[0] // 2, 2) + x.shape[1:])
+  return x[:, 0], x[:, 1]
+
+
 def distill_inputs(batch: dict[str, jax.Array], rng: jax.Array, hparams: dict[str, Any],
                    teacher_vars: dict[str, Any], gen_vars: dict[str, Any], *, model: nn.Module,
                    generator: nn.Module, mean: np.ndarray, std: np.ndarray,
@@ -103,11 +119,12 @@ def distill_inputs(batch: dict[str, jax.Array], rng: jax.Array, hparams: dict[st
   syn = inversion.generate(gen_vars, rng_syn, generator=generator, batch_size=real.shape[0],
                            batch_sharding=batch_sharding)
   teacher_vars = jax.lax.stop_gradient(teacher_vars)
-  t_logits, t_feats = model.apply(teacher_vars, jnp.concatenate([real, syn]), train=False)
+  # Eval mode: every row is independent, so the interleaved order changes no value.
+  t_logits, t_feats = model.apply(teacher_vars, _interleave(real, syn), train=False)
   t_logits = mask_unseen(t_logits, hparams["num_old"])
-  t_real_logits, t_syn_logits = jnp.split(t_logits, 2)
-  t_real_pooled, t_syn_pooled = jnp.split(t_feats["pooled"], 2)
-  t_real_stage1 = t_feats["stage1"][:real.shape[0]]  # RFD's hybrid path; dropped by XLA if unused
+  t_real_logits, t_syn_logits = _deinterleave(t_logits)
+  t_real_pooled, t_syn_pooled = _deinterleave(t_feats["pooled"])
+  t_real_stage1, _ = _deinterleave(t_feats["stage1"])  # RFD's hybrid path; dropped if unused
   syn_labels = jnp.argmax(t_syn_logits, axis=-1).astype(jnp.int32)
   return DistillInputs(real=real, labels=batch["labels"], syn=syn, syn_labels=syn_labels,
                        t_real_logits=t_real_logits, t_syn_logits=t_syn_logits,

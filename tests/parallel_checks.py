@@ -5,12 +5,14 @@ pytest imports jax early, so parallel_test.py runs this file as a script with th
 several processes of one jax.distributed cluster (RFD_JAX_* variables, see rfd_jax/parallel.py).
 Each process prints one line "RESULTS <json>" that the tests assert on.
 
-To add a check: write `check_<name>() -> dict` below and list it in CHECKS.
+To add a check: write `check_<name>() -> dict` below and list it in CHECKS (run by the 8-device
+fixture) or in NAMED_CHECKS (run only when named, on the device count its test sets).
 """
 
 import functools
 import json
 import os
+import re
 import sys
 import tempfile
 
@@ -26,6 +28,7 @@ from rfd_jax.models import resnet
 from rfd_jax.models.generator import generator_for
 from rfd_jax.state import trainable_mask
 
+import distill_reference
 import random_states
 
 BATCH = 16
@@ -165,15 +168,47 @@ def check_rejects_indivisible_batches() -> dict:
   return messages
 
 
+def _collectives(hlo_text: str) -> dict:
+  """How many instructions of each cross-device kind a compiled HLO module has."""
+  return {op: len(re.findall(rf"\b{op}(-start)?\(", hlo_text))
+          for op in ("all-to-all", "all-reduce", "all-gather", "collective-permute")}
+
+
+def check_distill_collectives() -> dict:
+  """steps.distill_inputs and the pre-#16 concatenation (tests/distill_reference.py) under jit
+  with the real batch sharded on every device: the collectives of each compiled program, and the
+  sharded result against one device's."""
+  static, args = distill_reference.tiny_rfd_setup()
+  mesh = parallel.make_mesh()
+  rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  in_shardings = (batch, rep, rep, rep, rep)
+  counts, compiled = {}, {}
+  for name, fn in (("interleaved", steps.distill_inputs),
+                   ("concatenated", distill_reference.concatenated_distill_inputs)):
+    jitted = distill_reference.jitted(fn, {**static, "batch_sharding": batch},
+                                      in_shardings=in_shardings)
+    compiled[name] = jitted.lower(*args).compile()
+    counts[name] = _collectives(compiled[name].as_text())
+  sharded = compiled["interleaved"](*args)
+  one = distill_reference.jitted(steps.distill_inputs, static)(*args)
+  arrays = lambda inputs: [getattr(inputs, n) for n in inputs._fields if n != "rng"]
+  return {"num_devices": jax.device_count(), "collectives": counts,
+          "max_diff_to_one_device": _max_abs_diff(arrays(sharded), arrays(one)),
+          "t_real_stage1_spec": str(sharded.t_real_stage1.sharding.spec)}
+
+
 CHECKS = {
     "train_step": check_train_step,
     "inversion_step": check_inversion_step,
     "global_batch": check_global_batch,
     "rejects_indivisible_batches": check_rejects_indivisible_batches,
 }
+NAMED_CHECKS = {
+    "distill_collectives": check_distill_collectives,
+}
 
 
 if __name__ == "__main__":
   parallel.maybe_initialize_distributed()  # before any other JAX call; a no-op without RFD_JAX_*
   names = sys.argv[1:] or list(CHECKS)
-  print("RESULTS " + json.dumps({name: CHECKS[name]() for name in names}))
+  print("RESULTS " + json.dumps({name: {**CHECKS, **NAMED_CHECKS}[name]() for name in names}))

@@ -89,6 +89,25 @@ def test_indivisible_global_batch_is_rejected(eight_devices):
     assert field in messages[key] and "8 devices" in messages[key], messages[key]
 
 
+# ---- 2 simulated devices in one process.
+
+def test_distill_teacher_pass_keeps_each_devices_rows_local():
+  """Issue #16: the teacher's pass over real ∪ synthetic rows used to concatenate two batch-sharded
+  arrays, which XLA resharded with all-to-alls; the interleaved batch needs no collective at all
+  and gives one device's values."""
+  proc = subprocess.run(
+      [sys.executable, CHECKS, "distill_collectives"], cwd=REPO, capture_output=True, text=True,
+      timeout=300, env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"), check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = _results(proc.stdout)["distill_collectives"]
+  assert result["num_devices"] == 2
+  before, after = result["collectives"]["concatenated"], result["collectives"]["interleaved"]
+  assert before["all-to-all"] > 0  # the count sees the resharding it is meant to catch
+  assert after == {"all-to-all": 0, "all-reduce": 0, "all-gather": 0, "collective-permute": 0}
+  assert result["max_diff_to_one_device"] == 0.0
+  assert result["t_real_stage1_spec"] == "P('data',)"
+
+
 # ---- Pure pieces, in this process.
 
 def _fake_mesh(device_processes):

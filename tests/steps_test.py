@@ -1,4 +1,5 @@
-"""Tests for rfd_jax.steps: one train step on mock CIFAR data, masking of unseen heads, eval."""
+"""Tests for rfd_jax.steps: one train step on mock CIFAR data, masking of unseen heads, eval, the
+distillation inputs."""
 
 import functools
 
@@ -14,6 +15,7 @@ from rfd_jax.data import augment, datasets
 from rfd_jax.models import resnet
 from rfd_jax.state import create_train_state, trainable_mask
 
+import distill_reference
 from fake_tfds import mock_cifar, write_placeholder_prepared_dir
 
 
@@ -96,3 +98,23 @@ def test_eval_step_predicts_only_seen_classes(cifar_batch):
   chex.assert_shape(preds, (16,))
   chex.assert_type(preds, jnp.int32)
   assert int(preds.max()) < 4
+
+
+def test_distill_inputs_are_those_of_one_concatenated_teacher_pass():
+  """The teacher runs over real and synthetic rows interleaved (issue #16) instead of concatenated:
+  in eval mode every row is independent, so every input of the RFD learner is bit for bit the
+  same, t_real_stage1 (the first B rows of the concatenated pass) included."""
+  static, args = distill_reference.tiny_rfd_setup()
+  new = distill_reference.jitted(steps.distill_inputs, static)(*args)
+  old = distill_reference.jitted(distill_reference.concatenated_distill_inputs, static)(*args)
+  for name in new._fields:
+    if name != "rng":
+      np.testing.assert_array_equal(getattr(new, name), getattr(old, name), err_msg=name)
+  np.testing.assert_array_equal(jax.random.key_data(new.rng), jax.random.key_data(old.rng))
+  b = distill_reference.BATCH
+  chex.assert_shape([new.t_real_logits, new.t_syn_logits], (b, 10))
+  chex.assert_shape(new.t_real_stage1, (b, 8, 8, 16))
+  # real and synthetic rows differ, so a swapped or shuffled split would not pass the comparison
+  assert not np.allclose(new.t_real_logits, new.t_syn_logits)
+  assert not np.allclose(new.t_real_stage1[1:], new.t_real_stage1[:-1])
+  assert np.all(np.asarray(new.t_real_logits)[:, distill_reference.NUM_OLD:] < -1e8)  # masked

@@ -1,6 +1,8 @@
-"""rfd_jax.tools.sweep (with sweep_runs, summaries): argument parsing, run layout, skipping, summaries and the Markdown section.
+"""rfd_jax.tools.sweep (with sweep_runs, sweep_devices, summaries): argument parsing, run layout,
+skipping, each run's device environment, summaries and the Markdown section.
 
-No training: launches are faked (or --dry_run), results.json files are written by hand.
+No training and no GPU or TPU: launches are faked (or --dry_run), results.json files are written by
+hand.
 """
 
 import csv
@@ -16,7 +18,7 @@ from PIL import Image
 import pytest
 
 from rfd_jax import tasks
-from rfd_jax.tools import summaries, sweep, sweep_runs
+from rfd_jax.tools import summaries, sweep, sweep_devices, sweep_runs
 
 
 def fake_results(method, order, seed, final, avg, forgetting, wall=100.0):
@@ -97,8 +99,8 @@ def test_runs_summarizes_and_reports_failures(tmp_path, monkeypatch, capsys):
             ("abd", "seed2"): (65.0, 85.5, 18.0), ("finetune", "seed0"): (20.0, 45.0, 99.0)}
   launched = []
 
-  def fake_launch(run, config, common, device=None):
-    assert device is None  # no --devices: every run sees every device
+  def fake_launch(run, config, common, env=None):
+    assert env is None  # no --devices: every run sees every device
     launched.append((run.entry.label, run.order))
     if (run.entry.label, run.order) not in values:  # broken, finetune seed1 and seed2 fail
       return 1, 0.5
@@ -169,7 +171,165 @@ def test_devices_give_each_concurrent_run_a_gpu_of_its_own(tmp_path, monkeypatch
   assert len(seen) == 3 and set(seen) <= {"3", "5"} and "running on GPU " in out
   with open(os.path.join(workdir, "finetune", "seed0", "log.txt")) as f:
     assert "CUDA_VISIBLE_DEVICES=" in f.readline()
-  assert sweep.gpu_ids("0,2") == ["0", "2"] and sweep.gpu_ids("") == []
+  assert sweep_devices.gpu_ids("0,2") == ["0", "2"] and sweep_devices.gpu_ids("") == []
+
+
+def _fake_runs(monkeypatch, device_variable, together=1):
+  """Fakes launch()'s subprocess.run: each run writes its results; the first `together` runs wait
+  for each other (a timeout if the sweep cannot start them side by side). Returns (the environment
+  of every run, the most runs seen at one time on each device)."""
+  envs, running, most, lock = [], {}, {}, threading.Lock()
+  barrier = threading.Barrier(together, timeout=30)
+
+  def fake_run(command, stdout, stderr, check, env):
+    del stdout, stderr, check
+    device = env[device_variable]
+    with lock:
+      envs.append(env)
+      first = len(envs) <= together
+      running[device] = running.get(device, 0) + 1
+      most[device] = max(most.get(device, 0), running[device])
+    if first:
+      barrier.wait()
+    time.sleep(0.05)
+    flag = lambda name: next(c.split("=", 1)[1] for c in command if c.startswith(f"--{name}="))
+    write_results(command[command.index("--workdir") + 1],
+                  fake_results("finetune", flag("config.data.class_order"),
+                               int(flag("config.seed")), 20.0, 45.0, 99.0))
+    with lock:
+      running[device] -= 1
+    return subprocess.CompletedProcess(command, 0)
+
+  monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+  return envs, most
+
+
+SIX_RUNS = ["--orders", "seed0,seed1,seed2", "--seeds", "0,1", "--methods", "finetune"]
+
+
+def test_more_runs_than_gpus_share_them_with_a_memory_fraction_each(tmp_path, monkeypatch,
+                                                                     capsys):
+  """--parallel 4 on 2 GPUs: two runs per GPU at a time, each allowed 45% of its memory."""
+  monkeypatch.delenv(sweep_devices.MEM_FRACTION, raising=False)
+  envs, most = _fake_runs(monkeypatch, "CUDA_VISIBLE_DEVICES", together=4)
+  status = sweep.main(["--config", "configs/digits.py", "--workdir", str(tmp_path / "sw"),
+                       *SIX_RUNS, "--devices", "3,5", "--parallel", "4"])
+  captured = capsys.readouterr()
+  assert status == 0, captured.err
+  assert len(envs) == 6 and most == {"3": 2, "5": 2}
+  assert all(env[sweep_devices.MEM_FRACTION] == "0.45" for env in envs)
+  assert not any(k.startswith("TPU_") for env in envs for k in env)
+  assert "running on GPU 3" in captured.out and "running on GPU 5" in captured.out
+  with open(tmp_path / "sw" / "finetune" / "seed2-s1" / "log.txt") as f:
+    assert f"{sweep_devices.MEM_FRACTION}=0.45 " in f.readline()
+
+
+@pytest.mark.parametrize("gpus, parallel, expected", [
+    # (GPU, memory fraction or None: JAX's default) of each slot
+    (["0", "1"], 2, [("0", None), ("1", None)]),
+    (["0", "1"], 1, [("0", None), ("1", None)]),  # fewer runs than GPUs: any free GPU
+    (["0", "1"], 3, [("0", "0.45"), ("1", None), ("0", "0.45")]),  # GPU 1 keeps its one run
+    (["0"], 3, [("0", "0.30")] * 3),
+    (["0", "1"], 8, [("0", "0.22"), ("1", "0.22")] * 4),  # 0.225 rounded down: 4 × 0.22 ≤ 0.9
+])
+def test_gpu_slots_for_n_runs_on_m_gpus(gpus, parallel, expected):
+  slots = sweep_devices.slots("gpu", gpus, parallel, environ={})
+  assert [(s.env["CUDA_VISIBLE_DEVICES"], s.env.get(sweep_devices.MEM_FRACTION))
+          for s in slots] == expected
+  assert all(set(s.env) <= {"CUDA_VISIBLE_DEVICES", sweep_devices.MEM_FRACTION} for s in slots)
+  assert [s.name for s in slots] == [f"GPU {gpu}" for gpu, _ in expected]
+
+
+def test_gpu_slots_keep_a_memory_fraction_the_environment_sets():
+  slots = sweep_devices.slots("gpu", ["0"], 2, environ={sweep_devices.MEM_FRACTION: "0.3"})
+  assert [s.env for s in slots] == [{"CUDA_VISIBLE_DEVICES": "0"}] * 2
+  assert sweep_devices.slots("gpu", [], 4, environ={}) == []
+
+
+def test_tpu_slots_give_each_process_one_chip_and_its_own_ports():
+  slots = sweep_devices.slots("tpu", ["0", "1", "2", "3"], 4, environ={})
+  assert slots[1] == sweep_devices.Slot("TPU chip 1", {
+      "TPU_VISIBLE_CHIPS": "1", "TPU_CHIPS_PER_PROCESS_BOUNDS": "1,1,1",
+      "TPU_PROCESS_BOUNDS": "1,1,1", "TPU_MESH_CONTROLLER_ADDRESS": "localhost:8478",
+      "TPU_MESH_CONTROLLER_PORT": "8478", "TPU_PROCESS_PORT": "8479",
+      "RFD_JAX_DISTRIBUTED": "0"})
+  assert [s.env["TPU_VISIBLE_CHIPS"] for s in slots] == ["0", "1", "2", "3"]
+  ports = [int(s.env[k]) for s in slots for k in ("TPU_MESH_CONTROLLER_PORT", "TPU_PROCESS_PORT")]
+  assert len(set(ports)) == 8  # no two processes, nor a process's two servers, share a port
+  assert not any(sweep_devices.MEM_FRACTION in s.env or "CUDA_VISIBLE_DEVICES" in s.env
+                 for s in slots)
+  assert len(sweep_devices.slots("tpu", ["0", "1", "2", "3"], 2, environ={})) == 4
+
+
+def test_tpu_runs_one_per_chip(tmp_path, monkeypatch, capsys):
+  """--device_kind tpu --devices auto on a (faked) 2-chip TPU VM: three runs, never two on a chip,
+  each with its chip's environment."""
+  monkeypatch.setattr(sweep_devices, "_tpu_chip_count", lambda: 2)
+  envs, most = _fake_runs(monkeypatch, "TPU_VISIBLE_CHIPS", together=2)
+  status = sweep.main(["--config", "configs/digits.py", "--workdir", str(tmp_path / "sw"),
+                       "--orders", "seed0,seed1,seed2", "--methods", "finetune",
+                       "--device_kind", "tpu", "--devices", "auto"])
+  captured = capsys.readouterr()
+  assert status == 0, captured.err
+  assert len(envs) == 3 and most == {"0": 1, "1": 1}
+  for env in envs:
+    chip = int(env["TPU_VISIBLE_CHIPS"])
+    assert env["TPU_MESH_CONTROLLER_PORT"] == str(8476 + 2 * chip)
+    assert env["TPU_PROCESS_BOUNDS"] == env["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "1,1,1"
+    assert env["RFD_JAX_DISTRIBUTED"] == "0" and "CUDA_VISIBLE_DEVICES" not in env
+  assert "running on TPU chip " in captured.out and not captured.err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device_kind", "tpu", "--devices", "0,1", "--parallel", "3"],
+     "--parallel 3 with 2 TPU chip(s) (--devices): a chip takes one process at a time"),
+    (["--device_kind", "tpu", "--devices", "0,x"], "TPU chip ids are integers, got 'x'"),
+    (["--devices", "0,1,0"], "--devices 0,1,0: 0 listed twice"),
+    (["--devices", "0", "--parallel", "91"], "91 runs on one GPU leave each no memory"),
+])
+def test_bad_device_arguments_exit_2_with_one_error_line(tmp_path, monkeypatch, capsys, args,
+                                                         message):
+  monkeypatch.setattr(sweep.subprocess, "run", None)  # nothing may start
+  assert sweep.main(["--config", "configs/digits.py", "--workdir", str(tmp_path / "sw"),
+                     "--methods", "finetune", *args]) == 2
+  errors = capsys.readouterr().err.splitlines()
+  assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], errors
+  assert not os.path.exists(tmp_path / "sw")
+
+
+def test_tpu_auto_without_chips_exits_2(tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(sweep_devices, "_tpu_chip_count", lambda: 0)
+  assert sweep.main(["--config", "configs/digits.py", "--workdir", str(tmp_path / "sw"),
+                     "--methods", "finetune", "--device_kind", "tpu", "--devices", "auto"]) == 2
+  assert capsys.readouterr().err.startswith("error: --devices auto: no TPU chip found")
+
+
+def test_unknown_device_kind_exits_2(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    sweep.main(["--config", "configs/digits.py", "--workdir", str(tmp_path), "--methods",
+                "finetune", "--device_kind", "xpu"])
+  assert exit_info.value.code == 2
+  assert "invalid choice: 'xpu'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("nvidia_smi, kind, args, warned", [
+    ("/usr/bin/nvidia-smi", "gpu", ["--parallel", "2"], "preallocates 75% of every GPU"),
+    (None, "gpu", ["--parallel", "2"], None),  # no GPU machine: nothing to warn about
+    ("/usr/bin/nvidia-smi", "gpu", [], None),  # one run at a time
+    ("/usr/bin/nvidia-smi", "gpu", ["--parallel", "2", "--devices", "0,1"], None),
+    (None, "tpu", ["--parallel", "2"], "a TPU chip takes one process at a time"),
+])
+def test_parallel_runs_on_every_device_warn_on_one_line(tmp_path, monkeypatch, capsys,
+                                                        nvidia_smi, kind, args, warned):
+  monkeypatch.setattr(sweep_devices.shutil, "which",
+                      lambda name: nvidia_smi if name == "nvidia-smi" else None)
+  assert sweep.main(["--config", "configs/digits.py", "--workdir", str(tmp_path / "sw"),
+                     "--methods", "finetune", "--device_kind", kind, "--dry_run", *args]) == 0
+  errors = capsys.readouterr().err.splitlines()
+  if warned is None:
+    assert not errors
+  else:
+    assert len(errors) == 1 and errors[0].startswith("warning: ") and warned in errors[0]
 
 
 def test_summarize_only_and_markdown_section(tmp_path, capsys):
@@ -218,3 +378,20 @@ def test_comparison_png_size(tmp_path):
   summaries.save_comparison(str(tmp_path / "c.png"), {"a": [[90, 70], [80, 60]], "b": [[90, 40]]},
                             [5, 10])
   assert Image.open(tmp_path / "c.png").size == (1280, 480)
+
+
+def test_a_run_that_writes_another_runs_results_fails_without_stopping_the_sweep(
+    tmp_path, monkeypatch, capsys):
+  def fake_run(command, stdout, stderr, check, env):
+    del stdout, stderr, check, env
+    order = next(c.split("=", 1)[1] for c in command if c.startswith("--config.data.class_order="))
+    write_results(command[command.index("--workdir") + 1],
+                  fake_results("finetune", order, 7, 20.0, 45.0, 99.0))  # seed 7, not 0
+    return subprocess.CompletedProcess(command, 0)
+
+  monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+  assert sweep.main(["--config", "configs/digits.py", "--workdir", str(tmp_path / "sw"),
+                     "--orders", "seed0,seed1", "--methods", "finetune"]) == 1
+  err = capsys.readouterr().err
+  assert err.count("is a run of method=finetune seed=7, not the expected method=finetune "
+                   "seed=0") == 2, err

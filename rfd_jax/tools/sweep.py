@@ -4,6 +4,7 @@ r"""Runs methods × class orders × seeds into sub-workdirs and summarises them.
       --orders seed0,seed1,seed2 \
       --methods finetune,joint,rfd,"rfd-no-lfd:method=rfd:distill.lambda_lfd=0" \
       [--set key=value ...] [--seeds 0,1] [--parallel N] [--devices 0,1,2,3 | auto] \
+      [--device_kind gpu | tpu] \
       [--output docs/results.md --section digits] [--dry_run] [--summarize_only]
 
 A methods entry is `label[:key=value[:key=value ...]]` (config fields without the `config.`
@@ -15,10 +16,15 @@ applies to every run, before the entry's own overrides. Run (label, order, seed)
 sweep resumes, or collects runs made earlier by hand in that layout; a failed run is reported, the
 others go on, and the exit status is 1.
 
-`--devices` gives each run a GPU of its own (CUDA_VISIBLE_DEVICES=<id> in its environment; `auto`:
-every GPU `nvidia-smi -L` lists) and runs one per GPU at a time unless --parallel says otherwise:
-on a multi-GPU machine, runs of a small network (ResNet-32) go faster side by side than data-
-parallel over all GPUs (launch/README.md). Without it, every run sees every device.
+`--devices` gives each run a device of its own and runs one per device at a time unless --parallel
+says otherwise: on a multi-GPU machine or a TPU VM, runs of a small network (ResNet-32) go faster
+side by side than data-parallel over all devices (launch/README.md). Without it, every run sees
+every device (with --parallel > 1 on a GPU machine, a warning: each run would preallocate memory on
+every GPU). `--device_kind gpu` (default): CUDA_VISIBLE_DEVICES=<id> (`auto`: every GPU
+`nvidia-smi -L` lists); with more runs at a time than GPUs, the runs share them round-robin, each
+with XLA_PYTHON_CLIENT_MEM_FRACTION = 0.9 / (runs on its GPU). `--device_kind tpu`: one process per
+chip of a TPU VM, TPU_VISIBLE_CHIPS=<id> with its bounds and libtpu ports (`auto`: every chip);
+at most one run per chip. Each variable is explained in `sweep_devices`.
 
 Then WORKDIR/summary.md, summary.csv and comparison.png: per label, mean ± sample std over its
 runs of the final accuracy, average incremental accuracy and forgetting, and the wall time per run.
@@ -27,7 +33,8 @@ between `<!-- sweep:NAME:begin -->` and `<!-- sweep:NAME:end -->` in FILE, keepi
 `--summarize_only` rebuilds the summaries from the sub-workdirs without running anything (without
 --methods: every `<label>/<run>/results.json` under WORKDIR).
 
-The run layout is `sweep_runs`, the tables and the figure `summaries`; this module is the command.
+The run layout is `sweep_runs`, the devices `sweep_devices`, the tables and the figure `summaries`;
+this module is the command.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import sys
 import time
 
 from rfd_jax import tasks
-from rfd_jax.tools import summaries, sweep_runs
+from rfd_jax.tools import summaries, sweep_devices, sweep_runs
 
 
 def check_methods(entries: Sequence[sweep_runs.MethodEntry]) -> None:
@@ -60,36 +67,19 @@ def check_methods(entries: Sequence[sweep_runs.MethodEntry]) -> None:
 
 
 def launch(run: sweep_runs.Run, config: str, common: Sequence[tuple[str, str]],
-           device: str | None = None) -> tuple[int, float]:
-  """Runs one rfd_jax.main subprocess, output appended to SUB/log.txt, on GPU `device` alone if
-  given. → (exit status, seconds)."""
+           env: dict[str, str] | None = None) -> tuple[int, float]:
+  """Runs one rfd_jax.main subprocess, output appended to SUB/log.txt, with `env` added to this
+  process's environment (a device slot, `sweep_devices`). → (exit status, seconds)."""
   os.makedirs(run.workdir, exist_ok=True)
   command = run.command(config, common)
-  env = None if device is None else dict(os.environ, CUDA_VISIBLE_DEVICES=device)
   start = time.time()
   with open(os.path.join(run.workdir, "log.txt"), "a") as log:
-    where = "" if device is None else f"CUDA_VISIBLE_DEVICES={device} "
+    where = "".join(f"{key}={value} " for key, value in (env or {}).items())
     log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {where}{shlex.join(command)}\n")
     log.flush()
-    proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False, env=env)
+    proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False,
+                          env=None if env is None else dict(os.environ, **env))
   return proc.returncode, time.time() - start
-
-
-def gpu_ids(devices: str) -> list[str]:
-  """--devices → GPU ids: "0,2" as given; "auto": those `nvidia-smi -L` lists; "": none."""
-  if devices != "auto":
-    return sweep_runs.split_list(devices) if devices else []
-  try:
-    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=True,
-                             timeout=60).stdout
-  except (OSError, subprocess.SubprocessError) as e:
-    raise sweep_runs.SweepError(f"--devices auto: `nvidia-smi -L` failed ({e}); list the GPU ids, "
-                                "e.g. --devices 0,1.") from e
-  ids = [line.split(":")[0].split()[1] for line in listing.splitlines()
-         if line.startswith("GPU ")]
-  if not ids:
-    raise sweep_runs.SweepError("--devices auto: nvidia-smi lists no GPU; leave --devices out.")
-  return ids
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -105,10 +95,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="a config override for every run (repeatable)")
   parser.add_argument("--parallel", type=int, default=None,
-                      help="runs at a time (default: 1, or one per --devices GPU)")
-  parser.add_argument("--devices", default="", help="GPU ids, one per concurrent run, e.g. "
-                      "0,1,2,3, or auto (every GPU of nvidia-smi -L); default: all runs see all "
-                      "devices")
+                      help="runs at a time (default: 1, or one per --devices device; more than "
+                      "GPUs: they share them)")
+  parser.add_argument("--devices", default="", help="GPU or TPU chip ids, each run gets one, "
+                      "e.g. 0,1,2,3, or auto (every GPU of nvidia-smi -L / every TPU chip); "
+                      "default: all runs see all devices")
+  parser.add_argument("--device_kind", choices=sweep_devices.KINDS, default="gpu",
+                      help="what --devices lists (default: gpu)")
   parser.add_argument("--output", help="Markdown file to put the table in (e.g. docs/results.md)")
   parser.add_argument("--section", help="marker name in --output (default: the workdir's name)")
   parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
@@ -158,14 +151,20 @@ def main(argv: Sequence[str] | None = None) -> int:
   command = shlex.join(["python", "-m", "rfd_jax.tools.sweep", *argv])
   try:
     runs, common = plan_from_args(args)
-    devices = gpu_ids(args.devices) if not args.summarize_only else []
+    devices = ([] if args.summarize_only else
+               sweep_devices.device_ids(args.devices, args.device_kind))
+    parallel = args.parallel or max(len(devices), 1)
+    slots = sweep_devices.slots(args.device_kind, devices, parallel, os.environ)
   except sweep_runs.SweepError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  parallel = args.parallel or max(len(devices), 1)
-  free_devices: queue.Queue = queue.Queue()  # a run takes a GPU and gives it back when done
-  for device in devices:
-    free_devices.put(device)
+  warning = (None if args.summarize_only else
+             sweep_devices.sharing_warning(args.device_kind, devices, parallel))
+  if warning:
+    print(warning, file=sys.stderr)
+  free_slots: queue.Queue = queue.Queue()  # a run takes a slot and gives it back when done
+  for slot in slots:
+    free_slots.put(slot)
 
   failed: list[str] = []  # messages; appended to from the --parallel threads too
   results: dict[str, dict] = {}  # run workdir → its results.json
@@ -197,18 +196,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     def one(i_run):
       i, run = i_run
       progress = f"[{i + 1}/{len(todo)}]"
-      device = free_devices.get() if devices else None
+      slot = free_slots.get() if slots else None
       print(f"{progress} {run.entry.label} {run.order} seed {run.seed}: running"
-            f"{'' if device is None else f' on GPU {device}'} "
+            f"{'' if slot is None else f' on {slot.name}'} "
             f"(log: {os.path.join(run.workdir, 'log.txt')})", flush=True)
       try:
-        status, seconds = launch(run, args.config, common, device)
+        status, seconds = launch(run, args.config, common, None if slot is None else slot.env)
       except OSError as e:  # e.g. an unwritable workdir: this run fails, the others go on
         status, seconds = f"{type(e).__name__}: {e}", 0.0
       finally:
-        if device is not None:
-          free_devices.put(device)
-      if status == 0 and collect(run):
+        if slot is not None:
+          free_slots.put(slot)
+      if status == 0 and collect(run) and run.workdir in results:  # not a stray results.json
         print(f"{progress} {run.workdir}: done in {seconds:.0f}s, final accuracy "
               f"{results[run.workdir]['final_acc']:.2f}", flush=True)
       else:
