@@ -129,6 +129,16 @@ def test_dfkd_resumed_run_equals_uninterrupted(teacher_run, tmp_path, monkeypatc
   assert max(line["train/teacher_agreement"] for line in _records(part, "train/loss")) > 1
 
 
+def test_resume_inside_a_chunk_is_refused():
+  """A checkpoint taken with another synthesis.chunk_steps (allow_config_change) may sit inside a
+  chunk: refused, not run past the round's end."""
+  p = plan.dfkd_plan(epochs=2, synthesis_iterations=4, synthesis_block=2, student_steps=2, lr=0.1)
+  for step in (0, 2, 4 + 1, 7 + 2, p.total_steps):  # chunk boundaries, student steps, the end
+    dfkd._check_resume_on_a_chunk(p, step, 2)  # pylint: disable=protected-access
+  with pytest.raises(config_validation.ConfigError, match="synthesis.chunk_steps=2.*iteration 1"):
+    dfkd._check_resume_on_a_chunk(p, 7 + 1, 2)  # pylint: disable=protected-access
+
+
 def test_pool_draws_at_once_equal_sequential_draws():
   """The student's pool indices of an epoch are drawn at once (so a resume inside the epoch finds
   them); they are the numbers the earlier step-by-step draws gave."""
