@@ -48,6 +48,10 @@ def get_config(pair: str = "wrn") -> ml_collections.ConfigDict:
   config.synthesis.beta2 = 0.999
   config.synthesis.nz = 256
   config.synthesis.ngf = 64
+  config.synthesis.chunk_steps = 100  # iterations per jitted call (a progress line and checkpoint
+                                      # chance between chunks); divides iterations
+  config.synthesis.loop = "auto"  # scan (one lax.scan per chunk) | host (a loop over one jitted
+                                  # step; faster on XLA:CPU) | auto: host on CPU, scan elsewhere
 
   config.student = ml_collections.ConfigDict()
   config.student.kd_steps = 400  # student steps per epoch

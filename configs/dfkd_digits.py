@@ -27,6 +27,7 @@ def get_config(pair: str = "wrn"):
   config.synthesis.iterations = 40
   config.synthesis.batch_size = 64
   config.synthesis.ngf = 32
+  config.synthesis.chunk_steps = 10  # of the 40 iterations per jitted call
   config.student.kd_steps = 20
   config.optim.epochs = 10
   return config

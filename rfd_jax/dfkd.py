@@ -16,11 +16,15 @@ Switching terms off gives the baselines: DeepInversion-style (adv = triplet = 0)
 adversarial (triplet = 0); `configs/dfkd_digits.py` lists the sweep entries.
 
 The run is a plan over one global step (rfd_jax.plan.dfkd_plan: per epoch the synthesis
-iterations, the student steps, the evaluation) run by rfd_jax.loop. Checkpoints are keyed by the
-global step: after every evaluation, every `ckpt.every_steps` steps and on SIGTERM/SIGINT; they hold
-the student, its optimizer, the pool and, inside a synthesis round, the round's generator, latents,
-Adam state and best batch. Every random draw is a function of (seed, epoch, step), so a run resumed
-from any checkpoint ends with the same numbers as the uninterrupted run.
+iterations, the student steps, the evaluation) run by rfd_jax.loop. The synthesis round runs in
+chunks of `synthesis.chunk_steps` iterations (one plan block each): a jitted lax.scan per chunk on
+accelerators, a host loop over one jitted step on CPU (`synthesis.loop`), data-parallel with the
+latents, targets and best batch split over the devices (dfkd_steps.make_synthesis_chunk_fn).
+Checkpoints are keyed by the global step: after every evaluation, every `ckpt.every_steps` steps
+(at chunk ends inside a round) and on SIGTERM/SIGINT; they hold the student, its optimizer, the
+pool and, inside a synthesis round, the round's generator, latents, Adam state and best batch.
+Every random draw is a function of (seed, epoch, iteration or step), so a run resumed from any
+checkpoint ends with the same numbers as the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from rfd_jax.models.cmi_generator import CmiGenerator
 from rfd_jax.models.layers import conv_compute_dtype
 
 DIRECTIONS = ("paper", "released_code")
+LOOPS = ("auto", "scan", "host")
 
 
 # ---- The job ----------------------------------------------------------------------------------
@@ -65,6 +70,13 @@ def validate(config) -> None:
                       ("student.kd_steps", config.student.kd_steps)):
     if value < 1:
       raise config_validation.ConfigError(f"config.{name}={value} must be >= 1.")
+  if syn.chunk_steps < 1 or syn.iterations % syn.chunk_steps:
+    raise config_validation.ConfigError(
+        f"config.synthesis.chunk_steps={syn.chunk_steps} must be >= 1 and divide "
+        f"config.synthesis.iterations={syn.iterations}.")
+  if syn.loop not in LOOPS:
+    raise config_validation.ConfigError(
+        f"config.synthesis.loop={syn.loop!r}: expected one of {LOOPS}.")
   start, stop = config.rgal.triplet_layers
   if not 0 <= start < stop:
     raise config_validation.ConfigError(
@@ -98,14 +110,21 @@ class DfkdJob:
     self.root = jax.random.key(config.seed)
     rgal, mean, std = config.rgal, data.mean, data.std
     augmentation = augment.Augmentation.from_config(config.data)
+    syn, state_sharding = config.synthesis, nets["synthesis_sharding"]
+    rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     self.synth_init = jax.jit(functools.partial(
-        dfkd_steps.init_synthesis, generator=nets["generator"], batch_size=config.synthesis.batch_size,
-        tx=nets["gen_tx"]))
-    self.synth_step = jax.jit(functools.partial(
-        dfkd_steps.synthesis_step, tx=nets["gen_tx"], generator=nets["generator"], teacher=nets["teacher"],
+        dfkd_steps.init_synthesis, generator=nets["generator"], batch_size=syn.batch_size,
+        tx=nets["gen_tx"]), out_shardings=state_sharding)
+    self.synth_chunk = dfkd_steps.make_synthesis_chunk_fn(
+        mesh=mesh, state_sharding=state_sharding, chunk_steps=syn.chunk_steps, loop=syn.loop,
+        tx=nets["gen_tx"], generator=nets["generator"], teacher=nets["teacher"],
         student=nets["student"],
-        weights={k: float(rgal[k]) for k in ("bn", "oh", "adv", "triplet")}, mean=mean, std=std, augmentation=augmentation, triplet_layers=nets["triplet_layers"],
-        swap=rgal.syn_triplet_direction == "paper"), donate_argnums=(0,))
+        weights={k: float(rgal[k]) for k in ("bn", "oh", "adv", "triplet")}, mean=mean, std=std,
+        augmentation=augmentation, triplet_layers=nets["triplet_layers"],
+        swap=rgal.syn_triplet_direction == "paper")
+    self.draw_targets = jax.jit(lambda key: jnp.sort(jax.random.randint(
+        key, (syn.batch_size,), 0, self.num_classes)), out_shardings=batch)
+    self.quantize = jax.jit(dfkd_steps.quantize, out_shardings=rep)  # the pool: every host's
     self.train_step = jax.jit(functools.partial(
         dfkd_steps.student_step, student=nets["student"], teacher=nets["teacher"], tx=nets["tx"],
         weight_decay=config.optim.weight_decay, mean=mean, std=std, augmentation=augmentation,
@@ -114,7 +133,7 @@ class DfkdJob:
         temperature=float(rgal.kd_temperature)), donate_argnums=(0,))
     self.eval_fn = evaluation.make_eval_fn(nets["student"], mean=mean, std=std, mesh=mesh)
     self._epoch_start, self._student_means, self._eta = time.time(), {}, "?"
-    self._synthesis_metrics = None  # the round's last step's, on device
+    self._synthesis_metrics = None  # the means of the round's last chunk, on device
 
   # ---- Keys and draws: functions of (seed, epoch, step). ----------------------------------------
 
@@ -123,9 +142,8 @@ class DfkdJob:
 
   @functools.lru_cache(maxsize=1)
   def _targets(self, epoch: int) -> jax.Array:
-    """The round's random teacher targets (S,), sorted."""
-    return jnp.sort(jax.random.randint(jax.random.fold_in(self._synthesis_key(epoch), 0),
-                                       (self.config.synthesis.batch_size,), 0, self.num_classes))
+    """The round's random teacher targets (S,), sorted, split on "data"."""
+    return self.draw_targets(jax.random.fold_in(self._synthesis_key(epoch), 0))
 
   @functools.lru_cache(maxsize=1)
   def _pool_draws(self, epoch: int, pool_size: int) -> np.ndarray:
@@ -147,13 +165,14 @@ class DfkdJob:
           self._synthesis_key(segment.first_epoch), 1))
 
   def run_block(self, position: plan_lib.Position, num_steps: int):
-    del num_steps  # 1
+    del num_steps  # synthesis.chunk_steps in a round, else 1
     name, epoch = position.segment.name, position.epoch
     if name == "synthesis":
-      # the student is frozen during the round: its current variables are the round's
-      self.synthesis, self._synthesis_metrics = self.synth_step(
+      # the student is frozen during the round: its current variables are the round's. Iteration
+      # i of the round uses fold_in(key, i), in the scan and the host loop alike.
+      self.synthesis, self._synthesis_metrics = self.synth_chunk(
           self.synthesis, self.teacher_vars, self.state.variables, self._targets(epoch),
-          jax.random.fold_in(jax.random.fold_in(self._synthesis_key(epoch), 2), position.offset))
+          jax.random.fold_in(self._synthesis_key(epoch), 2), np.int32(position.offset))
       return self._synthesis_metrics
     if name == "student":
       step = position.step_in_epoch
@@ -175,15 +194,16 @@ class DfkdJob:
   def exit(self, segment: plan_lib.Segment) -> None:
     if segment.name != "synthesis":
       return
-    self.pool = np.concatenate([self.pool, dfkd_steps.to_uint8(self.synthesis.best_images)])
+    self.pool = np.concatenate([self.pool,
+                                np.asarray(self.quantize(self.synthesis.best_images))])
     if self.config.log.progress and self._synthesis_metrics is not None:
       m = jax.device_get(self._synthesis_metrics)
-      logging.info("epoch %3d/%d synthesis: loss %.3f (bn %.3f oh %.3f adv %.3f tri %.3f) at the "
-                   "last of %d iterations, best %.3f; pool %d  (%.1f s)", segment.first_epoch + 1,
-                   self.config.optim.epochs, m["synthesis/loss"], m["synthesis/loss_bn"],
-                   m["synthesis/loss_oh"], m["synthesis/loss_adv"], m["synthesis/loss_triplet"],
-                   segment.num_steps, float(self.synthesis.best_loss), len(self.pool),
-                   time.time() - self._epoch_start)
+      logging.info("epoch %3d/%d synthesis: loss %.3f (bn %.3f oh %.3f adv %.3f tri %.3f) over the "
+                   "last %d of %d iterations, best %.3f; pool %d  (%.1f s)",
+                   segment.first_epoch + 1, self.config.optim.epochs, m["synthesis/loss"],
+                   m["synthesis/loss_bn"], m["synthesis/loss_oh"], m["synthesis/loss_adv"],
+                   m["synthesis/loss_triplet"], segment.block_steps, segment.num_steps,
+                   float(self.synthesis.best_loss), len(self.pool), time.time() - self._epoch_start)
     self.synthesis, self._synthesis_metrics = None, None
 
   def _evaluate(self, position: plan_lib.Position) -> None:
@@ -213,6 +233,18 @@ class DfkdJob:
     return arrays, {"accuracies": self.accuracies, "pool_size": len(self.pool)}
 
 
+def _check_resume_on_a_chunk(plan: plan_lib.Plan, step: int, chunk_steps: int) -> None:
+  """A checkpoint inside a synthesis round taken with another chunk_steps (config.ckpt.
+  allow_config_change) may fall inside a chunk of this run: refused, not run past the round."""
+  if step < plan.total_steps:
+    position = plan.locate(step)
+    if position.segment.name == "synthesis" and position.offset % chunk_steps:
+      raise config_validation.ConfigError(
+          f"config.synthesis.chunk_steps={chunk_steps}: the checkpoint resumed is at synthesis "
+          f"iteration {position.offset}, not at a chunk boundary; resume with the chunk_steps it "
+          "was saved with.")
+
+
 def train_dfkd(config, workdir: str) -> dict:
   """Runs (or resumes) the DFKD job of `config` in `workdir`; returns results.json's dict.
 
@@ -224,6 +256,7 @@ def train_dfkd(config, workdir: str) -> dict:
   invocation_start = time.time()
   validate(config)
   mesh = parallel.job_mesh(config.data)
+  parallel.check_batch_size(config.synthesis.batch_size, mesh, field="config.synthesis.batch_size")
   os.makedirs(workdir, exist_ok=True)
   size = config.data.image_size
   info = datasets.dataset_info(config.data.dataset)
@@ -254,10 +287,14 @@ def train_dfkd(config, workdir: str) -> dict:
                         opt_state=nets["tx"].init({"student": variables["params"], "proj": proj}))
 
   rep = parallel.replicated(mesh)
-  abstract = checkpointing.abstract_like(jax.eval_shape(lambda: {
-      "state": fresh_student(),
-      "synthesis": dfkd_steps.init_synthesis(jax.random.key(0), generator=nets["generator"],
-                                  batch_size=syn.batch_size, tx=nets["gen_tx"])}), rep)
+  synthesis_shape = jax.eval_shape(functools.partial(
+      dfkd_steps.init_synthesis, generator=nets["generator"], batch_size=syn.batch_size,
+      tx=nets["gen_tx"]), jax.random.key(0))
+  nets["synthesis_sharding"] = dfkd_steps.synthesis_shardings(synthesis_shape, nets["gen_tx"], mesh)
+  abstract = {"state": checkpointing.abstract_like(jax.eval_shape(fresh_student), rep),
+              "synthesis": jax.tree.map(
+                  lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                  synthesis_shape, nets["synthesis_sharding"])}
 
   def abstract_arrays(meta):
     pool = jax.ShapeDtypeStruct((meta["pool_size"], size, size, 3), np.uint8, sharding=rep)
@@ -279,7 +316,9 @@ def train_dfkd(config, workdir: str) -> dict:
   logging.info("teacher %s: %.2f%% on the %d test images", teacher_meta["config"]["model"]["name"],
                teacher_accuracy, len(data.test_labels))
   plan = plan_lib.dfkd_plan(epochs=config.optim.epochs, synthesis_iterations=syn.iterations,
-                            student_steps=config.student.kd_steps, lr=config.optim.lr)
+                            synthesis_block=syn.chunk_steps, student_steps=config.student.kd_steps,
+                            lr=config.optim.lr)
+  _check_resume_on_a_chunk(plan, resumed.step, syn.chunk_steps)
   logging.info("dfkd %s → %s on %s: %d epochs × (%d synthesis iterations at batch %d, %d student "
                "steps at batch %d%s); synthesis triplet on %s, direction %s%s",
                teacher_meta["config"]["model"]["name"], config.model.name, data.name,

@@ -5,10 +5,19 @@ Synthesis (§3): a CMI generator and latents z, optimised with Adam against the 
 the frozen (eval-mode) student: bn·L_bn + oh·CE(teacher, random targets) + adv·L_adv +
 triplet·L_tri; the lowest-loss batch is kept. Student (§4): SGD on pool batches, each image as two
 augmented views: KD(T) + cd·CD + striplet·L_tri.
+
+A synthesis round runs in chunks of `chunk_steps` iterations (`make_synthesis_chunk_fn`): one jitted
+lax.scan per chunk, or a host loop over one jitted step (the same keys). The round is data-parallel:
+the per-sample arrays of the state (z, its Adam moments, the best batch) and the targets are split
+over the mesh's "data" axis, the generator replicated, so the BN statistics of the generator and
+the teacher and the generator's gradient are all-reduces over the global batch
+(`synthesis_shardings`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+import functools
 from typing import Any
 
 import flax
@@ -18,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rfd_jax import config_validation, losses, optim, rgal_losses
+from rfd_jax import config_validation, inversion, losses, optim, parallel, rgal_losses
 from rfd_jax.data import augment
 from rfd_jax.models.cmi_generator import CmiGenerator
 
@@ -95,11 +104,27 @@ def synthesis_loss(trainable: dict[str, Any], gen_batch_stats: Any, teacher_vars
   return loss, (updates["batch_stats"], images, metrics)
 
 
+def synthesis_shardings(state: SynthesisState, tx: optax.GradientTransformation,
+                        mesh) -> SynthesisState:
+  """The shardings of a synthesis state (arrays or ShapeDtypeStructs) on `mesh`: z (S, nz), its Adam
+  moments and the best batch (S, H, W, 3) split on "data"; the generator, its Adam moments, the
+  step count and the best loss replicated."""
+  rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  replicate = functools.partial(jax.tree.map, lambda _: rep)
+  trainable = {"generator": replicate(state.params), "z": batch}
+  # the Adam moments mirror {"generator", "z"}: by structure, not by shape (nz may equal S)
+  opt_state = optax.tree_map_params(tx, lambda _, sharding: sharding, state.opt_state, trainable,
+                                    transform_non_params=lambda _: rep)
+  return SynthesisState(params=trainable["generator"], batch_stats=replicate(state.batch_stats),
+                        z=batch, opt_state=opt_state, best_loss=rep, best_images=batch)
+
+
 def synthesis_step(state: SynthesisState, teacher_vars, student_vars, targets, rng, *,
-                   tx: optax.GradientTransformation, **loss_kwargs
-                   ) -> tuple[SynthesisState, dict[str, jax.Array]]:
+                   tx: optax.GradientTransformation, state_sharding: SynthesisState | None = None,
+                   **loss_kwargs) -> tuple[SynthesisState, dict[str, jax.Array]]:
   """One Adam step on (generator params, z). The batch whose loss (before the step) is the lowest
-  so far becomes the round's best batch."""
+  so far becomes the round's best batch. targets: (S,). `state_sharding` (synthesis_shardings)
+  pins the new state's layout, so a scan carry stays split over the devices."""
   trainable = {"generator": state.params, "z": state.z}
   (loss, (batch_stats, images, metrics)), grads = jax.value_and_grad(
       synthesis_loss, has_aux=True)(trainable, state.batch_stats, teacher_vars, student_vars,
@@ -107,15 +132,66 @@ def synthesis_step(state: SynthesisState, teacher_vars, student_vars, targets, r
   updates, opt_state = tx.update(grads, state.opt_state, trainable)
   trainable = optax.apply_updates(trainable, updates)
   better = loss < state.best_loss
-  return state.replace(
+  state = state.replace(
       params=trainable["generator"], batch_stats=batch_stats, z=trainable["z"],
       opt_state=opt_state, best_loss=jnp.where(better, loss, state.best_loss),
-      best_images=jnp.where(better, images, state.best_images)), metrics
+      best_images=jnp.where(better, images, state.best_images))
+  if state_sharding is not None:
+    state = jax.lax.with_sharding_constraint(state, state_sharding)
+  return state, metrics
 
 
-def to_uint8(images: jax.Array) -> np.ndarray:
+def synthesis_chunk(state: SynthesisState, teacher_vars, student_vars, targets, rng,
+                    first_iteration, *, num_steps: int, **step_kwargs
+                    ) -> tuple[SynthesisState, dict[str, jax.Array]]:
+  """`num_steps` synthesis steps under lax.scan; iteration i uses fold_in(rng, i). The best batch
+  is carried in the state. Returns the new state and the metrics averaged over the chunk."""
+  def body(carry, i):
+    return synthesis_step(carry, teacher_vars, student_vars, targets, jax.random.fold_in(rng, i),
+                          **step_kwargs)
+  state, metrics = jax.lax.scan(body, state, first_iteration + jnp.arange(num_steps))
+  return state, jax.tree.map(jnp.mean, metrics)
+
+
+def _keyed_synthesis_step(state, teacher_vars, student_vars, targets, rng, iteration,
+                          **step_kwargs):
+  return synthesis_step(state, teacher_vars, student_vars, targets,
+                        jax.random.fold_in(rng, iteration), **step_kwargs)
+
+
+def make_synthesis_chunk_fn(*, mesh, state_sharding: SynthesisState, chunk_steps: int,
+                            loop: str = "auto", **step_kwargs) -> Callable:
+  """The chunk function `(state, teacher_vars, student_vars, targets (S,), rng, first_iteration)
+  -> (state, mean metrics)`, built once per run; the state is donated.
+
+  loop: "scan" (one jitted lax.scan over the chunk), "host" (a Python loop over one jitted
+  synthesis_step; same keys) or "auto" (inversion.resolve_loop: host on CPU). The state and the
+  targets come in and go out split on "data" (`state_sharding`), the networks replicated.
+  step_kwargs: synthesis_step's (tx, the networks, the loss settings).
+  """
+  rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  shardings = dict(in_shardings=(state_sharding, rep, rep, batch, rep, rep),
+                   out_shardings=(state_sharding, rep), donate_argnums=(0,))
+  step_kwargs = dict(step_kwargs, state_sharding=state_sharding)
+  if inversion.resolve_loop(loop) == "scan":
+    return jax.jit(functools.partial(synthesis_chunk, num_steps=chunk_steps, **step_kwargs),
+                   **shardings)
+  step = jax.jit(functools.partial(_keyed_synthesis_step, **step_kwargs), **shardings)
+
+  def host_chunk(state, teacher_vars, student_vars, targets, rng, first_iteration):
+    history = []
+    for i in range(int(first_iteration), int(first_iteration) + chunk_steps):
+      state, metrics = step(state, teacher_vars, student_vars, targets, rng, np.int32(i))
+      history.append(metrics)
+    return state, jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *history)
+
+  host_chunk.step = step  # exposed so tests can lower and compile the step
+  return host_chunk
+
+
+def quantize(images: jax.Array) -> jax.Array:
   """[0, 1] float images → uint8, as the released code's PNG pool (round to nearest)."""
-  return np.asarray(jnp.round(jnp.clip(images, 0.0, 1.0) * 255.0)).astype(np.uint8)
+  return jnp.round(jnp.clip(images, 0.0, 1.0) * 255.0).astype(jnp.uint8)
 
 
 # ---- Student training (spec §4) ---------------------------------------------------------------

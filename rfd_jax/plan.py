@@ -194,12 +194,14 @@ def teacher_plan(*, epochs: int, epoch_steps: int, lr: float) -> Plan:
   return b.plan()
 
 
-def dfkd_plan(*, epochs: int, synthesis_iterations: int, student_steps: int, lr: float) -> Plan:
-  """Per epoch: one synthesis round, the student's training on the pool (cosine lr), the
-  evaluation (which checkpoints)."""
+def dfkd_plan(*, epochs: int, synthesis_iterations: int, student_steps: int, lr: float,
+              synthesis_block: int = 1) -> Plan:
+  """Per epoch: one synthesis round (in blocks of `synthesis_block` iterations), the student's
+  training on the pool (cosine lr), the evaluation (which checkpoints)."""
   b = _Builder()
   for epoch in range(epochs):
-    b.add("synthesis", 0, synthesis_iterations, first_epoch=epoch, save_at_end=False)
+    b.add("synthesis", 0, synthesis_iterations, first_epoch=epoch, block_steps=synthesis_block,
+          save_at_end=False)
     b.add("student", 0, student_steps, epoch_steps=student_steps, first_epoch=epoch,
           lrs=(cosine_lr(lr, epoch, epochs),), save_at_end=False)
     b.add("eval", 0, 1, first_epoch=epoch)

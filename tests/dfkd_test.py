@@ -37,7 +37,8 @@ def tiny_dfkd_config(teacher_dir):
   config.teacher_model = "wrn16_1"
   config.data.image_size = 8
   config.data.batch_size = 8
-  config.synthesis.iterations = 3
+  config.synthesis.iterations = 4
+  config.synthesis.chunk_steps = 2  # a resume inside a round restarts at a chunk boundary
   config.synthesis.batch_size = 16
   config.synthesis.nz = 16
   config.synthesis.ngf = 8
@@ -103,12 +104,12 @@ def test_dfkd_resumed_run_equals_uninterrupted(teacher_run, tmp_path, monkeypatc
   assert len(full["accuracies"]) == 2 and full["pool_size"] == 2 * 16
   assert full["teacher_accuracy"] == pytest.approx(teacher_results["accuracy"])
   assert full["best_accuracy"] == max(full["accuracies"])
-  # Each epoch: 3 synthesis iterations, 2 student steps, the evaluation (6 global steps). Stop the
-  # second epoch inside its synthesis round (the round's state is checkpointed), then inside its
-  # student training.
+  # Each epoch: 4 synthesis iterations in chunks of 2, 2 student steps, the evaluation (7 global
+  # steps). Stop the second epoch inside its synthesis round after its first chunk (the round's
+  # state, best batch included, is checkpointed), then inside its student training.
   part = str(tmp_path / "part")
-  _preempted_at(monkeypatch, 6 + 1, lambda: dfkd.train_dfkd(config, part))
-  _preempted_at(monkeypatch, 6 + 3 + 1, lambda: dfkd.train_dfkd(config, part))
+  _preempted_at(monkeypatch, 7 + 2, lambda: dfkd.train_dfkd(config, part))
+  _preempted_at(monkeypatch, 7 + 4 + 1, lambda: dfkd.train_dfkd(config, part))
   changed = tiny_dfkd_config(teacher_dir)
   changed.rgal.syn_triplet_direction = "released_code"
   with pytest.raises(config_validation.ConfigError, match="rgal.syn_triplet_direction"):
@@ -121,10 +122,21 @@ def test_dfkd_resumed_run_equals_uninterrupted(teacher_run, tmp_path, monkeypatc
   lines = _records(tmp_path / "full")
   assert _records(part) == lines  # every loss of every segment
   assert len(_records(part, "train/loss")) == 2 * 2  # a record per step
+  assert len(_records(part, "synthesis/loss")) == 2 * 2  # a record per chunk
   assert [r["eval/accuracy"] for r in _records(part, "eval/accuracy")] == full["accuracies"]
   for key in ("train/teacher_agreement", "synthesis/teacher_student_agree"):  # percent
     assert all(0 <= line[key] <= 100 for line in _records(part, key))
   assert max(line["train/teacher_agreement"] for line in _records(part, "train/loss")) > 1
+
+
+def test_resume_inside_a_chunk_is_refused():
+  """A checkpoint taken with another synthesis.chunk_steps (allow_config_change) may sit inside a
+  chunk: refused, not run past the round's end."""
+  p = plan.dfkd_plan(epochs=2, synthesis_iterations=4, synthesis_block=2, student_steps=2, lr=0.1)
+  for step in (0, 2, 4 + 1, 7 + 2, p.total_steps):  # chunk boundaries, student steps, the end
+    dfkd._check_resume_on_a_chunk(p, step, 2)  # pylint: disable=protected-access
+  with pytest.raises(config_validation.ConfigError, match="synthesis.chunk_steps=2.*iteration 1"):
+    dfkd._check_resume_on_a_chunk(p, 7 + 1, 2)  # pylint: disable=protected-access
 
 
 def test_pool_draws_at_once_equal_sequential_draws():
@@ -144,6 +156,10 @@ def test_pool_draws_at_once_equal_sequential_draws():
     ("rgal.syn_triplet_direction", "sideways", "syn_triplet_direction"),
     ("rgal.adv", -1.0, "rgal.adv"),
     ("model.name", "resnet32", "expected one of"),
+    ("synthesis.chunk_steps", 3, r"synthesis.chunk_steps=3 must be >= 1 and divide "
+                                 r"config.synthesis.iterations=4"),
+    ("synthesis.chunk_steps", 0, "synthesis.chunk_steps=0"),
+    ("synthesis.loop", "while", "synthesis.loop='while'"),
 ])
 def test_dfkd_config_errors_name_the_field(teacher_run, tmp_path, field, value, message):
   config = tiny_dfkd_config(teacher_run[0])

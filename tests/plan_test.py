@@ -75,6 +75,12 @@ def test_teacher_and_dfkd_plans():
   assert [(s.name, s.num_steps) for s in d.segments] == [("synthesis", 5), ("student", 3),
                                                          ("eval", 1)] * 2
   assert d.locate(9 + 2).epoch == 1 and d.locate(9 + 2).segment.name == "synthesis"
+  assert [s.block_steps for s in d.segments] == [1] * 6
+  chunked = plan.dfkd_plan(epochs=2, synthesis_iterations=6, synthesis_block=3, student_steps=3,
+                           lr=0.1)
+  assert [s.block_steps for s in chunked.segments] == [3, 1, 1] * 2
+  with pytest.raises(ValueError):  # the chunk must divide the round
+    plan.dfkd_plan(epochs=1, synthesis_iterations=5, synthesis_block=3, student_steps=3, lr=0.1)
 
 
 def test_inconsistent_segments_are_rejected():
