@@ -1,18 +1,21 @@
-r"""Host overhead of the real training loop: microseconds per train step around a network so small
+r"""Host overhead of the real training loop: host time per train step around a network so small
 that the device work is negligible.
 
-  python bench/overhead.py [--method finetune|rfd] [--repo PATH] [--epochs 4]
+  python bench/overhead.py [--method finetune|rfd] [--loop host|scan] [--host_fed] [--repo PATH]
 
 Runs the class-incremental job in this process (`train.train_and_evaluate`) on digits at 8 px,
-batch 8, with a 1-block-per-stage, 4-channel ResNet in place of ResNet-32, and times every call
-of the jitted train step from the loop: the median interval between consecutive calls after the
-first epoch of each task is the loop's wall time per step (host work + dispatch; the device work
-is negligible). Then the same jitted step is called back to back on its own: the difference is what
-the loop adds per step (batch gathering, keys, metric accumulation, bookkeeping).
-
-`--repo PATH` measures another checkout (e.g. a `git worktree` of an older commit), so one
-machine, one load and one command give the before/after of a loop change. Output: one line,
-`overhead method=M loop_us=… bare_us=… added_us=… steps=…`.
+batch 8, with a 1-block-per-stage, 4-channel ResNet in place of ResNet-32, and records every call
+of the jitted train function from the loop (a step, or with `--loop scan` an epoch of steps):
+  loop_us   wall time per step: the median interval between consecutive calls (after each
+            function's first 40 steps: compilation, first epoch) divided by the steps per call;
+  host_us   CPU time of the loop's thread per step over the same intervals: Python, batch
+            gathering, transfers and dispatch (JAX dispatches asynchronously, so the device work,
+            done by XLA's own threads, is not in it);
+  bare_us   the same jitted call back to back (200 dispatches, one wait), per step.
+`--host_fed` feeds batches gathered on the host every step (config.data.device_resident=False,
+the only way before the device-resident data). `--repo PATH` measures another checkout (e.g. a
+`git worktree` of an older commit), so one machine, one load and one command give the before/after
+of a loop change. Output: one line, `overhead method=M loop_us=… host_us=… bare_us=… steps=…`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ def main() -> None:
   parser.add_argument("--repo", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       help="the checkout whose rfd_jax is measured (default: this one)")
   parser.add_argument("--epochs", type=int, default=4)
+  parser.add_argument("--loop", default="host", choices=("host", "scan"),
+                      help="config.optim.loop (scan: an epoch per call)")
+  parser.add_argument("--host_fed", action="store_true",
+                      help="batches gathered on the host every step (device_resident=False)")
   args = parser.parse_args()
   sys.path.insert(0, args.repo)
   os.chdir(args.repo)  # configs/ of that checkout
@@ -54,8 +61,10 @@ def main() -> None:
   for module in owners:
     if hasattr(module, "build_model"):
       module.build_model = lambda cfg, sizes, dtype="float32": tiny_model(cfg, sizes)
-  calls: list[tuple[float, int]] = []  # (perf_counter, id of the step fn) per train-step call
+  calls: list[tuple[float, float, str, int]] = []  # (wall, thread CPU time, fn, steps) per call
   captured = {}
+  train_fns = ("ce_step", "distill_main_step", "distill_finetune_step", "ce_block",
+               "distill_main_block", "distill_finetune_block")
   for module in owners:
     if hasattr(module, "build_step_fns"):
       original = module.build_step_fns
@@ -63,12 +72,13 @@ def main() -> None:
       def build(*a, _original=original, **kw):
         fns = _original(*a, **kw)
         wrapped = {}
-        for name in ("ce_step", "distill_main_step", "distill_finetune_step"):
-          fn = getattr(fns, name)
+        for name in train_fns:
+          fn = getattr(fns, name, None)
           if fn is None:
             continue
           def timed(*call_args, _fn=fn, _name=name):
-            calls.append((time.perf_counter(), _name))
+            steps = call_args[0] if _name.endswith("_block") else 1
+            calls.append((time.perf_counter(), time.thread_time(), _name, steps))
             out = _fn(*call_args)
             captured[_name] = (_fn, call_args, out)
             return out
@@ -91,36 +101,44 @@ def main() -> None:
   config.ckpt.enabled = False
   config.log.progress = False
   config.log.images = False
+  config.optim.loop = args.loop  # (fields an older checkout does not have are ignored there)
+  config.data.device_resident = not args.host_fed
   with tempfile.TemporaryDirectory() as workdir:
     train.train_and_evaluate(config, workdir)
 
-  # Steady intervals: consecutive calls of the same step fn, skipping each fn's first 40 calls
-  # (compilation, first epoch) and the gaps at epoch / phase ends (> 20× the median).
-  intervals, seen = [], {}
-  for (t0, n0), (t1, n1) in zip(calls, calls[1:]):
-    seen[n0] = seen.get(n0, 0) + 1
+  # Steady intervals: consecutive calls of the same fn, skipping each fn's first 40 steps
+  # (compilation, first epoch) and the gaps at epoch / phase ends (> 20x the median).
+  wall, host, seen = [], [], {}
+  for (t0, c0, n0, k0), (t1, c1, n1, _) in zip(calls, calls[1:]):
+    seen[n0] = seen.get(n0, 0) + k0
     if n0 == n1 and seen[n0] > 40:
-      intervals.append(t1 - t0)
-  loop_s = statistics.median(intervals)
-  intervals = [i for i in intervals if i < 20 * loop_s]
-  loop_s = statistics.median(intervals)
+      wall.append((t1 - t0) / k0)
+      host.append((c1 - c0) / k0)
+  steady = [i for i, w in enumerate(wall) if w < 20 * statistics.median(wall)]
+  loop_s = statistics.median(wall[i] for i in steady)
+  host_s = statistics.median(host[i] for i in steady)
 
-  # The same step back to back: dispatch of N calls, then one wait.
-  name = "distill_main_step" if "distill_main_step" in captured else "ce_step"
+  # The same call back to back: dispatch of N calls, then one wait.
+  name = max(captured, key=lambda n: ("distill_main" in n, n))
   fn, call_args, out = captured[name]
+  steps_per_call = call_args[0] if name.endswith("_block") else 1
+  at = 1 if name.endswith("_block") else 0  # where the state is in the arguments
   state = out[0]
   jax.block_until_ready(state)
+  def call(state):
+    return fn(*call_args[:at], state, *call_args[at + 1:])[0]
   for _ in range(20):  # warm
-    state, _ = fn(state, *call_args[1:])
+    state = call(state)
   jax.block_until_ready(state)
-  reps = 200
+  reps = max(200 // steps_per_call, 10)
   start = time.perf_counter()
   for _ in range(reps):
-    state, _ = fn(state, *call_args[1:])
+    state = call(state)
   jax.block_until_ready(state)
-  bare_s = (time.perf_counter() - start) / reps
-  print(f"overhead method={args.method} loop_us={loop_s * 1e6:.0f} bare_us={bare_s * 1e6:.0f} "
-        f"added_us={(loop_s - bare_s) * 1e6:.0f} steps={len(intervals)} jax={jax.__version__} "
+  bare_s = (time.perf_counter() - start) / reps / steps_per_call
+  print(f"overhead method={args.method} loop={args.loop}{' host_fed' if args.host_fed else ''} "
+        f"loop_us={loop_s * 1e6:.0f} host_us={host_s * 1e6:.0f} bare_us={bare_s * 1e6:.0f} "
+        f"steps={sum(calls[i][3] for i in steady)} fn={name} jax={jax.__version__} "
         f"repo={args.repo}")
 
 

@@ -49,6 +49,13 @@ def get_config() -> ml_collections.ConfigDict:
   # auto: host on CPU (XLA:CPU runs rolled conv loops slowly), scan on GPU/TPU.
   config.optim.loop = "auto"
 
+  # A group of runs in one process (rfd_jax.group): every combination of these class orders and
+  # seeds, stepped together (vmapped) into WORKDIR/<method>/<order>[-s<seed>]/; "" = the single
+  # run of data.class_order / seed. E.g. class_orders = "seed0,seed1,seed2".
+  config.runs = ml_collections.ConfigDict()
+  config.runs.class_orders = ""
+  config.runs.seeds = ""
+
   # Model inversion of the previous model, before each task >= 1 (spec §4).
   config.inversion = ml_collections.ConfigDict()
   config.inversion.iterations = 5000

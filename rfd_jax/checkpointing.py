@@ -38,11 +38,12 @@ EXIT_PREEMPTED = 75  # SIGTERM/SIGINT: a checkpoint was saved; rerun the same co
                      # (75 = EX_TEMPFAIL of sysexits.h: "temporary failure, retry later")
 
 # Config fields a resume may change without the escape hatch: they do not change the result.
-# data.device_resident changes where batches are gathered, not their values; optim.loop changes
-# only float rounding (tests/train_loops_test.py), and with "auto" a run resumed on another kind of
+# data.device_resident changes where batches are gathered, not their values; the *.loop fields
+# change only float rounding (tests/train_loops_test.py), and with "auto" a run resumed on another kind of
 # machine changes loop anyway.
 HARMLESS_FIELDS = ("log.", "ckpt.", "init_from", "data.data_dir", "data.decode_threads",
-                   "data.cache_gb", "data.device_resident", "optim.loop")
+                   "data.cache_gb", "data.device_resident", "optim.loop", "inversion.loop",
+                   "synthesis.loop")
 
 class Preempted(Exception):
   """The run stopped on SIGTERM/SIGINT after saving a checkpoint."""

@@ -14,7 +14,8 @@ from rfd_jax import parallel, steps
 def predict(eval_fn, variables, images: np.ndarray, num_seen: int, batch_size: int,
             mesh) -> np.ndarray:
   """Predictions int32 (N,) for all `images` uint8 (N, H, W, 3): eval_fn(variables, batch,
-  num_seen) per batch of `batch_size` (the last one zero-padded).
+  num_seen) per batch of `batch_size` (the last one zero-padded); (R, N) for the variables of a
+  group of R runs and its vmapped eval_fn.
 
   Each batch is a global array sharded over `mesh`: every process feeds its rows of it and gets all
   the predictions back (replicated).
@@ -26,7 +27,8 @@ def predict(eval_fn, variables, images: np.ndarray, num_seen: int, batch_size: i
                                        field="config.data.eval_batch_size")
   preds = [eval_fn(variables, parallel.global_batch(padded[i + rows], mesh), jnp.int32(num_seen))
            for i in range(0, padded_num, batch_size)]
-  return np.concatenate([np.asarray(p) for p in preds])[:num]
+  # (B,) per batch, or (R, B) from a group's vmapped eval_fn
+  return np.concatenate([np.asarray(p) for p in preds], axis=-1)[..., :num]
 
 
 def make_eval_fn(model, *, mean, std, mesh):

@@ -152,26 +152,36 @@ def resolve_loop(loop: str) -> str:
 def make_inversion_chunk_fn(*, generator: nn.Module, teacher: nn.Module,
                             tx: optax.GradientTransformation, batch_size: int, chunk_steps: int,
                             weights: dict[str, float], loop: str = "auto",
-                            batch_sharding=None) -> Callable:
+                            batch_sharding=None, vmapped: bool = False) -> Callable:
   """The chunk function `(gen_state, teacher_vars, rng, num_old, first_iteration) -> (gen_state,
   mean metrics)`, built once per run (one compile; the generator state is donated).
 
   loop: "scan" (one jitted lax.scan over the chunk), "host" (a Python loop over one jitted
   generator_step; same keys, same result up to float reassociation) or "auto" (see resolve_loop).
+  vmapped: gen_state, teacher_vars and rng carry a leading run axis (a group of runs,
+  rfd_jax.group); num_old and the iterations are shared.
   """
   kwargs = dict(generator=generator, teacher=teacher, tx=tx, batch_size=batch_size,
                 weights=weights, batch_sharding=batch_sharding)
+  per_run = (0, 0, 0, None, None)
   if resolve_loop(loop) == "scan":
-    return jax.jit(functools.partial(inversion_chunk, num_steps=chunk_steps, **kwargs),
-                   donate_argnums=(0,))
-  step = jax.jit(functools.partial(generator_step, **kwargs), donate_argnums=(0,))
+    chunk = functools.partial(inversion_chunk, num_steps=chunk_steps, **kwargs)
+    return jax.jit(jax.vmap(chunk, in_axes=per_run) if vmapped else chunk, donate_argnums=(0,))
+  if vmapped:  # the key of iteration i folded in inside the vmapped step
+    keyed = lambda state, t, rng, num_old, i: generator_step(state, t, jax.random.fold_in(rng, i),
+                                                             num_old, **kwargs)
+    step = jax.jit(jax.vmap(keyed, in_axes=per_run), donate_argnums=(0,))
+    call = step
+  else:
+    step = jax.jit(functools.partial(generator_step, **kwargs), donate_argnums=(0,))
+    call = lambda state, t, rng, num_old, i: step(state, t, jax.random.fold_in(rng, i), num_old)
 
   def host_chunk(gen_state, teacher_vars, rng, num_old, first_iteration):
     history = []
     for i in range(int(first_iteration), int(first_iteration) + chunk_steps):
-      gen_state, metrics = step(gen_state, teacher_vars, jax.random.fold_in(rng, i), num_old)
+      gen_state, metrics = call(gen_state, teacher_vars, rng, num_old, i)
       history.append(metrics)
-    return gen_state, jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *history)
+    return gen_state, jax.tree.map(lambda *v: jnp.mean(jnp.stack(v), axis=0), *history)
 
   host_chunk.step = step  # exposed so tests can count its compilations
   return host_chunk

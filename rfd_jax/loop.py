@@ -64,24 +64,41 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def _host_value(value: np.ndarray) -> float | np.ndarray:
+  """A metric read back: a float, or float64 (R,) for the per-run metrics of a group."""
+  value = np.asarray(value, np.float64)
+  return float(value) if value.ndim == 0 else value
+
+
+def is_finite(value) -> bool:
+  return bool(np.all(np.isfinite(value)))
+
+
+def display(value) -> float:
+  """A metric as one number for a progress line: itself, or the mean over a group's runs."""
+  return float(np.mean(value))
+
+
 class _Sums:
-  """Step-weighted sums of block metrics, kept on device until read (one sync per read)."""
+  """Step-weighted sums of block metrics, kept on device until read (one sync per read). A metric
+  is a scalar, or (R,) with one value per run of a group (rfd_jax.group)."""
 
   def __init__(self, saved: dict | None = None):
     self.total, self.steps, self.first = None, 0, None
     if saved:  # from a checkpoint's record (`to_json`): a resume inside an interval continues it
-      self.total = {k: jnp.float32(v) for k, v in saved["total"].items()}
+      self.total = {k: jnp.asarray(v, jnp.float32) for k, v in saved["total"].items()}
       self.steps, self.first = saved["steps"], saved["first"]
 
   def to_json(self) -> dict | None:
     if self.total is None:
       return None
-    return {"total": {k: float(v) for k, v in jax.device_get(self.total).items()},
+    return {"total": {k: np.asarray(v, np.float64).tolist()
+                      for k, v in jax.device_get(self.total).items()},
             "steps": self.steps, "first": self.first}
 
   def add(self, metrics: dict[str, jax.Array], num_steps: int, first_step: int) -> None:
     if self.total is None:
-      self.total = jax.tree.map(lambda m: jnp.zeros((), jnp.float32), metrics)
+      self.total = jax.tree.map(lambda m: jnp.zeros(m.shape, jnp.float32), metrics)
       self.first = first_step
     self.total = _accumulate(self.total, metrics, jnp.float32(num_steps))
     self.steps += num_steps
@@ -90,13 +107,14 @@ class _Sums:
     """The metrics whose sum so far is NaN/inf (a host sync)."""
     if self.total is None:
       return {}
-    return {k: float(v) for k, v in jax.device_get(self.total).items() if not np.isfinite(v)}
+    return {k: _host_value(v) for k, v in jax.device_get(self.total).items()
+            if not is_finite(v)}
 
   def pop_means(self) -> tuple[dict[str, float], int] | None:
     """({name: mean}, first step) of what was added since the last pop, or None if nothing."""
     if self.total is None:
       return None
-    means = {k: float(v) / self.steps for k, v in jax.device_get(self.total).items()}
+    means = {k: _host_value(v) / self.steps for k, v in jax.device_get(self.total).items()}
     first = self.first
     self.total, self.steps, self.first = None, 0, None
     return means, first
@@ -223,7 +241,7 @@ class Loop:
     if popped is None:
       return None
     means, first = popped
-    self._raise_if_bad(segment, first, {k: v for k, v in means.items() if not np.isfinite(v)})
+    self._raise_if_bad(segment, first, {k: v for k, v in means.items() if not is_finite(v)})
     return means
 
   def _raise_if_bad(self, segment: Segment, first: int, bad: dict[str, float]) -> None:
@@ -272,7 +290,7 @@ class Loop:
   def _block_line(self, segment: Segment, means: dict[str, float]) -> None:
     rate = self.seconds_per_step.get(segment.name)
     tasks = self.plan.segments[-1].task + 1
-    losses = "  ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in means.items())
+    losses = "  ".join(f"{k.split('/')[-1]} {display(v):.4f}" for k, v in means.items())
     logging.info("%s%s %5d/%d  %s  %s it/s  ETA %s",
                  f"task {segment.task + 1}/{tasks} " if tasks > 1 else "", segment.name,
                  self.step - segment.start, segment.num_steps, losses,

@@ -29,8 +29,8 @@ from absl import flags, logging
 import jax
 from ml_collections import config_flags
 
-from rfd_jax import (checkpointing, cli, config_validation, metrics, parallel, preflight, train,
-                     xla_env)
+from rfd_jax import (checkpointing, cli, config_validation, group, metrics, parallel, preflight,
+                     train, xla_env)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
@@ -61,6 +61,8 @@ def run_job(config, workdir: str) -> tuple[str, dict]:
     if job == "dfkd":
       from rfd_jax import dfkd  # pylint: disable=g-import-not-at-top
       return job, dfkd.train_dfkd(config, workdir)
+    if group.is_group(config):
+      return "group", group.train_and_evaluate(config, workdir)
     return job, train.train_and_evaluate(config, workdir)
   except (config_validation.ConfigError, FileNotFoundError) as e:
     cli.fail(str(e))
@@ -102,8 +104,24 @@ def summary(job: str, results: dict, workdir: str) -> str:
     return (f"\ndfkd {results['teacher']} → {results['student']} on {results['dataset']}: teacher "
             f"{results['teacher_accuracy']:.2f}%, student {results['accuracy']:.2f}% after the "
             f"last epoch, best {results['best_accuracy']:.2f}% ({where})")
+  if job == "group":
+    return group_summary(results, workdir)
   return (f"\n{results['method']} on {results['dataset']}, {results['num_tasks']} tasks "
           f"({where})\n\n{metrics.format_table(results)}")
+
+
+def group_summary(results: dict[str, dict], workdir: str) -> str:
+  """Each run's table, then the group's mean ± std (summary.md, summary.csv and comparison.png,
+  written with rfd_jax.tools.sweep's summaries)."""
+  from rfd_jax.tools import summaries, sweep_runs  # pylint: disable=g-import-not-at-top
+  runs = sweep_runs.discover_runs(workdir)
+  found = {run.workdir: sweep_runs.load_results(run) for run in runs}
+  rows = summaries.summarize(runs, {k: v for k, v in found.items() if v is not None})
+  command = " ".join(["python -m rfd_jax.main"] + sys.argv[1:])
+  markdown = summaries.write_summaries(workdir, rows, [command], None, None)
+  tables = "\n\n".join(f"{name}:\n{metrics.format_table(r)}" for name, r in results.items())
+  return (f"\n{len(results)} runs in {workdir}\n\n{tables}\n\n{markdown}\nwrote "
+          f"{os.path.join(workdir, 'summary.md')}, summary.csv, comparison.png")
 
 
 if __name__ == "__main__":

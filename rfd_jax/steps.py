@@ -237,14 +237,48 @@ class StepFns:
   class_weights: Any
 
 
+# hparams that differ between the runs of a group (the rest are shared)
+PER_RUN_HPARAMS = ("class_weights",)
+
+
+class _GroupBlock:
+  """`resident_block` vmapped over a group's runs (rfd_jax.group), jitted once per set of hparams
+  names and number of steps. Per run (axis 0): the state, the labels of the resident data, the
+  batch rows, the task key, PER_RUN_HPARAMS, the teacher and generator; shared: the images, the
+  first step, the epoch start and the other hparams."""
+
+  def __init__(self, block: Callable):
+    self._block, self._jitted = block, {}
+
+  def __call__(self, num_steps, state, data, rows, first, task_key, epoch_start, hparams, *extra):
+    names = tuple(sorted(hparams))
+    if names not in self._jitted:
+      in_axes = (0, {"images": None, "labels": 0}, 0, None, 0, None,
+                 {k: 0 if k in PER_RUN_HPARAMS else None for k in hparams}) + (0,) * len(extra)
+      self._jitted[names] = jax.jit(
+          lambda n, *args: jax.vmap(functools.partial(self._block, n), in_axes=in_axes)(*args),
+          static_argnums=(0,), donate_argnums=(1,))
+    return self._jitted[names](num_steps, state, data, rows, first, task_key, epoch_start,
+                               hparams, *extra)
+
+  def _cache_size(self) -> int:
+    return sum(f._cache_size() for f in self._jitted.values())  # pylint: disable=protected-access
+
+
 def build_step_fns(config, learner: learners.Learner, model, generator, tx, data,
-                   mesh) -> StepFns:
+                   mesh, *, group: bool = False) -> StepFns:
   """Binds the static arguments and jits every step of the run (the state is donated).
 
   State, keys, hparams, teacher and generator are replicated; real batches are split on the mesh's
   "data" axis, so BatchNorm sees the global batch. Device-resident data and its batch rows are
   replicated; each device gathers its own rows of a batch.
+
+  group: the functions of a group of runs (rfd_jax.group): vmapped over a leading run axis of the
+  state (and everything per run), device-resident data only; the arrays' own shardings (the run
+  axis split over the mesh) place the computation, and batches are not split.
   """
+  if group:
+    return _group_step_fns(config, learner, model, generator, tx, data)
   rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   common = dict(model=model, tx=tx, weight_decay=config.optim.weight_decay, mean=data.mean,
                 std=data.std, augmentation=augment.Augmentation.from_config(config.data))
@@ -286,3 +320,26 @@ def build_step_fns(config, learner: learners.Learner, model, generator, tx, data
           batch_sharding=batch),
       class_weights=jax.jit(losses.class_balance_weights, in_shardings=(rep, rep),
                             out_shardings=rep))
+
+
+def _group_step_fns(config, learner: learners.Learner, model, generator, tx, data) -> StepFns:
+  common = dict(model=model, tx=tx, weight_decay=config.optim.weight_decay, mean=data.mean,
+                std=data.std, augmentation=augment.Augmentation.from_config(config.data))
+  block = lambda step_fn: None if step_fn is None else _GroupBlock(
+      functools.partial(resident_block, step_fn=step_fn))
+  distill = lambda loss_fn: None if loss_fn is None else functools.partial(
+      distill_train_step, loss_fn=loss_fn, generator=generator, **common)
+  inv = config.inversion
+  return StepFns(
+      ce_step=None, distill_main_step=None, distill_finetune_step=None,
+      ce_block=block(functools.partial(train_step, **common,
+                                       ce_over_all_outputs=learner.ce_over_all_outputs)),
+      distill_main_block=block(distill(learner.main_loss)),
+      distill_finetune_block=block(distill(learner.finetune_loss)),
+      eval_step=jax.jit(jax.vmap(functools.partial(eval_step, model=model, mean=data.mean,
+                                                   std=data.std), in_axes=(0, None, None))),
+      inversion_chunk=inversion.make_inversion_chunk_fn(
+          generator=generator, teacher=model, tx=optax.adam(inv.lr), batch_size=inv.batch_size,
+          chunk_steps=inv.chunk_steps, weights=inversion.weights_from_config(config), loop=inv.loop,
+          vmapped=True),
+      class_weights=jax.jit(jax.vmap(losses.class_balance_weights, in_axes=(0, None))))

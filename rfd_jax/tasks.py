@@ -133,3 +133,8 @@ def make_task_spec(*, num_classes: int, num_tasks: int, order: str | Sequence[in
   """Builds the TaskSpec from config values; raises ValueError naming the bad field."""
   return TaskSpec(class_order=tuple(class_order(order, num_classes)),
                   sizes=tuple(split_sizes(num_classes, num_tasks, split)))
+
+
+def run_name(order: str, seed: int) -> str:
+  """A run's directory in a sweep or a group of runs: its class order, "-s<seed>" unless seed 0."""
+  return order if seed == 0 else f"{order}-s{seed}"

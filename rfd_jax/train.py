@@ -81,7 +81,30 @@ class DfcilJob:
 
   @functools.lru_cache(maxsize=2)
   def _task_key(self, task: int) -> jax.Array:
-    return jax.random.fold_in(self.run.root_key, task + 1)
+    return self._key(task + 1)
+
+  # ---- What a group of runs (rfd_jax.group) does per run: these take a leading run axis there. --
+
+  def _key(self, data: int) -> jax.Array:
+    """fold_in(the run's root key, data)."""
+    return jax.random.fold_in(self.run.root_key, data)
+
+  def _place(self, tree: Any) -> Any:
+    """Host arrays onto the mesh like the state."""
+    return parallel.replicate(tree, self.run.mesh)
+
+  def _new_generator(self, task: int) -> inversion.GeneratorState:
+    return self._place(inversion.create_generator_state(
+        generator=self.run.generator, rng=self._key(20_000 + task), tx=self.run.gen_tx))
+
+  def _aux(self, task: int) -> Any:
+    return dfcil_run.aux_init(self.run, task)
+
+  def _init_opt(self, trainable: Any) -> Any:
+    return self.run.tx.init(trainable)
+
+  def _ones_class_weights(self) -> jax.Array:
+    return self._place(np.ones((self.run.spec.num_classes,), np.float32))
 
   @functools.lru_cache(maxsize=2)
   def _lr(self, lr: float) -> jax.Array:
@@ -96,25 +119,26 @@ class DfcilJob:
     if segment.name == "inversion":
       rs.teacher_vars = jax.tree.map(jnp.copy, rs.state.variables)  # the state gets donated
       if rs.gen_state is None or not run.learner.reuse_generator:
-        rs.gen_state = parallel.replicate(inversion.create_generator_state(
-            generator=run.generator, rng=jax.random.fold_in(run.root_key, 20_000 + task),
-            tx=run.gen_tx), run.mesh)
+        rs.gen_state = self._new_generator(task)
       self._inversion_start = time.time()
     elif segment.name == "main":
       # A fresh optimizer per task (spec §3.1); momentum carries over into the fine-tuning. Class
       # counts (for the fine-tuning class weights) restart every task, as the RKD projections.
-      state = rs.state.replace(aux_params=dfcil_run.aux_init(run, task))
-      rs.state = state.replace(opt_state=run.tx.init(state.trainable),
+      state = rs.state.replace(aux_params=self._aux(task))
+      rs.state = state.replace(opt_state=self._init_opt(state.trainable),
                                class_counts=jnp.zeros_like(state.class_counts))
       # replicated like the later fns.class_weights outputs: one compile of the steps
-      rs.class_weights = parallel.replicate(np.ones((run.spec.num_classes,), np.float32),
-                                            run.mesh)
+      rs.class_weights = self._ones_class_weights()
     self._epoch_start, self._epoch_steps = time.time(), 0
 
   def run_block(self, position: plan_lib.Position, num_steps: int):
     self.step = position.step + num_steps
     segment = position.segment
     if segment.name == "inversion":
+      if num_steps != segment.block_steps:  # only after a resume with another chunk size
+        raise config_validation.ConfigError(
+            f"the checkpoint is inside an inversion chunk ({self.run.plan.describe(position.step)})"
+            f"; resume with the chunk size it was saved with (config.inversion.chunk_steps).")
       return self._invert(position)
     if segment.name == "eval":
       self._evaluate(position)
@@ -124,7 +148,7 @@ class DfcilJob:
   def _invert(self, position: plan_lib.Position):
     run, rs, task = self.run, self.rs, position.segment.task
     rs.gen_state, chunk_metrics = run.fns.inversion_chunk(
-        rs.gen_state, rs.teacher_vars, jax.random.fold_in(run.root_key, 30_000 + task),
+        rs.gen_state, rs.teacher_vars, self._key(30_000 + task),
         jnp.int32(run.spec.offsets[task]), jnp.int32(position.offset))
     return chunk_metrics
 
@@ -191,7 +215,7 @@ class DfcilJob:
       logging.info(
           "task %d/%d %-8s epoch %3d/%d  loss %.4f  acc %5.1f%%%s  lr %.4g  %6.0f img/s  ETA %s",
           task + 1, run.spec.num_tasks, segment.name, epoch + 1,
-          segment.first_epoch + segment.num_epochs, means["train/loss"], means["train/acc"], what,
+          segment.first_epoch + segment.num_epochs, loop.display(means["train/loss"]), loop.display(means["train/acc"]), what,
           segment.lrs[epoch - segment.first_epoch],
           steps * run.config.data.batch_size / max(elapsed, 1e-9), eta)
 
@@ -204,7 +228,7 @@ class DfcilJob:
     if run.config.log.images:
       plots.save_synthetic_grid(
           os.path.join(run.workdir, f"synthetic_task{task + 1}.png"), rs.gen_state.variables,
-          rs.teacher_vars, jax.random.fold_in(run.root_key, 40_000 + task),
+          rs.teacher_vars, self._key(40_000 + task),
           generator=run.generator, teacher=run.model, spec=run.spec, task=task,
           mean=run.data.mean, std=run.data.std, write=parallel.is_main_process())
 
@@ -230,6 +254,9 @@ class DfcilJob:
                  "n/a" if row.old_acc is None else f"{row.old_acc:.2f}%", row.new_acc,
                  " ".join(f"{a:.1f}" for a in row.per_task))
 
+  def _rows_json(self) -> list:
+    return [dataclasses.asdict(r) for r in self.rs.rows]
+
   def checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]]:
     rs = self.rs
     arrays = {"state": rs.state, "class_weights": rs.class_weights}
@@ -241,7 +268,7 @@ class DfcilJob:
     segment = plan.locate(self.step).segment if self.step < plan.total_steps else None
     meta = {"task": segment.task if segment else len(rs.rows),
             "segment": segment.name if segment else "done",
-            "rows": [dataclasses.asdict(r) for r in rs.rows], "task_seconds": rs.task_seconds,
+            "rows": self._rows_json(), "task_seconds": rs.task_seconds,
             "task_elapsed": time.time() - rs.task_start}
     return arrays, meta
 
@@ -285,20 +312,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
                            keep_steps=run.plan.task_end_steps())
   finally:
     writer.close()
-  results = {
+  results = results_record(config, spec, rs.rows, rs.task_seconds, run.plan,
+                           checkpointing.wall_times(runner.earlier_invocations, invocation_start))
+  if parallel.is_main_process():
+    writers.write_json(os.path.join(workdir, "results.json"), results)
+    if config.log.images:
+      plots.save_run_plots(workdir, results)
+  return results
+
+
+def results_record(config, spec, rows: list[metrics.EvalRow], task_seconds: list[float],
+                   plan: plan_lib.Plan, wall_times: dict) -> dict:
+  """results.json of a finished run."""
+  return {
       "method": config.method,
       "dataset": config.data.dataset,
       "num_tasks": spec.num_tasks,
       "task_sizes": list(spec.sizes),
       "class_order": list(spec.class_order),
       "seed": config.seed,
-      **metrics.summarize(rs.rows),
-      "task_seconds": rs.task_seconds,
-      "task_end_steps": run.plan.task_end_steps(),  # checkpoints/<step> after each task, kept
-      **checkpointing.wall_times(runner.earlier_invocations, invocation_start),
+      **metrics.summarize(rows),
+      "task_seconds": task_seconds,
+      "task_end_steps": plan.task_end_steps(),  # checkpoints/<step> after each task, kept
+      **wall_times,
   }
-  if parallel.is_main_process():
-    writers.write_json(os.path.join(workdir, "results.json"), results)
-    if config.log.images:
-      plots.save_run_plots(workdir, results)
-  return results

@@ -218,8 +218,8 @@ def test_each_step_compiles_once_per_run_whatever_the_number_of_tasks(monkeypatc
   assert len(results["acc_matrix"]) == 5
   fns = captured[-1]
   counts = {name: fn._cache_size() for name, fn in (  # pylint: disable=protected-access
-      ("ce", fns.ce_step), ("main", fns.distill_main_step),
-      ("finetune", fns.distill_finetune_step), ("eval", fns.eval_step),
+      ("ce", fns.ce_block), ("main", fns.distill_main_block),  # device-resident, host loop
+      ("finetune", fns.distill_finetune_block), ("eval", fns.eval_step),
       ("inversion", fns.inversion_chunk.step), ("class_weights", fns.class_weights))}
   assert counts == {"ce": 1, "main": 1, "finetune": 1, "eval": 1, "inversion": 1,
                     "class_weights": 1}, counts

@@ -99,7 +99,7 @@ def parse_method_entry(text: str) -> MethodEntry:
 
 def run_dir(workdir: str, label: str, order: str, seed: int) -> str:
   """WORKDIR/<label>/<order>, with -s<seed> appended for seeds other than 0."""
-  return os.path.join(workdir, label, order if seed == 0 else f"{order}-s{seed}")
+  return os.path.join(workdir, label, tasks.run_name(order, seed))
 
 
 def plan_runs(workdir: str, entries: Sequence[MethodEntry], orders: Sequence[str],
