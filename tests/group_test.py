@@ -1,0 +1,139 @@
+"""A group of runs in one process (rfd_jax.group, config.runs): a 3-order digits group against the
+three single runs, its layout and summary, an exact resume, and its config errors."""
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from configs import digits
+from rfd_jax import checkpointing, config_validation, group, loop, train
+
+ORDERS = ("seed0", "seed1", "seed2")
+
+
+def tiny_config(**overrides):
+  """RFD on digits, 2 tasks (inversion, main phase, head fine-tuning), a few steps each."""
+  config = digits.get_config()
+  config.method = "rfd"
+  config.data.num_tasks = 2
+  config.data.image_size = 8
+  config.data.batch_size = 64
+  config.optim.epochs = 2
+  config.optim.ft_epochs = 1
+  config.optim.milestones = (1,)
+  config.inversion.iterations = 4
+  config.inversion.chunk_steps = 2
+  config.log.progress = False
+  config.log.images = False
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  return config
+
+
+def _records(path):
+  with open(os.path.join(path, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _without_timing(results):
+  return {k: v for k, v in results.items() if "seconds" not in k}
+
+
+@pytest.fixture(scope="module", name="grouped")
+def _grouped(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("group"))
+  results = group.train_and_evaluate(
+      tiny_config(**{"runs.class_orders": ",".join(ORDERS)}), workdir)
+  return workdir, results
+
+
+@pytest.fixture(scope="module", name="singles")
+def _singles(tmp_path_factory):
+  out = {}
+  for order in ORDERS:
+    workdir = str(tmp_path_factory.mktemp(order))
+    out[order] = (workdir, train.train_and_evaluate(
+        tiny_config(**{"data.class_order": order}), workdir))
+  return out
+
+
+def test_each_run_of_a_group_gives_its_single_runs_results(grouped, singles):
+  workdir, results = grouped
+  assert sorted(results) == sorted(ORDERS)
+  for order in ORDERS:
+    single_dir, single = singles[order]
+    member = results[order]
+    # identical accuracies and class order; task 1's train losses bit for bit (the vmapped
+    # ResNet steps round as the single ones); after the vmapped inversion (its generator rounds
+    # differently, ~1e-5 relative) the losses stay within 1e-2 relative
+    for key in ("acc_matrix", "acc_seen", "final_acc", "avg_inc_acc", "class_order",
+                "task_end_steps", "seed", "method"):
+      assert member[key] == single[key], (order, key)
+    got, want = _records(os.path.join(workdir, "rfd", order)), _records(single_dir)
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for g, w in zip(got, want):
+      for k, v in w.items():
+        if k.startswith("train/loss") and w.get("task") == 0:
+          assert g[k] == v, (order, w["step"], k)
+        elif k in ("train/loss", "inversion/loss"):
+          assert g[k] == pytest.approx(v, rel=1e-2), (order, w["step"], k)
+  # the orders are really different runs
+  assert len({json.dumps(results[o]["acc_matrix"]) for o in ORDERS}) > 1
+
+
+def test_a_group_writes_the_sweep_layout_and_summary(grouped):
+  workdir, results = grouped
+  for order in ORDERS:
+    run_dir = os.path.join(workdir, "rfd", order)
+    with open(os.path.join(run_dir, "results.json")) as f:
+      assert _without_timing(json.load(f)) == _without_timing(results[order])
+    with open(os.path.join(run_dir, "config.json")) as f:
+      saved = json.load(f)
+    assert saved["data"]["class_order"] == order and saved["runs"]["class_orders"] == ""
+  from rfd_jax.tools import sweep_runs  # the sweep's --summarize_only reads the group
+  runs = sweep_runs.discover_runs(workdir)
+  assert sorted(r.order for r in runs) == sorted(ORDERS)
+  assert all(sweep_runs.load_results(r) is not None for r in runs)
+
+
+def test_a_preempted_group_resumes_exactly(grouped, tmp_path, monkeypatch):
+  workdir = str(tmp_path / "killed")
+  config = tiny_config(**{"runs.class_orders": ",".join(ORDERS)})
+  # SIGTERM after the first inversion chunk of task 2 (global step 12): save, Preempted
+  monkeypatch.setenv(loop.ENV_TEST_KILL_AT, "12:TERM")
+  with pytest.raises(checkpointing.Preempted):
+    group.train_and_evaluate(config, workdir)
+  monkeypatch.delenv(loop.ENV_TEST_KILL_AT)
+  resumed = group.train_and_evaluate(config, workdir)
+  reference_dir, reference = grouped
+  for order in ORDERS:
+    assert _without_timing(resumed[order]) == _without_timing(reference[order])
+    assert (_records(os.path.join(workdir, "rfd", order))
+            == _records(os.path.join(reference_dir, "rfd", order)))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"runs.seeds": "0,x"}, "config.runs.seeds='0,x'"),
+    ({"runs.class_orders": "seed0,seed0"}, "lists a value twice"),
+    ({"runs.class_orders": "seed0,nope"}, "config.data.class_order='nope'"),
+    ({"runs.class_orders": "seed0,seed1", "data.device_resident": False},
+     "device_resident=True"),
+])
+def test_bad_groups_are_refused_naming_the_field(overrides, message, tmp_path):
+  with pytest.raises(config_validation.ConfigError, match=message.replace("(", r"\(")
+                     .replace(")", r"\)")):
+    group.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad")  # refused before anything was written
+
+
+def test_members_are_every_order_and_seed():
+  config = tiny_config(**{"runs.class_orders": "seed1,seed2", "runs.seeds": "0,3"})
+  names = [m.name for m in group.members(config)]
+  assert names == ["seed1", "seed1-s3", "seed2", "seed2-s3"]
+  assert [m.config.seed for m in group.members(config)] == [0, 3, 0, 3]
+  assert not group.is_group(tiny_config())
+  assert np.all([group.is_group(tiny_config(**{"runs.seeds": "1"}))])
