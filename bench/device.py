@@ -12,6 +12,8 @@ budget is cut or skipped, and says so; the end-to-end run keeps its share until 
             = bfloat16: every convolution, the generator's too, in bf16; torch: autocast
             bfloat16), one line each: `<workload> jax=<img/s> torch=<img/s> ratio=<jax/torch>`,
             and a `peak_device_memory <workload> jax=... torch=...` line.
+  group     bench/group_scaling.py: the RFD step of a group of 1 and of 5 runs (vmapped over runs)
+            on the e2e stage's fake data: images/s and "5 runs = x times one run's time".
   e2e       a 2-task CIFAR-100-shaped RFD run of `python -m rfd_jax.main` (through bench.run_main,
             which adds the peak device memory) on a fake CIFAR-100 written by bench.fake_cifar100,
             with few epochs and inversion iterations: wall time, steps/s of each kind of step.
@@ -42,6 +44,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR100_TRAIN_PER_CLASS = 500  # the real dataset's, for the paper schedule
 GOAL_MINUTES = 15.0
 GOAL_RATIO = 2.0
+GROUP_SIZE = 5  # issue "vmap over runs": 5 runs for less than twice the time of one
 WORKLOADS = {"rfd_step": "bench.step", "inversion_iter": "bench.inversion"}
 JAX_DTYPE_FLAGS = {"f32": [], "bf16": ["--dtype", "bfloat16"]}  # config.dtype: every conv in bf16
 TORCH_DTYPE_FLAGS = {"f32": [], "bf16": ["--amp", "bf16"]}
@@ -62,6 +65,9 @@ class Mode:
   e2e_overrides: dict[str, Any]
   caps: dict[str, float]
   child_env: dict[str, str]
+  group_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+  group_loop: str = "scan"
+  group_steps: int = 39
 
 
 def gpu_mode(env: dict[str, str]) -> Mode:
@@ -75,8 +81,9 @@ def gpu_mode(env: dict[str, str]) -> Mode:
       e2e_overrides={"data.num_tasks": 2, "optim.epochs": 6, "optim.ft_epochs": 3,
                      "inversion.iterations": 300, "inversion.chunk_steps": 100,
                      "log.images": False},
-      caps={"versions": 60, "jax": 100, "torch": 60, "fake_data": 40, "e2e": 180},
-      child_env=dict(env))
+      caps={"versions": 60, "jax": 100, "torch": 60, "fake_data": 40, "e2e": 180, "group": 90},
+      child_env=dict(env), group_overrides={"data.num_tasks": 2}, group_loop="scan",
+      group_steps=39)
 
 
 def cpu_tiny_mode(env: dict[str, str]) -> Mode:
@@ -90,8 +97,11 @@ def cpu_tiny_mode(env: dict[str, str]) -> Mode:
       e2e_overrides={"data.num_tasks": 2, "data.batch_size": 32, "inversion.batch_size": 32,
                      "optim.epochs": 2, "optim.ft_epochs": 1, "inversion.iterations": 4,
                      "inversion.chunk_steps": 2, "log.images": False},
-      caps={"versions": 120, "jax": 180, "torch": 120, "fake_data": 120, "e2e": 400},
-      child_env=env)
+      caps={"versions": 120, "jax": 180, "torch": 120, "fake_data": 120, "e2e": 400,
+            "group": 200},
+      child_env=env, group_overrides={"data.num_tasks": 2, "data.batch_size": 32,
+                                      "inversion.batch_size": 32},
+      group_loop="host", group_steps=2)
 
 
 # ---- Step counts from the config, with the training code's own rules. ----------------------------
@@ -372,6 +382,34 @@ def stage_e2e(runner: Runner, workdir: str) -> None:
   runner.say(f"peak_device_memory e2e_2task jax={_fmt(peak_device_mib(log), ' MiB')}")
 
 
+def stage_group(runner: Runner, workdir: str) -> None:
+  """bench/group_scaling.py on the e2e stage's fake CIFAR-100: the RFD distillation step of a
+  group of 1 and of GROUP_SIZE runs (vmapped), scanned over an epoch; goal: GROUP_SIZE runs in
+  less than twice the time of one."""
+  mode = runner.mode
+  data_dir = os.path.join(workdir, "data")
+  if not os.path.isdir(data_dir):
+    runner.say("group skipped: no fake data (the e2e stage did not run)")
+    return
+  sets = {**mode.group_overrides, "data.data_dir": data_dir}
+  log, ok = runner.run("group", [sys.executable, "bench/group_scaling.py", "--config",
+                                 "configs/cifar100.py", "--sizes", f"1,{GROUP_SIZE}", "--kinds",
+                                 "distill", "--loop", mode.group_loop, "--steps",
+                                 str(mode.group_steps),
+                                 *[f"--set={k}={v}" for k, v in sets.items()]],
+                       mode.caps["group"], minimum=30)
+  lines = [line for line in log.splitlines() if line.startswith("group N=")]
+  for line in lines:
+    runner.say(line)
+  speedups = [float(m.group(1)) for m in re.finditer(rf"group N={GROUP_SIZE} .*speedup=([\d.]+)",
+                                                     log)]
+  if speedups:
+    # N runs at speedup s cost N/s times one run
+    runner.say(f"group_cost {GROUP_SIZE} runs = {GROUP_SIZE / speedups[-1]:.2f} x one run's "
+               f"time; goal < 2: {'yes' if GROUP_SIZE / speedups[-1] < 2 else 'no'}")
+  runner.results["group"] = {"ok": ok, "lines": lines}
+
+
 def stage_projection(runner: Runner) -> None:
   config = cifar100_config()
   counts = schedule(config, CIFAR100_TRAIN_PER_CLASS)
@@ -412,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                            "(default: $OUT if set)")
   parser.add_argument("--budget_s", type=float, default=None,
                       help="time for all stages (default: 440 on GPU, 900 in --cpu-tiny)")
-  parser.add_argument("--stages", default="versions,bench,e2e")
+  parser.add_argument("--stages", default="versions,bench,e2e,group")
   parser.add_argument("--e2e_dtype", default="float32", choices=("float32", "bfloat16"),
                       help="config.dtype of the 2-task run (default: the config's float32)")
   args = parser.parse_args(argv)
@@ -439,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         stage_bench(runner)
       if "e2e" in stages:
         stage_e2e(runner, workdir)
+      if "group" in stages:
+        stage_group(runner, workdir)
       stage_projection(runner)
       results = [line for line in runner.lines if not line.startswith("#")]
       runner.say("# ---- summary (the lines above again) ----")

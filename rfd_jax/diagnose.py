@@ -226,12 +226,16 @@ def task_hparams(reader: RunReader, state, task: int, phase: str, lr: float,
           "num_old": jnp.int32(num_old), "weights": weights, "class_weights": class_weights}
 
 
-def _task_batches(reader: RunReader, task: int, epoch: int) -> list[dict[str, np.ndarray]]:
+def _epoch_rows(reader: RunReader, task: int, epoch: int) -> np.ndarray:
+  """The run's batches of (task, epoch) as train-set rows: int (steps, B)."""
   config, idx = reader.config, reader.run.task_indices[task]
-  batches = datasets.epoch_batches(len(idx), config.data.batch_size, seed=config.seed,
-                                   task=task, epoch=epoch)
-  return [{"images": reader.data.train_images[idx[b]], "labels": reader.run.train_labels[idx[b]]}
-          for b in batches]
+  return idx[datasets.epoch_batches(len(idx), config.data.batch_size, seed=config.seed,
+                                    task=task, epoch=epoch)]
+
+
+def _task_batches(reader: RunReader, task: int, epoch: int) -> list[dict[str, np.ndarray]]:
+  return [{"images": reader.data.train_images[rows], "labels": reader.run.train_labels[rows]}
+          for rows in _epoch_rows(reader, task, epoch)]
 
 
 def gradient_report(reader: RunReader, step: int, meta: dict, *, num_batches: int
@@ -293,7 +297,12 @@ def replay_task(reader: RunReader, task: int, *, every: int = 1) -> dict[str, An
   records, evaluations = [], []
   for segment in segments:
     phase = segment.name
-    step_fn = run.fns.distill_main_step if phase == "main" else run.fns.distill_finetune_step
+    # the run's own step: on its device-resident data when it had them (the same executable)
+    resident = run.train_data is not None
+    step_fn = {("main", False): run.fns.distill_main_step,
+               ("finetune", False): run.fns.distill_finetune_step,
+               ("main", True): run.fns.distill_main_block,
+               ("finetune", True): run.fns.distill_finetune_block}[phase, resident]
     probe, term_weights = None, None
     for e in range(segment.num_epochs):
       epoch, lr = segment.first_epoch + e, segment.lrs[e]
@@ -301,6 +310,8 @@ def replay_task(reader: RunReader, task: int, *, every: int = 1) -> dict[str, An
       if probe is None:
         term_weights = _term_weights(hp["weights"], phase, split_dist=True)
         probe = make_probe(reader, phase, tuple(sorted(term_weights)))
+      if resident:
+        rows = parallel.replicate(_epoch_rows(reader, task, epoch).astype(np.int32), run.mesh)
       for i, batch in enumerate(_task_batches(reader, task, epoch)):
         step_in_task = epoch * segment.epoch_steps + i
         record = {"step": segment.start + e * segment.epoch_steps + i + 1, "phase": phase,
@@ -309,8 +320,12 @@ def replay_task(reader: RunReader, task: int, *, every: int = 1) -> dict[str, An
           record.update(jax.device_get(probe(state, batch, jax.random.fold_in(task_key,
                                                                               step_in_task),
                                              hp, teacher, gen_vars, term_weights)))
-        state, metrics = step_fn(state, batch, task_key, np.int32(step_in_task), hp, teacher,
-                                 gen_vars)
+        if resident:
+          state, metrics = step_fn(1, state, run.train_data, rows, np.int32(i), task_key,
+                                   np.int32(epoch * segment.epoch_steps), hp, teacher, gen_vars)
+        else:
+          state, metrics = step_fn(state, batch, task_key, np.int32(step_in_task), hp, teacher,
+                                   gen_vars)
         record.update({f"step/{k}": v for k, v in jax.device_get(metrics).items()})
         records.append({k: (v.item() if hasattr(v, "item") else v) for k, v in record.items()})
       logging.info("replay: task %d %s epoch %d done", task + 1, phase, epoch + 1)

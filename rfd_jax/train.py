@@ -190,11 +190,7 @@ class DfcilJob:
     idx, batches = run.task_indices[task], self._epoch_batches(task, epoch)
     local = lambda i: idx[parallel.process_batch_indices(batches[i], run.mesh)]
     images = run.data.train_images
-    if isinstance(images, image_decode.LazyImages):
-      ahead = range(1, PREFETCH_STEPS + 1) if step_in_epoch == 0 else [step_in_epoch + PREFETCH_STEPS]
-      for i in ahead:
-        if i < len(batches):
-          images.prefetch(local(i))
+    image_decode.decode_ahead(images, local, step_in_epoch, len(batches), depth=PREFETCH_STEPS)
     sel = local(step_in_epoch)  # this process's rows
     return parallel.global_batch({"images": images[sel], "labels": run.train_labels[sel]},
                                  run.mesh)

@@ -139,49 +139,6 @@ def _killed(tmp_path_factory, cache_dir):
           "metrics_at_kill": metrics_at_kill, "metas_at_kill": metas_at_kill}
 
 
-@pytest.fixture(scope="module", name="scanned")
-def _scanned(tmp_path_factory, cache_dir, reference):
-  """With config.optim.loop=scan (an epoch per jitted call): the uninterrupted run; the run killed
-  (-9) at the end of task 2's main phase and resumed; and the host-loop reference's checkpoint of
-  step 28 (inside an epoch) resumed with the scan."""
-  scan = "--config.optim.loop=scan"
-  workdirs = {name: tmp_path_factory.mktemp(name) for name in ("scan_ref", "scan_killed",
-                                                                "scan_cross")}
-  procs = {"ref": _run(workdirs["scan_ref"], cache_dir, scan),
-           "killed": _run(workdirs["scan_killed"], cache_dir, scan, kill_at=str(FINETUNE_START))}
-  procs["resumed"] = _run(workdirs["scan_killed"], cache_dir, scan)
-  _copy_checkpoint(reference, 28, workdirs["scan_cross"])
-  procs["cross"] = _run(workdirs["scan_cross"], cache_dir, scan)
-  return {"procs": procs, **{k: str(v) for k, v in workdirs.items()}}
-
-
-def test_a_scanned_run_killed_and_resumed_equals_the_uninterrupted_one(scanned):
-  procs = scanned["procs"]
-  assert procs["ref"].returncode == 0, procs["ref"].stderr[-3000:]
-  assert procs["killed"].returncode == -signal.SIGKILL, procs["killed"].stderr[-3000:]
-  assert procs["resumed"].returncode == 0, procs["resumed"].stderr[-3000:]
-  assert _results(scanned["scan_killed"]) == _results(scanned["scan_ref"])
-  assert _metrics(scanned["scan_killed"]) == _metrics(scanned["scan_ref"])
-  # one block per epoch: the train records come at epoch ends only
-  steps = [r["step"] for r in _metrics(scanned["scan_ref"]) if "train/loss" in r]
-  assert steps == [TASK0_END - 1, FINETUNE_START, TOTAL - 1], steps
-
-
-def test_the_scan_resumes_a_host_loop_checkpoint_inside_an_epoch(scanned, reference):
-  proc = scanned["procs"]["cross"]
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "resumed at task 2/2, main epoch 1 step 6 (step 28 of 41)" in proc.stderr
-  # the epoch's last 3 steps ran as one block with the host loop's batches and keys: the record at
-  # the epoch's end (its 9 steps: 6 summed before the checkpoint, 3 scanned) is the host run's
-  # records of steps 23-30 and 31 combined, up to float rounding
-  cross = {r["step"]: r for r in _metrics(scanned["scan_cross"])}
-  host = {r["step"]: r for r in _metrics(reference)}
-  assert 30 in host and FINETUNE_START in host and 30 not in cross
-  expected = (8 * host[30]["train/loss"] + host[FINETUNE_START]["train/loss"]) / 9
-  assert cross[FINETUNE_START]["train/loss"] == pytest.approx(expected, rel=1e-4)
-  assert _results(scanned["scan_cross"])["final_acc"] >= 0
-
-
 def _metrics(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]

@@ -3,13 +3,13 @@ three single runs, its layout and summary, an exact resume, and its config error
 
 import json
 import os
-import signal
+import shutil
 
 import numpy as np
 import pytest
 
 from configs import digits
-from rfd_jax import checkpointing, config_validation, group, loop, train
+from rfd_jax import config_validation, group, train
 
 ORDERS = ("seed0", "seed1", "seed2")
 
@@ -47,7 +47,7 @@ def _without_timing(results):
 def _grouped(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("group"))
   results = group.train_and_evaluate(
-      tiny_config(**{"runs.class_orders": ",".join(ORDERS)}), workdir)
+      tiny_config(**{"runs.class_orders": ",".join(ORDERS), "ckpt.keep": 100}), workdir)
   return workdir, results
 
 
@@ -100,20 +100,26 @@ def test_a_group_writes_the_sweep_layout_and_summary(grouped):
   assert all(sweep_runs.load_results(r) is not None for r in runs)
 
 
-def test_a_preempted_group_resumes_exactly(grouped, tmp_path, monkeypatch):
-  workdir = str(tmp_path / "killed")
-  config = tiny_config(**{"runs.class_orders": ",".join(ORDERS)})
-  # SIGTERM after the first inversion chunk of task 2 (global step 12): save, Preempted
-  monkeypatch.setenv(loop.ENV_TEST_KILL_AT, "12:TERM")
-  with pytest.raises(checkpointing.Preempted):
-    group.train_and_evaluate(config, workdir)
-  monkeypatch.delenv(loop.ENV_TEST_KILL_AT)
-  resumed = group.train_and_evaluate(config, workdir)
+def test_a_group_resumes_exactly_from_its_stacked_checkpoint(grouped, tmp_path):
+  """The group's checkpoint at the end of task 2's inversion (every run's stacked state, teacher,
+  generator and records), copied into a new workdir and resumed there: the uninterrupted group's
+  results and metrics, bit for bit."""
   reference_dir, reference = grouped
+  with open(os.path.join(reference_dir, "checkpoints", "14", "meta", "metadata")) as f:
+    meta = json.load(f)
+  assert meta["segment"] == "main" and sorted(meta["arrays"]) == [
+      "class_weights", "generator", "state", "teacher"]
+  assert len(meta["rows"]) == 1 and len(meta["rows"][0]) == len(ORDERS)  # task 1, per run
+  workdir = tmp_path / "resumed"
+  shutil.copytree(os.path.join(reference_dir, "checkpoints", "14"),
+                  workdir / "checkpoints" / "14")
+  config = tiny_config(**{"runs.class_orders": ",".join(ORDERS), "ckpt.keep": 100})
+  resumed = group.train_and_evaluate(config, str(workdir))
   for order in ORDERS:
     assert _without_timing(resumed[order]) == _without_timing(reference[order])
-    assert (_records(os.path.join(workdir, "rfd", order))
-            == _records(os.path.join(reference_dir, "rfd", order)))
+    # the records after the checkpoint (the copy has no metrics.jsonl of its own before them)
+    want = [r for r in _records(os.path.join(reference_dir, "rfd", order)) if r["step"] > 14]
+    assert _records(workdir / "rfd" / order) == want
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -10,28 +10,92 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfd_jax import config_validation, dfcil_run, inversion, parallel, train
+import pytest
+
+from rfd_jax import (checkpointing, config_validation, dfcil_run, inversion, loop, parallel,
+                     plan as plan_lib, train, writers)
 from tests.train_test import tiny_config
 
 
-def _run(tmp_path, name, **data):
-  config = tiny_config("rfd")
+def _config(**overrides):
+  config = tiny_config("finetune")
   config.data.num_tasks = 2
   config.ckpt.enabled = False
-  for k, v in data.items():
-    config.data[k] = v
-  workdir = str(tmp_path / name)
-  results = train.train_and_evaluate(config, workdir)
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  return config
+
+
+def _run(workdir, config):
+  results = train.train_and_evaluate(config, str(workdir))
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
   return {k: v for k, v in results.items() if "seconds" not in k}, records
 
 
 def test_device_resident_batches_give_the_host_fed_run_exactly(tmp_path):
-  host_fed = _run(tmp_path, "host_fed", device_resident=False)
-  resident = _run(tmp_path, "resident", device_resident=True)
+  # only where the batch is gathered differs, whatever the step: the cheapest learner suffices
+  host_fed = _run(tmp_path / "host_fed", _config(**{"data.device_resident": False}))
+  resident = _run(tmp_path / "resident", _config(**{"data.device_resident": True}))
   assert resident == host_fed  # results.json and every logged loss, bit for bit
-  assert any(r.get("phase") == "finetune" for r in resident[1])  # the distillation phases ran
+  assert len(resident[0]["acc_matrix"]) == 2
+
+
+def test_a_scanned_run_stopped_at_an_epoch_end_resumes_exactly(tmp_path, monkeypatch):
+  """loop=scan (an epoch per call), stopped by SIGTERM after task 2's first epoch and rerun: the
+  uninterrupted run's results and metrics, bit for bit; one record per epoch."""
+  config = _config(**{"optim.loop": "scan", "ckpt.enabled": True, "log.every_steps": 1})
+  reference = _run(tmp_path / "reference", config)
+  steps = [r["step"] for r in reference[1] if "train/loss" in r]
+  epoch = steps[0]  # steps per epoch of task 1 (its first record: its first epoch's end)
+  assert steps[:3] == [epoch, 2 * epoch, 3 * epoch]  # a record per block: one per epoch
+  stop_at = steps[3]  # task 2's first epoch end (task 1's evaluation is one step)
+  monkeypatch.setenv(loop.ENV_TEST_KILL_AT, f"{stop_at}:TERM")
+  with pytest.raises(checkpointing.Preempted):
+    train.train_and_evaluate(config, str(tmp_path / "stopped"))
+  monkeypatch.delenv(loop.ENV_TEST_KILL_AT)
+  assert _run(tmp_path / "stopped", config) == reference
+
+
+class _CountingJob:
+  """A loop.Job that records the blocks it is asked to run."""
+
+  def __init__(self):
+    self.blocks = []
+
+  def enter(self, segment):
+    pass
+
+  def run_block(self, position, num_steps):
+    self.blocks.append((position.step, num_steps))
+    return {"train/loss": jnp.float32(position.step)}
+
+  def end_epoch(self, segment, epoch, means, eta):
+    pass
+
+  def exit(self, segment):
+    pass
+
+  def checkpoint(self):
+    return {}, {}
+
+
+def test_a_resume_inside_a_block_first_completes_that_block(tmp_path):
+  """A checkpoint of the host loop (blocks of 1) inside an epoch, resumed by the scanned loop
+  (blocks of an epoch): the first block runs to the epoch's end, the next ones are whole."""
+  plan = plan_lib.dfcil_plan(num_tasks=1, epoch_steps=[5], epochs=3, ft_epochs=0,
+                             has_finetune_phase=False, inversion_iterations=1, inversion_block=1,
+                             uses_inversion=False, lr=0.1, lr_decay=0.1, milestones=(),
+                             ft_lr=0.0, scan_epochs=True)
+  writer = writers.MetricWriter(str(tmp_path), hparams={})
+  runner = loop.Loop(plan, checkpoints=None, writer=writer, signals=None, config_dict={},
+                     log_every_steps=0, ckpt_every_steps=0, progress=False,
+                     invocation_start=0.0)
+  job = _CountingJob()
+  runner.run(job, start_step=7)
+  writer.close()
+  assert job.blocks == [(7, 3), (10, 5), (15, 1)]  # main epochs 2 (rest) and 3, then eval
 
 
 def _job(method="rfd"):
@@ -54,13 +118,13 @@ def _max_diff(a, b):
 
 
 def test_a_scanned_epoch_matches_the_host_loop_up_to_float_rounding():
-  """One K-step scan against K one-step calls from the same state, for the CE step (task 1) and
-  RFD's distillation step (task 2): same batches and keys, so the parameters agree up to XLA's
-  float reassociation inside the loop body (measured ~1e-8 after 2 steps); a wrong batch or key
-  moves them by ~1e-3."""
+  """One K-step scan against K one-step calls from the same state (the CE step of task 1; every
+  train step goes through the same resident_block): same batches and keys, so the parameters agree
+  up to XLA's float reassociation inside the loop body (measured ~1e-8 after 2 steps); a wrong
+  batch or key moves them by ~1e-3."""
   run, rs, job = _job()
   num_steps = 3
-  for task, name in ((0, "main"), (1, "main")):
+  for task, name in ((0, "main"),):
     step_fn, hparams, distilling = job._hparams(name, task)  # pylint: disable=protected-access
     assert distilling == (task == 1)
     hparams = {**hparams, "lr": jnp.float32(0.05)}

@@ -19,7 +19,7 @@ import collections
 import concurrent.futures
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from absl import logging
 import numpy as np
@@ -186,6 +186,18 @@ class LazyImages:
 
   def close(self) -> None:
     self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def decode_ahead(images, rows_of: Callable[[int], np.ndarray], step: int, num_steps: int, *,
+                 depth: int) -> None:
+  """Before step `step` of `num_steps` (an epoch) uses its rows: starts decoding those of the next
+  `depth` steps in the background (at step 0 all of them; later only step + depth, the others
+  being under way already). `rows_of(i)`: the row indices of step i. No-op for in-memory arrays."""
+  if not isinstance(images, LazyImages) or depth < 1:
+    return
+  for i in (range(1, depth + 1) if step == 0 else (step + depth,)):
+    if i < num_steps:
+      images.prefetch(rows_of(i))
 
 
 def prefetch_rows(images, index_batches: Iterable[np.ndarray], *, depth: int = 2
