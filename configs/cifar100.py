@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.device_resident = True
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "resnet32"
+  config.model.name = "resnet32"  # resnet32 | resnet32_he | resnet18 | resnet_tiny (smoke tests)
   config.model.head = "rfd"  # rfd: Linear(F→F)→Linear(F→n_t) per task; linear: one Linear
 
   config.optim = ml_collections.ConfigDict()

@@ -7,7 +7,7 @@ from rfd_jax.data import datasets, image_folders
 
 METHODS = ("rfd", "rdfcil", "abd", "deepinversion", "finetune", "joint")
 GENERATOR_POLICIES = ("auto", "fresh", "reuse")
-MODELS = ("resnet32", "resnet32_he", "resnet18")
+MODELS = ("resnet32", "resnet32_he", "resnet18", "resnet_tiny")
 HEADS = ("rfd", "linear", "abd")
 DTYPES = ("float32", "bfloat16")
 INVERSION_KINDS = ("standard", "rgal")

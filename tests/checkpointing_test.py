@@ -31,7 +31,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The plan's global steps: task 0: main 0-9 (1 epoch), eval 9-10; task 1: inversion 10-22 (chunks
 # of 4), main 22-31, fine-tuning 31-40, eval 40-41. Checkpoints every 4 steps and at 10 (end of
 # task 0), 22 (end of the inversion), 31 (start of the fine-tuning) and 41.
-TINY = ["--config.method=rdfcil", "--config.data.num_tasks=2", "--config.data.batch_size=64",
+TINY = ["--config.method=rdfcil", "--config.model.name=resnet_tiny", "--config.data.num_tasks=2",
+        "--config.data.batch_size=64",
         "--config.data.image_size=8",
         "--config.optim.epochs=2", "--config.optim.ft_epochs=1", "--config.optim.milestones=(1,)",
         "--config.inversion.iterations=12", "--config.inversion.chunk_steps=4",

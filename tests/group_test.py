@@ -18,6 +18,7 @@ def tiny_config(**overrides):
   """RFD on digits, 2 tasks (inversion, main phase, head fine-tuning), a few steps each."""
   config = digits.get_config()
   config.method = "rfd"
+  config.model.name = "resnet_tiny"
   config.data.num_tasks = 2
   config.data.image_size = 8
   config.data.batch_size = 64

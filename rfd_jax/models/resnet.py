@@ -373,13 +373,14 @@ def mask_unseen(logits: jax.Array, num_seen: jax.Array | int) -> jax.Array:
 
 # He et al.'s CIFAR ResNet-32 as ABD builds it (spec §6.2): 3 stages × 5 blocks at 16/32/64.
 HE_RESNET32 = dict(stage_blocks=(5, 5, 5), widths=(16, 32, 64), style=HE_BLOCK)
-MODEL_NAMES = ("resnet32", "resnet32_he", "resnet18")
+MODEL_NAMES = ("resnet32", "resnet32_he", "resnet18", "resnet_tiny")
 
 
 def build_model(model_config, task_sizes: Sequence[int], *, dtype: str = "float32") -> nn.Module:
   """The backbone named by `model_config.name` with a head for `task_sizes`.
 
-  "resnet32": cl_lite's (RFD); "resnet32_he": He et al.'s (ABD's); "resnet18": PODNet's.
+  "resnet32": cl_lite's (RFD); "resnet32_he": He et al.'s (ABD's); "resnet18": PODNet's;
+  "resnet_tiny": resnet32 with one block per stage, for smoke tests and CI (not a paper model).
   dtype: config.dtype, "float32" or "bfloat16": what every convolution runs in (bfloat16: its
   input and kernel cast to bf16, its result cast back to float32); activations, BN, the adds,
   params, losses and the optimizer stay float32 in both.
@@ -389,6 +390,9 @@ def build_model(model_config, task_sizes: Sequence[int], *, dtype: str = "float3
     he = HE_RESNET32 if model_config.name == "resnet32_he" else {}
     return CifarResNet(task_sizes=tuple(task_sizes), head=model_config.head,
                        conv_dtype=conv_dtype, **he)
+  if model_config.name == "resnet_tiny":
+    return CifarResNet(task_sizes=tuple(task_sizes), head=model_config.head,
+                       conv_dtype=conv_dtype, stage_blocks=(1, 1, 1, 1))
   if model_config.name == "resnet18":
     return ResNet18(task_sizes=tuple(task_sizes), head=model_config.head, conv_dtype=conv_dtype)
   raise ValueError(f"config.model.name={model_config.name!r}: expected one of {MODEL_NAMES}")
