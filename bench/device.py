@@ -94,13 +94,15 @@ def cpu_tiny_mode(env: dict[str, str]) -> Mode:
       name="cpu-tiny", image_size=16, batch_size=8, bench_steps=2, dtypes=("f32",),
       torch_device="cpu", torch_args=("--threads", "1", "--no_flops"), e2e_train_per_class=4,
       e2e_test_per_class=2,
+      # resnet_tiny: one block per stage, so that CI compiles less (these numbers mean nothing)
       e2e_overrides={"data.num_tasks": 2, "data.batch_size": 32, "inversion.batch_size": 32,
+                     "model.name": "resnet_tiny",
                      "optim.epochs": 2, "optim.ft_epochs": 1, "inversion.iterations": 4,
                      "inversion.chunk_steps": 2, "log.images": False},
       caps={"versions": 120, "jax": 180, "torch": 120, "fake_data": 120, "e2e": 400,
             "group": 200},
       child_env=env, group_overrides={"data.num_tasks": 2, "data.batch_size": 32,
-                                      "inversion.batch_size": 32},
+                                      "inversion.batch_size": 32, "model.name": "resnet_tiny"},
       group_loop="host", group_steps=2)
 
 
