@@ -47,7 +47,6 @@ class Run:
   # the train set on the device ({"images" (N, H, W, 3) uint8, "labels" (N,) int32 model labels},
   # replicated), or None: host-fed batches (config.data.device_resident, lazily decoded folders)
   train_data: Any = None
-  loop: str = "host"  # the train phases' loop: "scan" (an epoch per call) or "host" (a step)
 
 
 @dataclasses.dataclass
@@ -139,8 +138,7 @@ def load_run(config, workdir: str, spec: tasks.TaskSpec, mesh) -> Run:
              test_labels=test_labels, task_indices=task_indices, plan=plan,
              fns=steps.build_step_fns(config, learner, model, generator, tx, data, mesh),
              train_data=parallel.replicate({"images": data.train_images, "labels": train_labels},
-                                           mesh) if resident else None,
-             loop=loop)
+                                           mesh) if resident else None)
 
 
 def aux_init(run: Run, task: int) -> Any:

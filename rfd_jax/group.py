@@ -32,12 +32,11 @@ from typing import Any
 from absl import logging
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from rfd_jax import (checkpointing, config_validation, dfcil_run, evaluation, inversion, learners,
-                     loop, metrics, optim, parallel, plots, steps, tasks, train, writers)
+                     metrics, optim, parallel, plots, steps, tasks, train, writers)
 from rfd_jax.data import datasets
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import build_model
@@ -162,7 +161,7 @@ def load_group_run(config, workdir: str, group: list[Member], mesh) -> GroupRun:
       fns=steps.build_step_fns(config, learner, model, generator, tx, data, mesh, group=True),
       train_data={"images": parallel.replicate(data.train_images, mesh),
                   "labels": jax.device_put(np.stack(train_labels), run_sharding)},
-      loop=loop_kind, members=group, member_task_indices=indices, member_test_labels=test_labels,
+      members=group, member_task_indices=indices, member_test_labels=test_labels,
       run_sharding=run_sharding)
 
 
@@ -330,15 +329,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
   writer = GroupWriter([writers.MetricWriter(member_dir(workdir, config, m),
                                              hparams=m.config.to_dict(), keep_records=k)
                         for m, k in zip(group, kept)])
-  job = GroupJob(run, rs, writer)
-  job.step = resumed.step
-  try:
-    runner = loop.run_plan(run.plan, job, config=config, workdir=workdir, resumed=resumed,
-                           writer=writer, invocation_start=invocation_start,
-                           keep_steps=run.plan.task_end_steps())
-  finally:
-    writer.close()
-  wall = checkpointing.wall_times(runner.earlier_invocations, invocation_start)
+  wall = train.run_job(GroupJob(run, rs, writer), config, workdir, resumed, invocation_start)
   results = {}
   for r, m in enumerate(group):
     results[m.name] = train.results_record(m.config, m.spec, [rows[r] for rows in rs.rows],

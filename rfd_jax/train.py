@@ -211,7 +211,8 @@ class DfcilJob:
       logging.info(
           "task %d/%d %-8s epoch %3d/%d  loss %.4f  acc %5.1f%%%s  lr %.4g  %6.0f img/s  ETA %s",
           task + 1, run.spec.num_tasks, segment.name, epoch + 1,
-          segment.first_epoch + segment.num_epochs, loop.display(means["train/loss"]), loop.display(means["train/acc"]), what,
+          segment.first_epoch + segment.num_epochs, loop.display(means["train/loss"]),
+          loop.display(means["train/acc"]), what,
           segment.lrs[epoch - segment.first_epoch],
           steps * run.config.data.batch_size / max(elapsed, 1e-9), eta)
 
@@ -300,21 +301,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
     rs = dfcil_run.RunState.fresh(run)
   writer = writers.MetricWriter(workdir, enabled=parallel.is_main_process(),
                                 hparams=config.to_dict(), keep_records=resumed.metrics_records)
-  job = DfcilJob(run, rs, writer)
-  job.step = resumed.step
-  try:
-    runner = loop.run_plan(run.plan, job, config=config, workdir=workdir, resumed=resumed,
-                           writer=writer, invocation_start=invocation_start,
-                           keep_steps=run.plan.task_end_steps())
-  finally:
-    writer.close()
-  results = results_record(config, spec, rs.rows, rs.task_seconds, run.plan,
-                           checkpointing.wall_times(runner.earlier_invocations, invocation_start))
+  wall = run_job(DfcilJob(run, rs, writer), config, workdir, resumed, invocation_start)
+  results = results_record(config, spec, rs.rows, rs.task_seconds, run.plan, wall)
   if parallel.is_main_process():
     writers.write_json(os.path.join(workdir, "results.json"), results)
     if config.log.images:
       plots.save_run_plots(workdir, results)
   return results
+
+
+def run_job(job: DfcilJob, config, workdir: str, resumed: checkpointing.Resume,
+            invocation_start: float) -> dict:
+  """Runs the job's plan from the resumed step (checkpoints kept at every task end), closes its
+  writer; returns the wall times of results.json."""
+  job.step = resumed.step
+  try:
+    runner = loop.run_plan(job.run.plan, job, config=config, workdir=workdir, resumed=resumed,
+                           writer=job.writer, invocation_start=invocation_start,
+                           keep_steps=job.run.plan.task_end_steps())
+  finally:
+    job.writer.close()
+  return checkpointing.wall_times(runner.earlier_invocations, invocation_start)
 
 
 def results_record(config, spec, rows: list[metrics.EvalRow], task_seconds: list[float],
