@@ -79,6 +79,7 @@ def gpu_mode(env: dict[str, str]) -> Mode:
       # the rates.
       # No image grids and plots (a compile and matplotlib: seconds, once per task).
       e2e_overrides={"data.num_tasks": 2, "optim.epochs": 6, "optim.ft_epochs": 3,
+                     "optim.milestones": (),
                      "inversion.iterations": 300, "inversion.chunk_steps": 100,
                      "log.images": False},
       caps={"versions": 60, "jax": 100, "torch": 60, "fake_data": 40, "e2e": 180, "group": 90},
@@ -97,7 +98,8 @@ def cpu_tiny_mode(env: dict[str, str]) -> Mode:
       # resnet_tiny: one block per stage, so that CI compiles less (these numbers mean nothing)
       e2e_overrides={"data.num_tasks": 2, "data.batch_size": 32, "inversion.batch_size": 32,
                      "model.name": "resnet_tiny",
-                     "optim.epochs": 2, "optim.ft_epochs": 1, "inversion.iterations": 4,
+                     "optim.epochs": 2, "optim.ft_epochs": 1, "optim.milestones": (),
+                     "inversion.iterations": 4,
                      "inversion.chunk_steps": 2, "log.images": False},
       caps={"versions": 120, "jax": 180, "torch": 120, "fake_data": 120, "e2e": 400,
             "group": 200},

@@ -140,6 +140,7 @@ def validate(config) -> tasks.TaskSpec:
   milestones = list(optim.milestones)
   _require(milestones == sorted(milestones) and all(m > 0 for m in milestones),
            f"config.optim.milestones={tuple(milestones)} must be increasing positive epochs.")
+  check_milestones(config)
   _require(0 < optim.lr_decay <= 1, f"config.optim.lr_decay={optim.lr_decay} must be in (0, 1].")
   inv = config.inversion
   _require(inv.iterations >= 1, f"config.inversion.iterations={inv.iterations} must be >= 1.")
@@ -195,6 +196,34 @@ def validate(config) -> tasks.TaskSpec:
   _require(isinstance(config.init_from, str),
            f"config.init_from={config.init_from!r} must be a path or \"\" (from scratch).")
   return spec
+
+
+def main_phase_epochs(config) -> tuple[int, str]:
+  """(the main phase's epochs per task, how they follow from the config): optim.epochs, less
+  optim.ft_epochs for the methods with a head fine-tuning phase (rdfcil, rfd)."""
+  from rfd_jax import learners  # pylint: disable=g-import-not-at-top  (models; only here)
+  optim = config.optim
+  if learners.get_learner(config).has_finetune_phase:
+    return (optim.epochs - optim.ft_epochs,
+            f"config.optim.epochs={optim.epochs} − config.optim.ft_epochs={optim.ft_epochs} "
+            f"for {config.method}")
+  return optim.epochs, f"config.optim.epochs={optim.epochs} for {config.method}"
+
+
+def check_milestones(config) -> None:
+  """ConfigError if an lr milestone (an epoch of the main phase) is never reached: every one must
+  be below the main phase's epochs, or the lr would silently never decay there."""
+  milestones = tuple(config.optim.milestones)
+  epochs, why = main_phase_epochs(config)
+  late = [m for m in milestones if m >= epochs]
+  if not late:
+    return
+  example = f"epochs below {epochs}, e.g. --config.optim.milestones='({epochs // 2},)', or " if (
+      epochs > 1) else ""
+  raise ConfigError(
+      f"config.optim.milestones={milestones}: {late[0]} is not an epoch of the {epochs}-epoch "
+      f"main phase ({why}), so the lr would never decay there; pass {example}"
+      "--config.optim.milestones='()' for a constant lr.")
 
 
 JOBS = ("dfcil", "teacher", "dfkd")

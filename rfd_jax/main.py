@@ -50,11 +50,24 @@ def default_workdir(config) -> str:
   return os.path.join("runs", f"{config.data.dataset}-{config.method}-{order}")
 
 
+def checked_job(config, workdir: str) -> str:
+  """preflight.check, quietly (a JAX backend it starts logs nothing at INFO): the job, or one
+  `error:` line and exit status 2 before anything is logged, created or written."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.WARNING)
+  try:
+    return preflight.check(config, workdir)
+  except (config_validation.ConfigError, FileNotFoundError) as e:
+    cli.fail(str(e))
+  finally:
+    logging.set_verbosity(verbosity)
+
+
 def run_job(config, workdir: str) -> tuple[str, dict]:
   """Checks everything checkable before the workdir is touched, then runs the config's job. A
   config, data or workdir error ends the program: one `error:` line, exit status 2."""
+  job = checked_job(config, workdir)
   try:
-    job = preflight.check(config, workdir)
     if job == "teacher":
       from rfd_jax import teacher  # pylint: disable=g-import-not-at-top
       return job, teacher.train_teacher(config, workdir)
@@ -68,6 +81,16 @@ def run_job(config, workdir: str) -> tuple[str, dict]:
     cli.fail(str(e))
 
 
+def workdir_of(config, flag_value: str | None) -> str:
+  """--workdir, or the default; an empty --workdir= is an error (not the default)."""
+  if flag_value is None:
+    return default_workdir(config)
+  if not flag_value.strip():
+    cli.fail("--workdir is empty; pass a directory (created if missing), or leave --workdir out "
+             f"for the default {default_workdir(config)}.")
+  return flag_value
+
+
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value (see --help).")
@@ -75,9 +98,14 @@ def main(argv):
   if _PRINT_CONFIG.value:
     cli.write_stdout(cli.format_config(config))
     return
-  xla_env.set_fast_cpu_flags(log=logging.info)  # before JAX creates its backend, which reads it
+  workdir = workdir_of(config, _WORKDIR.value)
+  # before JAX creates its backend, which reads it; logged once the checks have passed
+  xla_notes = []
+  xla_env.set_fast_cpu_flags(log=lambda fmt, *args: xla_notes.append(fmt % args))
   parallel.maybe_initialize_distributed()  # first JAX call: multi-host runs join their cluster here
-  workdir = _WORKDIR.value or default_workdir(config)
+  checked_job(config, workdir)
+  for note in xla_notes:
+    logging.info("%s", note)
   logging.info("JAX %s: process %d of %d, %d local / %d global devices: %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices())

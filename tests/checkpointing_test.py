@@ -34,7 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.method=rdfcil", "--config.model.name=resnet_tiny", "--config.data.num_tasks=2",
         "--config.data.batch_size=64",
         "--config.data.image_size=8",
-        "--config.optim.epochs=2", "--config.optim.ft_epochs=1", "--config.optim.milestones=(1,)",
+        "--config.optim.epochs=2", "--config.optim.ft_epochs=1", "--config.optim.milestones=()",
         "--config.inversion.iterations=12", "--config.inversion.chunk_steps=4",
         "--config.ckpt.every_steps=4", "--config.log.progress=False"]
 TASK0_END, MAIN_START, FINETUNE_START, TOTAL = 10, 22, 31, 41

@@ -24,7 +24,7 @@ def tiny_config(**overrides):
   config.data.batch_size = 64
   config.optim.epochs = 2
   config.optim.ft_epochs = 1
-  config.optim.milestones = (1,)
+  config.optim.milestones = ()  # the main phase has 1 epoch: no lr decay
   config.inversion.iterations = 4
   config.inversion.chunk_steps = 2
   config.log.progress = False

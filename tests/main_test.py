@@ -22,15 +22,18 @@ from rfd_jax.data import sklearn_digits
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _one_error_line(capsys, call) -> str:
-  """Runs `call`, which must exit with status 2 printing one `error:` line and no traceback."""
+def _one_error_line(capsys, call, *, details: bool = False) -> str:
+  """Runs `call`, which must exit with status 2 having printed exactly one `error:` line on stderr
+  and nothing else (no log line, nothing on stdout); with `details`, indented lines may follow it
+  (the missing-data message's download and prepare commands). Returns the `error:` line."""
   with pytest.raises(SystemExit) as exit_info:
     call()
   assert exit_info.value.code == 2
-  err = capsys.readouterr().err
-  lines = [line for line in err.splitlines() if line.startswith("error:")]
-  assert len(lines) == 1 and "Traceback" not in err, err
-  return lines[0]
+  out, err = capsys.readouterr()
+  first, *rest = err.split("\n")
+  assert not out and first.startswith("error: ") and err.endswith("\n"), err
+  assert all(line.startswith("  ") for line in rest[:-1]) if details else len(rest) == 1, err
+  return first
 
 
 def _parse(*args):
@@ -147,9 +150,9 @@ def _tiny_digits():
   return config
 
 
-def _fails_without_writing(capsys, config, workdir) -> str:
+def _fails_without_writing(capsys, config, workdir, **kwargs) -> str:
   before = sorted(os.listdir(workdir)) if os.path.isdir(workdir) else None
-  line = _one_error_line(capsys, lambda: main.run_job(config, str(workdir)))
+  line = _one_error_line(capsys, lambda: main.run_job(config, str(workdir)), **kwargs)
   if before is None:
     assert not os.path.isdir(workdir)  # not created
   else:
@@ -168,6 +171,11 @@ def _fails_without_writing(capsys, config, workdir) -> str:
                              "1/5 (the smallest task); lower it to at most 247."),
     ("data.data_dir", "/nonexistent", "digits ships with scikit-learn"),
     ("init_from", "/nonexistent/run", "config.init_from='/nonexistent/run' does not exist"),
+    # a milestone the main phase never reaches (16 main epochs: 20 − 4 fine-tuning)
+    ("optim.milestones", (30,), "config.optim.milestones=(30,): 30 is not an epoch of the "
+                                "16-epoch main phase (config.optim.epochs=20 − "
+                                "config.optim.ft_epochs=4 for rfd)"),
+    ("optim.milestones", (10, 16), "16 is not an epoch of the 16-epoch main phase"),
 ])
 def test_config_errors_before_the_workdir_exists(capsys, tmp_path, field, value, expected):
   config = _tiny_digits()
@@ -219,7 +227,7 @@ def test_unusable_workdir(capsys, tmp_path, monkeypatch):
 def test_missing_data(capsys, tmp_path, get_config):
   config = get_config()
   config.data.data_dir = str(tmp_path / "data")
-  line = _fails_without_writing(capsys, config, tmp_path / "run")
+  line = _fails_without_writing(capsys, config, tmp_path / "run", details=True)
   assert "not found" in line
 
 
@@ -273,7 +281,7 @@ def test_command_line_mistakes_are_one_line(tmp_path):
     proc = _main("--config", "configs/digits.py", *args)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and expected in errors[0], proc.stderr
-    assert "Traceback" not in proc.stderr and not proc.stdout
+    assert proc.stderr == errors[0] + "\n" and not proc.stdout  # the whole output
 
 
 def test_removed_field_override_is_one_line_and_writes_nothing(tmp_path):
@@ -281,7 +289,43 @@ def test_removed_field_override_is_one_line_and_writes_nothing(tmp_path):
   proc = _main("--config", "configs/digits.py", "--config.inversion.rgal_triplet=1",
                "--workdir", str(workdir))
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-  assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+  assert proc.returncode == 2 and len(errors) == 1 and proc.stderr == errors[0] + "\n", proc.stderr
   assert "config.inversion.rgal_triplet was removed" in errors[0]
   assert "--config.rgal.triplet=" in errors[0]
   assert "Traceback" not in proc.stderr and not proc.stdout and not workdir.exists()
+
+
+def test_milestones_follow_the_method(capsys, tmp_path):
+  """finetune has no head fine-tuning phase: all 20 epochs are main-phase epochs."""
+  config = _tiny_digits()
+  config.method, config.optim.milestones = "finetune", (16, 19)
+  assert preflight.check(config, str(tmp_path / "run")) == "dfcil"
+  config.optim.milestones = (20,)
+  line = _fails_without_writing(capsys, config, tmp_path / "run")
+  assert "20 is not an epoch of the 20-epoch main phase (config.optim.epochs=20 for finetune)" in line
+
+
+@pytest.mark.parametrize("args, expected", [
+    # each of these used to print the JAX / workdir / XLA_FLAGS log lines before its error
+    (["--workdir", "{tmp}/file"], "error: --workdir {tmp}/file is a regular file; pass a directory "
+                                  "(created if missing).\n"),
+    (["--workdir="], "error: --workdir is empty; pass a directory (created if "
+                                     "missing), or leave --workdir out for the default "
+                                     "runs/digits-rfd-seed0.\n"),
+    (["--workdir", "{tmp}/run", "--config.optim.milestones=(30,)"],
+     "error: config.optim.milestones=(30,): 30 is not an epoch of the 16-epoch main phase "
+     "(config.optim.epochs=20 − config.optim.ft_epochs=4 for rfd), so the lr would never decay "
+     "there; pass epochs below 16, e.g. --config.optim.milestones='(8,)', or "
+     "--config.optim.milestones='()' for a constant lr.\n"),
+    (["--workdir", "{tmp}/run", "--config.data.num_tasks=3"],
+     "error: config.data.num_tasks=3 does not split 10 classes equally; use a divisor of 10 or "
+     "--config.data.task_split=rdfcil.\n"),
+])
+def test_bad_input_is_the_whole_output(tmp_path, args, expected):
+  """The whole stderr is the one `error:` line (validation comes before any log line), stdout is
+  empty, and nothing is created (the temp dir holds only the file the test made)."""
+  (tmp_path / "file").write_text("")
+  args = [a.format(tmp=tmp_path) for a in args]
+  proc = _main("--config", "configs/digits.py", *args)
+  assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", expected.format(tmp=tmp_path))
+  assert os.listdir(tmp_path) == ["file"]
