@@ -141,11 +141,11 @@ def summary(job: str, results: dict, workdir: str) -> str:
 def group_summary(results: dict[str, dict], workdir: str) -> str:
   """Each run's table, then the group's mean ± std (summary.md, summary.csv and comparison.png,
   written with rfd_jax.tools.sweep's summaries)."""
-  from rfd_jax.tools import summaries, sweep_runs  # pylint: disable=g-import-not-at-top
+  from rfd_jax.tools import summaries, sweep_checks, sweep_runs  # pylint: disable=g-import-not-at-top
   runs = sweep_runs.discover_runs(workdir)
   found = {run.workdir: sweep_runs.load_results(run) for run in runs}
   rows = summaries.summarize(runs, {k: v for k, v in found.items() if v is not None})
-  command = " ".join(["python -m rfd_jax.main"] + sys.argv[1:])
+  command = sweep_checks.portable_command(["python", "-m", "rfd_jax.main", *sys.argv[1:]])
   markdown = summaries.write_summaries(workdir, rows, [command], None, None)
   tables = "\n\n".join(f"{name}:\n{metrics.format_table(r)}" for name, r in results.items())
   return (f"\n{len(results)} runs in {workdir}\n\n{tables}\n\n{markdown}\nwrote "

@@ -50,7 +50,7 @@ import sys
 import time
 
 from rfd_jax import tasks
-from rfd_jax.tools import summaries, sweep_devices, sweep_runs
+from rfd_jax.tools import summaries, sweep_checks, sweep_devices, sweep_runs
 
 
 def check_methods(entries: Sequence[sweep_runs.MethodEntry]) -> None:
@@ -148,7 +148,7 @@ def plan_from_args(args: argparse.Namespace
 def main(argv: Sequence[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
-  command = shlex.join(["python", "-m", "rfd_jax.tools.sweep", *argv])
+  command = sweep_checks.portable_command(["python", "-m", "rfd_jax.tools.sweep", *argv])
   try:
     runs, common = plan_from_args(args)
     devices = ([] if args.summarize_only else
@@ -192,6 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
       for run in todo:
         print(shlex.join(run.command(args.config, common)))
       todo = []
+    try:  # every run's config, before any folder is created
+      sweep_checks.check_runs(todo, args.config, common)
+    except sweep_runs.SweepError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
 
     def one(i_run):
       i, run = i_run
