@@ -34,6 +34,8 @@ from rfd_jax import config_validation
 
 EXIT_USAGE = 2
 HELP_FLAGS = {"help": "short", "helpshort": "short", "?": "short", "h": "short", "helpfull": "full"}
+# The shipped configs: the `configs` package next to `rfd_jax`, in a checkout (also installed with
+# `pip install -e .`) and in site-packages (`pip install .`).
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
@@ -97,6 +99,21 @@ def _config_argument(argv: Sequence[str], name: str) -> str | None:
   return value
 
 
+def _with_config_argument(argv: Sequence[str], name: str, value: str) -> list[str]:
+  """argv with every --<name> value (`--config=x` or `--config x`) replaced by `value`."""
+  out, skip = [], False
+  for i, arg in enumerate(argv):
+    if skip:
+      skip = False
+      continue
+    if i > 0 and "--" not in argv[1:i] and re.fullmatch(rf"--?{name}(=.*)?", arg):
+      out.append(f"--{name}={value}")
+      skip = "=" not in arg
+      continue
+    out.append(arg)
+  return out
+
+
 def override_paths(argv: Sequence[str], name: str = "config") -> list[str]:
   """The field paths of the `--config.<path>[=value]` (and `--noconfig.<path>`) overrides."""
   paths = []
@@ -109,10 +126,31 @@ def override_paths(argv: Sequence[str], name: str = "config") -> list[str]:
   return paths
 
 
+def shipped_configs() -> list[str]:
+  """The names of the shipped configs (configs/<name>.py), sorted."""
+  paths = sorted(glob.glob(os.path.join(CONFIGS_DIR, "*.py")))
+  return [os.path.basename(p)[:-3] for p in paths if not p.endswith("__init__.py")]
+
+
 def _available_configs() -> str:
-  names = sorted(glob.glob(os.path.join(CONFIGS_DIR, "*.py")))
-  names = [os.path.relpath(n) for n in names if not n.endswith("__init__.py")]
-  return ", ".join(names) if names else "(none found)"
+  names = shipped_configs()
+  return (f"a shipped one by name ({', '.join(names)}; configs/<name>.py from any directory)"
+          if names else "(no shipped config found)")
+
+
+def resolve_config_path(path: str) -> str:
+  """The file a --config path names: `path` itself if it exists; otherwise a shipped config, when
+  `path` is its name (`digits`, `digits.py`) or `configs/<name>.py` (so the README's commands work
+  from any directory); otherwise `path` unchanged (reported missing by the caller)."""
+  if os.path.exists(path):
+    return path
+  folder, file = os.path.split(path)
+  name = file[:-3] if file.endswith(".py") else file
+  shipped = os.path.join(CONFIGS_DIR, f"{name}.py")
+  if name in shipped_configs() and folder in ("", "configs", f"configs{os.sep}",
+                                              f".{os.sep}configs"):
+    return shipped
+  return path
 
 
 def _where_in(error: BaseException, path: str) -> str:
@@ -130,12 +168,13 @@ def _first_line(error: BaseException) -> str:
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """`path[:argument]` → get_config([argument]) of the file at path; `fail`s with one line if the
-  file is missing, unreadable, broken, has no get_config() or returns no ConfigDict."""
+  """`path[:argument]` → get_config([argument]) of the file at path (or of the shipped config it
+  names, `resolve_config_path`); `fail`s with one line if the file is missing, unreadable, broken, has no get_config() or returns no ConfigDict."""
   path, sep, argument = spec.partition(":")
+  path = resolve_config_path(path)
   if not os.path.isfile(path):
     what = "is a directory" if os.path.isdir(path) else "does not exist"
-    fail(f"--config {spec}: {path} {what}; pass a config file, one of {_available_configs()}.")
+    fail(f"--config {spec}: {path} {what}; pass a config file, or {_available_configs()}.")
   if not os.access(path, os.R_OK):
     fail(f"--config {spec}: {path} is not readable.")
   try:
@@ -225,7 +264,7 @@ def flag_error_message(error: Exception, config: ml_collections.ConfigDict | Non
   if text.startswith("Unknown command line flag"):
     return f"{text}; --help lists the flags."
   if re.search(rf"Flag --{name} must have a value", text):
-    return (f"--{name} is required, e.g. --{name} configs/digits.py; the configs: "
+    return (f"--{name} is required, e.g. --{name} configs/digits.py: a config file, or "
             f"{_available_configs()}.")
   return text
 
@@ -244,6 +283,9 @@ def parse_flags(argv: Sequence[str], *, config_flag: str = "config",
   spec = _config_argument(argv, config_flag) if config_flag in flag_values else None
   if spec is not None:
     config = load_config_file(spec)
+    path, sep, argument = spec.partition(":")
+    if resolve_config_path(path) != path:  # a shipped config by name: ml_collections loads the file
+      argv = _with_config_argument(argv, config_flag, resolve_config_path(path) + sep + argument)
     for path in override_paths(argv, config_flag):
       message = unknown_field_message(config, path, config_flag)
       if message:

@@ -13,7 +13,9 @@ inside it), `run_block` (the next steps; returns their mean metrics, on device),
   preemption   SIGTERM/SIGINT: save at the current step and raise Preempted;
   progress  the epoch and inversion lines, with an ETA over the rest of the plan that weighs each
             kind of segment by its measured seconds per step (restored with the checkpoint, so it
-            is right just after a resume too).
+            is right just after a resume too). Compilation is not step time: the seconds JAX
+            reports compiling (jax.monitoring) are left out of the rates, and a "compiling …"
+            line says why the first block of a new kind of segment takes long.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ import numpy as np
 
 from rfd_jax import checkpointing, preemption
 from rfd_jax.plan import Plan, Position, Segment
+
+# The durations JAX reports for tracing, lowering and compiling a function (jax.monitoring).
+COMPILE_EVENTS = "/jax/core/compile/"
 
 # Test-only hook: "<global step>[:<KILL|TERM|INT>]" makes the run send itself the signal (default
 # SIGKILL) right after the block that reaches that step, once any checkpoint due there has been
@@ -77,6 +82,32 @@ def is_finite(value) -> bool:
 def display(value) -> float:
   """A metric as one number for a progress line: itself, or the mean over a group's runs."""
   return float(np.mean(value))
+
+
+class CompileClock:
+  """Seconds JAX spent compiling while `with` it is active (jax.monitoring duration events): the
+  loop subtracts them from the step rates. `seconds` only grows."""
+
+  def __init__(self):
+    self.seconds = 0.0
+
+  def _listen(self, event: str, duration: float, **_) -> None:
+    if event.startswith(COMPILE_EVENTS):
+      self.seconds += duration
+
+  def __enter__(self) -> "CompileClock":
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+def compile_kind(segment: Segment) -> tuple[str, bool]:
+  """What decides whether a segment's steps compile anew: its name, and for the plans with tasks
+  whether it is past the first task (the class-incremental steps of task 1 distil, those of task
+  0 do not: other functions). The first block of each kind in a process compiles."""
+  return segment.name, segment.task > 0
 
 
 class _Sums:
@@ -152,23 +183,26 @@ class Loop:
     self.step = 0
     self._kill_at = _parse_kill_at(os.environ.get(ENV_TEST_KILL_AT, ""))
     self._measured: set[str] = set()  # segment names whose first (compiling) interval is over
+    self._compiled: set[tuple[str, bool]] = set()  # compile_kind()s announced (compiling …)
+    self.compile_clock = CompileClock()
     self._sums: tuple[Segment, _Sums, _Sums] | None = None
     # the metric sums of a checkpoint taken inside a log interval or epoch, so that the resumed
     # run writes the same means as the uninterrupted one
     self._resumed_step, self._resumed_sums = meta.get("step"), meta.get("metric_sums") or {}
-    self._mark = (time.time(), 0)  # (time, step) of the last host sync
+    self._mark = (time.time(), 0, 0.0)  # (time, step, compile seconds) of the last host sync
 
   # ---- The run. --------------------------------------------------------------------------------
 
   def run(self, job: Job, start_step: int) -> None:
     """Runs the plan from `start_step` (steps done) to its end."""
     self.step = start_step
-    self._mark = (time.time(), start_step)
     if start_step >= self.plan.total_steps:
       return
     first = self.plan.locate(start_step).segment_index
-    for segment in self.plan.segments[first:]:
-      self._run_segment(job, segment)
+    with self.compile_clock:
+      self._mark = (time.time(), start_step, self.compile_clock.seconds)
+      for segment in self.plan.segments[first:]:
+        self._run_segment(job, segment)
 
   def _run_segment(self, job: Job, segment: Segment) -> None:
     if self.step == segment.start:
@@ -181,6 +215,9 @@ class Loop:
       # to the next block boundary: a whole block, except after a resume inside one (a checkpoint
       # of the host loop resumed by the scanned one)
       num_steps = segment.block_steps - position.offset % segment.block_steps
+      if self.progress and compile_kind(segment) not in self._compiled:
+        self._compiled.add(compile_kind(segment))
+        logging.info("%s%s: compiling …", self._task_label(segment), segment.name)
       metrics = job.run_block(position, num_steps)
       previous, self.step = self.step, self.step + num_steps
       if metrics is not None:
@@ -263,13 +300,16 @@ class Loop:
     self.writer.write(self.step, record)
 
   def _note_rate(self, segment: Segment) -> None:
-    """Seconds per step of `segment`'s kind since the last host sync (the first interval of each
-    kind in this process is skipped: it compiles)."""
-    now, (then, since) = time.time(), self._mark
-    self._mark = (now, self.step)
+    """Seconds per step of `segment`'s kind since the last host sync, less the seconds JAX spent
+    compiling meanwhile (the first interval of each kind in this process is skipped too: its
+    first calls also place constants and warm caches)."""
+    now, compiling = time.time(), self.compile_clock.seconds
+    then, since, compiled_before = self._mark
+    self._mark = (now, self.step, compiling)
     if self.step > since:
       if segment.name in self._measured:
-        self.seconds_per_step[segment.name] = (now - then) / (self.step - since)
+        seconds = max(now - then - (compiling - compiled_before), 0.0)
+        self.seconds_per_step[segment.name] = seconds / (self.step - since)
       self._measured.add(segment.name)
 
   def eta_seconds(self) -> float:
@@ -287,13 +327,18 @@ class Loop:
   def eta(self) -> str:
     return format_duration(self.eta_seconds()) if self.seconds_per_step else "?"
 
-  def _block_line(self, segment: Segment, means: dict[str, float]) -> None:
-    rate = self.seconds_per_step.get(segment.name)
+  def _task_label(self, segment: Segment) -> str:
     tasks = self.plan.segments[-1].task + 1
-    losses = "  ".join(f"{k.split('/')[-1]} {display(v):.4f}" for k, v in means.items())
-    logging.info("%s%s %5d/%d  %s  %s it/s  ETA %s",
-                 f"task {segment.task + 1}/{tasks} " if tasks > 1 else "", segment.name,
-                 self.step - segment.start, segment.num_steps, losses,
+    return f"task {segment.task + 1}/{tasks} " if tasks > 1 else ""
+
+  def _block_line(self, segment: Segment, means: dict[str, float]) -> None:
+    """The progress line of a chunk (inversion, synthesis): its total loss (the terms are in
+    metrics.jsonl), iterations per second and the ETA of the whole run."""
+    rate = self.seconds_per_step.get(segment.name)
+    losses = [k for k in means if k.split("/")[-1] == "loss"] or list(means)[:1]
+    loss = "  ".join(f"{k.split('/')[-1]} {display(means[k]):.4f}" for k in losses)
+    logging.info("%s%s %5d/%d  %s  %s it/s  ETA %s", self._task_label(segment), segment.name,
+                 self.step - segment.start, segment.num_steps, loss,
                  f"{1 / rate:.1f}" if rate else "?", self.eta())
 
   # ---- Checkpoints. ------------------------------------------------------------------------------

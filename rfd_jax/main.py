@@ -1,5 +1,5 @@
 r"""Runs an experiment: python -m rfd_jax.main --config configs/<name>.py [--workdir DIR]
-[--config.<field>=<value> ...]
+[--config.<field>=<value> ...]   (from any directory; --config <name> names a shipped config)
 
 Runs (or resumes, from WORKDIR/checkpoints) the job of the config (`config.job`):
   dfcil (default; configs without a `job` field): the class-incremental experiment;
@@ -29,15 +29,19 @@ from absl import flags, logging
 import jax
 from ml_collections import config_flags
 
-from rfd_jax import (checkpointing, cli, config_validation, group, metrics, parallel, preflight,
-                     train, xla_env)
+from rfd_jax import (checkpointing, cli, config_validation, console, group, metrics, parallel,
+                     preflight, train, xla_env)
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A config file, or a shipped config by name from any directory (digits, "
+    "configs/digits.py, ...).", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory (default: runs/<dataset>-<method>-<class_order>).")
 _PRINT_CONFIG = flags.DEFINE_bool(
     "print_config", False, "Print the config's fields and values (after the overrides); run nothing.")
+_LOG_FORMAT = flags.DEFINE_enum(
+    "log_format", "auto", console.FORMATS, "Console log lines: compact (HH:MM:SS message), full "
+    "(absl's level, date, thread, file:line), auto: compact on a terminal, full when redirected.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -104,6 +108,7 @@ def main(argv):
   xla_env.set_fast_cpu_flags(log=lambda fmt, *args: xla_notes.append(fmt % args))
   parallel.maybe_initialize_distributed()  # first JAX call: multi-host runs join their cluster here
   checked_job(config, workdir)
+  console.set_console_format(_LOG_FORMAT.value)
   for note in xla_notes:
     logging.info("%s", note)
   logging.info("JAX %s: process %d of %d, %d local / %d global devices: %s", jax.__version__,

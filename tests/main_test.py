@@ -109,7 +109,7 @@ def test_good_overrides_parse(capsys):
 
 
 @pytest.mark.parametrize("content, argument, expected", [
-    (None, "", "does not exist; pass a config file, one of configs/"),
+    (None, "", "does not exist; pass a config file, or a shipped one by name (abd_cifar100, "),
     ("def get_config(:\n", "", "loading it failed: SyntaxError"),
     ("import missing_module_xyz\n", "", "loading it failed: ModuleNotFoundError"),
     ("x = 1\n", "", "defines no get_config() function"),
