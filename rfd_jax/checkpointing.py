@@ -134,13 +134,21 @@ class Restored:
   meta: dict[str, Any]
 
 
+# Orbax warns this whenever a CheckpointManager is opened read-only, which the resume does on
+# purpose (it reads the workdir's and config.init_from's checkpoints and must not clean them).
+ORBAX_READ_ONLY_WARNING = "Given directory is read only=%s"
+
+
 def _quiet_orbax_info_logs() -> None:
-  """Orbax logs a dozen INFO lines per save through absl; keep its warnings and errors only."""
+  """Orbax logs a dozen INFO lines per save through absl; keep its warnings and errors only, but
+  the warning that a manager opened read-only (on purpose) is read-only."""
   absl_logger = logging.get_absl_logger()
   if not any(getattr(f, "is_orbax_filter", False) for f in absl_logger.filters):
     def orbax_filter(record):
-      return record.levelno >= logging.converter.STANDARD_WARNING or (
-          f"{os.sep}orbax{os.sep}" not in record.pathname)
+      if f"{os.sep}orbax{os.sep}" not in record.pathname:
+        return True
+      return (record.levelno >= logging.converter.STANDARD_WARNING
+              and record.msg != ORBAX_READ_ONLY_WARNING)
     orbax_filter.is_orbax_filter = True
     absl_logger.addFilter(orbax_filter)
 
@@ -272,11 +280,11 @@ class Checkpoints:
     if unreadable and refuse_unreadable:
       # Starting from scratch here would save new checkpoints whose rotation (`keep`) deletes
       # these: a user's checkpoints are never deleted without being asked.
+      # One short line first (what, that nothing was deleted, what to do), then one per checkpoint.
       raise UnreadableCheckpointsError(
-          f"every checkpoint in {self.directory} is unreadable: "
-          + "; ".join(f"{i}: {why}" for i, why in sorted(unreadable))
-          + f". Nothing was deleted. To start afresh, pass a new --workdir, or move or delete "
-          f"{self.directory} yourself.")
+          f"every checkpoint in {self.directory} is unreadable; nothing was deleted. Pass a new "
+          f"--workdir to start afresh (or move or delete {self.directory} yourself).\n"
+          + "\n".join(f"checkpoint {i}: {why}" for i, why in sorted(unreadable)))
     return None
 
   def _report_unreadable(self, checkpoint_id: int, why: str, older: list[int]) -> None:

@@ -29,8 +29,8 @@ from absl import flags, logging
 import jax
 from ml_collections import config_flags
 
-from rfd_jax import (checkpointing, cli, config_validation, console, group, metrics, parallel,
-                     preflight, train, xla_env)
+from rfd_jax import (checkpointing, cli, config_validation, console, finished, group, metrics,
+                     parallel, preflight, train, xla_env)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file, or a shipped config by name from any directory (digits, "
@@ -107,7 +107,13 @@ def main(argv):
   xla_notes = []
   xla_env.set_fast_cpu_flags(log=lambda fmt, *args: xla_notes.append(fmt % args))
   parallel.maybe_initialize_distributed()  # first JAX call: multi-host runs join their cluster here
-  checked_job(config, workdir)
+  job = checked_job(config, workdir)
+  job = "group" if job == "dfcil" and group.is_group(config) else job
+  done = finished.finished_results(config, workdir, job)
+  if done is not None:  # nothing to run, and nothing in the workdir changes
+    cli.write_stdout(f"{workdir} holds the finished run of this config: nothing to do (a new "
+                     f"--workdir runs it again).\n{summary(job, done, workdir, write=False)}\n")
+    return
   console.set_console_format(_LOG_FORMAT.value)
   for note in xla_notes:
     logging.info("%s", note)
@@ -127,8 +133,8 @@ def main(argv):
     print(summary(job, results, workdir))
 
 
-def summary(job: str, results: dict, workdir: str) -> str:
-  """The text printed at the end of a run."""
+def summary(job: str, results: dict, workdir: str, *, write: bool = True) -> str:
+  """The text printed at the end of a run (write: a group's summary files too)."""
   where = f"results in {os.path.join(workdir, 'results.json')}"
   if job == "teacher":
     return (f"\nteacher {results['model']} on {results['dataset']}: test accuracy "
@@ -138,21 +144,23 @@ def summary(job: str, results: dict, workdir: str) -> str:
             f"{results['teacher_accuracy']:.2f}%, student {results['accuracy']:.2f}% after the "
             f"last epoch, best {results['best_accuracy']:.2f}% ({where})")
   if job == "group":
-    return group_summary(results, workdir)
+    return group_summary(results, workdir, write=write)
   return (f"\n{results['method']} on {results['dataset']}, {results['num_tasks']} tasks "
           f"({where})\n\n{metrics.format_table(results)}")
 
 
-def group_summary(results: dict[str, dict], workdir: str) -> str:
+def group_summary(results: dict[str, dict], workdir: str, *, write: bool = True) -> str:
   """Each run's table, then the group's mean ± std (summary.md, summary.csv and comparison.png,
-  written with rfd_jax.tools.sweep's summaries)."""
+  written with rfd_jax.tools.sweep's summaries, unless not `write`)."""
   from rfd_jax.tools import summaries, sweep_checks, sweep_runs  # pylint: disable=g-import-not-at-top
   runs = sweep_runs.discover_runs(workdir)
   found = {run.workdir: sweep_runs.load_results(run) for run in runs}
   rows = summaries.summarize(runs, {k: v for k, v in found.items() if v is not None})
+  tables = "\n\n".join(f"{name}:\n{metrics.format_table(r)}" for name, r in results.items())
+  if not write:
+    return f"\n{len(results)} runs in {workdir}\n\n{tables}"
   command = sweep_checks.portable_command(["python", "-m", "rfd_jax.main", *sys.argv[1:]])
   markdown = summaries.write_summaries(workdir, rows, [command], None, None)
-  tables = "\n\n".join(f"{name}:\n{metrics.format_table(r)}" for name, r in results.items())
   return (f"\n{len(results)} runs in {workdir}\n\n{tables}\n\n{markdown}\nwrote "
           f"{os.path.join(workdir, 'summary.md')}, summary.csv, comparison.png")
 

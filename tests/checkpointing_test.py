@@ -160,6 +160,13 @@ def test_the_wall_time_of_a_resumed_run_is_the_total_over_its_invocations(killed
   assert _results(killed["workdir"]) == _results(reference)
 
 
+def test_a_resume_logs_no_read_only_warning(killed):
+  """The resume opens the checkpoints read-only on purpose: Orbax's warning about it is dropped."""
+  resumed_proc = killed["procs"][1]
+  assert "resuming from checkpoint" in resumed_proc.stderr, resumed_proc.stderr[-3000:]
+  assert "read only" not in resumed_proc.stderr
+
+
 def test_a_resumed_run_has_each_metrics_record_once(killed, reference):
   # the killed invocation had written step 30's train record past its newest complete checkpoint
   # (28, or 24 when the kill came before the asynchronous save of 28 was done)
@@ -238,9 +245,13 @@ def test_a_workdir_whose_checkpoints_are_all_unreadable_is_refused_and_kept(
   assert proc.returncode == 2, proc.stderr[-3000:]
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1, proc.stderr[-3000:]
-  assert f"every checkpoint in {tmp_path / 'checkpoints'} is unreadable" in errors[0]
-  assert all(f"{i}: " in errors[0] for i in ids), errors[0]
-  assert "Nothing was deleted" in errors[0] and "new --workdir" in errors[0]
+  # one short line saying what happened, that nothing was deleted and what to do; then the
+  # details, one indented line per checkpoint, and nothing after them
+  assert errors[0] == (f"error: every checkpoint in {tmp_path / 'checkpoints'} is unreadable; "
+                       "nothing was deleted. Pass a new --workdir to start afresh (or move or "
+                       f"delete {tmp_path / 'checkpoints'} yourself).")
+  details = proc.stderr.split(errors[0] + "\n")[1].splitlines()
+  assert [d.split(":")[0] for d in details] == [f"  checkpoint {i}" for i in ids], details
   assert "starting from scratch" not in proc.stderr
   assert len(proc.stderr.splitlines()) < 20, proc.stderr[-3000:]  # no flood: see _ORPHANING_READ
   assert _tree_digest(tmp_path / "checkpoints") == before
@@ -319,6 +330,16 @@ def test_a_failed_read_leaves_one_reason_not_a_flood_of_orphaned_task_errors():
   assert sum(l.startswith("Exception ignored in") for l in flood) == 49
   assert stderr_of("1") == ["(None, \"ValueError: OUT_OF_RANGE: Error reading 'w0' in OCDBT "
                             "database\")"]
+
+
+def test_rerunning_a_finished_run_prints_its_results_and_changes_nothing(reference, cache_dir):
+  before = _tree_digest(reference)
+  proc = _run(reference, cache_dir, "--config.ckpt.keep=100")
+  assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr[-3000:]
+  assert proc.stdout.startswith(f"{reference} holds the finished run of this config: nothing to "
+                                "do (a new --workdir runs it again).\n"), proc.stdout
+  assert "final accuracy A_T" in proc.stdout
+  assert _tree_digest(reference) == before  # no events file, no wall-time entry, nothing
 
 
 def test_a_resume_with_a_different_config_is_refused(reference, cache_dir, tmp_path):
