@@ -255,19 +255,37 @@ class DfcilJob:
     return [dataclasses.asdict(r) for r in self.rs.rows]
 
   def checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]]:
-    rs = self.rs
-    arrays = {"state": rs.state, "class_weights": rs.class_weights}
-    if rs.teacher_vars is not None and self.step not in self._task_starts:
-      arrays["teacher"] = rs.teacher_vars  # not needed at a task boundary: the next one renews it
-    if rs.gen_state is not None:
-      arrays["generator"] = rs.gen_state
-    plan = self.run.plan
+    """The arrays and record of a checkpoint at the current step. Nothing the rest of the run
+    never reads is stored (what a resume restores is what the uninterrupted run would use): at a
+    task boundary (and the end) no teacher, no generator unless the learner reuses it, and the
+    student's optimizer state as zeros (the next task's main phase starts a fresh one); after
+    an inversion the generator's Adam state as zeros (only a reused generator runs Adam again).
+    Zeros keep the tree the restore expects and compress to almost nothing."""
+    rs, plan = self.rs, self.run.plan
     segment = plan.locate(self.step).segment if self.step < plan.total_steps else None
+    boundary = segment is None or self.step in self._task_starts
+    reuse = self.run.learner.reuse_generator
+    state = rs.state
+    if boundary:
+      state = state.replace(opt_state=_zeros_like(state.opt_state))
+    arrays = {"state": state, "class_weights": rs.class_weights}
+    if rs.teacher_vars is not None and not boundary:
+      arrays["teacher"] = rs.teacher_vars  # not needed at a task boundary: the next one renews it
+    if rs.gen_state is not None and (reuse or not boundary):
+      generator = rs.gen_state
+      if not reuse and segment.name != "inversion":
+        generator = generator.replace(opt_state=_zeros_like(generator.opt_state))
+      arrays["generator"] = generator
     meta = {"task": segment.task if segment else len(rs.rows),
             "segment": segment.name if segment else "done",
             "rows": self._rows_json(), "task_seconds": rs.task_seconds,
             "task_elapsed": time.time() - rs.task_start}
     return arrays, meta
+
+
+def _zeros_like(tree: Any) -> Any:
+  """Zeros shaped, typed and placed as `tree`'s leaves: state a checkpoint need not keep."""
+  return jax.tree.map(lambda x: jnp.zeros_like(x, device=x.sharding), tree)
 
 
 # ---- The whole run. -----------------------------------------------------------------------------
