@@ -59,7 +59,8 @@ def _prepare_cifar(args) -> epath.Path:
   archive = cifar.read_cifar_archive(args.archive, dataset_name=args.dataset)
   for split, split_data in archive.splits.items():
     print(f"  {split}: {len(split_data.images)} images", flush=True)
-  print(f"Writing {args.dataset} (array_record) under {args.data_dir} ...", flush=True)
+  print(f"Converting them into the TFDS dataset {args.dataset} (array_record) under "
+        f"{args.data_dir}; nothing is downloaded ...", flush=True)
   return cifar.write(archive, dataset_name=args.dataset, data_dir=args.data_dir,
                      overwrite=args.overwrite)
 
@@ -71,7 +72,8 @@ def _prepare_fashion_mnist(args) -> epath.Path:
     official = fashion_mnist.OFFICIAL_COUNTS[split]
     note = "" if len(split_data.labels) == official else f" (the official files have {official})"
     print(f"  {split}: {len(split_data.labels)} images{note}", flush=True)
-  print(f"Writing fashion_mnist (array_record) under {args.data_dir} ...", flush=True)
+  print(f"Converting them into the TFDS dataset fashion_mnist (array_record) under "
+        f"{args.data_dir}; nothing is downloaded ...", flush=True)
   return fashion_mnist.write(splits, data_dir=args.data_dir, overwrite=args.overwrite)
 
 

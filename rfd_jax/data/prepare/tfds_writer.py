@@ -83,6 +83,11 @@ def _builder_class_for(dataset_name: str, split_examples: Mapping[str, Iterable[
           # importlib_resources, which may be absent); nothing is downloaded, so there are none.
           "code_path": None,
           "_split_generators": _split_generators,
+          # tfds prints "Downloading and preparing dataset ..." and "... downloaded and prepared"
+          # around download_and_prepare; nothing is downloaded here (prepare_data says what it
+          # converts), so those two lines are left out.
+          "_log_download_bytes": lambda self: None,
+          "_log_download_done": lambda self: None,
       },
       skip_registration=True,
   )
