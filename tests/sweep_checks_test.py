@@ -1,10 +1,12 @@
 """A sweep checks every run's config before it creates anything, and writes command lines without
 the paths of the machine that made them."""
 
+import json
 import os
 
 import pytest
 
+from rfd_jax import tasks
 from rfd_jax.tools import sweep, sweep_checks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,6 +37,26 @@ def test_run_error_of_a_good_config_is_none(tmp_path):
   assert sweep_checks.run_error(["--config", "configs/digits.py", "--workdir",
                                  str(tmp_path / "run"), "--config.method=abd"]) is None
   assert not (tmp_path / "run").exists()
+
+
+def test_summarize_only_shows_the_stored_command_without_machine_paths(tmp_path, capsys):
+  """A sweep_command.txt written with absolute paths (by an older sweep) goes into the table
+  portable: paths relative to the repository, the data folder as DATA_DIR."""
+  workdir = tmp_path / "sw"
+  (workdir / "rfd" / "seed0").mkdir(parents=True)
+  (workdir / "rfd" / "seed0" / "results.json").write_text(json.dumps({
+      "method": "rfd", "dataset": "digits", "num_tasks": 2, "task_sizes": [5, 5],
+      "class_order": tasks.class_order("seed0", 10), "seed": 0,
+      "acc_matrix": [[99.0, None], [50.0, 70.0]], "acc_seen": [99.0, 60.0], "final_acc": 60.0,
+      "avg_inc_acc": 79.5, "forgetting": 49.0, "task_seconds": [50, 50], "wall_seconds": 100}))
+  (workdir / "sweep_command.txt").write_text(
+      f"python -m rfd_jax.tools.sweep --config {REPO}/configs/digits.py --workdir "
+      f"{REPO}/runs/sweep_digits --methods rfd --set data.data_dir=/home/me/tfds\n")
+  assert sweep.main(["--workdir", str(workdir), "--summarize_only"]) == 0
+  table = (workdir / "summary.md").read_text()
+  assert ("python -m rfd_jax.tools.sweep --config configs/digits.py --workdir runs/sweep_digits "
+          "--methods rfd --set data.data_dir=DATA_DIR\n") in table
+  assert REPO not in table.replace(str(tmp_path), "")
 
 
 def test_portable_command():

@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f.write(command + "\n")
     elif os.path.isfile(commands_file):
       with open(commands_file) as f:
-        commands = [f.read().strip(), command]
+        commands = [sweep_checks.portable_command(shlex.split(f.read().strip())), command]
     rows = summaries.summarize(runs, results)
     if rows:
       markdown = summaries.write_summaries(args.workdir, rows, commands, args.output,
