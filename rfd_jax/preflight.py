@@ -3,7 +3,8 @@
 `check(config, workdir)` validates the config of its job, then the workdir (usable as an output
 directory), the data (present; digits reads no `data_dir`), that the batch fits the smallest task
 (or the training set), `config.init_from` (a readable checkpoint of a compatible config) and the
-dfkd teacher (a finished teacher run that matches). Each failure raises
+dfkd teacher (a finished teacher run that matches), and that a resume from the workdir's
+checkpoints would not be refused for a config that differs from theirs. Each failure raises
 `config_validation.ConfigError` (FileNotFoundError for missing data) with a message that names the
 problem and the fix; main.py prints it as one `error:` line and exits with status 2. Nothing here
 writes to the workdir, so a failed check leaves no trace of the run.
@@ -36,6 +37,7 @@ def check(config, workdir: str) -> str:
     dfkd.validate(config)
   check_workdir(workdir)
   counts = train_class_counts(config.data)
+  check_resume(config, workdir)
   if job == "dfcil":
     check_batch_fits_tasks(config, spec, counts)
     check_init_from(config, workdir)
@@ -157,6 +159,39 @@ def _has_checkpoint(workdir: str) -> bool:
   return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
 
 
+def _newest_readable_meta(directory: str, only_id: int | None = None) -> dict | None:
+  """The JSON record of the newest checkpoint in `directory` (or of checkpoint `only_id`) that
+  can be read, or None."""
+  source = checkpointing.Checkpoints(directory, keep=1, read_only=True)
+  try:
+    ids = source.all_ids()
+    if only_id is not None:
+      ids = [only_id] if only_id in ids else []
+    for checkpoint_id in reversed(ids):  # newest first, as the restore
+      try:
+        return source.read_meta(checkpoint_id)
+      except Exception:  # pylint: disable=broad-except  (the restore falls back the same way)
+        continue
+  finally:
+    source.close()
+  return None
+
+
+def check_resume(config, workdir: str) -> None:
+  """When the run will resume from the workdir's newest readable checkpoint: ConfigError
+  (ConfigMismatchError) if its config may not be continued with this one, as the resume would
+  refuse it, but before anything is logged. (No readable checkpoint: the resume decides.)"""
+  if not config.ckpt.get("enabled", True) or not _has_checkpoint(workdir):
+    return
+  directory = os.path.join(workdir, "checkpoints")
+  meta = _newest_readable_meta(directory)
+  if meta is None or "config" not in meta:
+    return
+  checkpointing.check_config(meta["config"], checkpointing.config_dict(config),
+                             allow_change=config.ckpt.allow_config_change,
+                             source=os.path.abspath(directory))
+
+
 def check_init_from(config, workdir: str) -> None:
   """When the run will start from `config.init_from` (set, and no checkpoint in the workdir):
   ConfigError unless it holds a readable checkpoint whose config may be continued with this one
@@ -164,20 +199,7 @@ def check_init_from(config, workdir: str) -> None:
   if not config.init_from or _has_checkpoint(workdir):
     return
   directory, only_id = checkpointing.locate(config.init_from)
-  source = checkpointing.Checkpoints(directory, keep=1, read_only=True)
-  try:
-    ids = source.all_ids()
-    if only_id is not None:
-      ids = [only_id] if only_id in ids else []
-    meta = None
-    for checkpoint_id in reversed(ids):  # newest first, as the restore
-      try:
-        meta = source.read_meta(checkpoint_id)
-        break
-      except Exception:  # pylint: disable=broad-except  (the restore falls back the same way)
-        continue
-  finally:
-    source.close()
+  meta = _newest_readable_meta(directory, only_id)
   if meta is None:
     raise ConfigError(f"config.init_from={config.init_from!r} holds no readable checkpoint; "
                       "expected a run's workdir, its checkpoints directory or one checkpoint.")

@@ -345,10 +345,13 @@ def test_rerunning_a_finished_run_prints_its_results_and_changes_nothing(referen
 def test_a_resume_with_a_different_config_is_refused(reference, cache_dir, tmp_path):
   final = max(_metas(reference))
   _copy_checkpoint(reference, final, tmp_path)
+  before = _tree_digest(tmp_path)
   proc = _run(tmp_path, cache_dir, "--config.seed=1", "--config.optim.lr=0.02")
   assert proc.returncode == 2, proc.stderr[-3000:]
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
-  assert len(errors) == 1
+  # refused before anything is logged or written: the error line is the whole output
+  assert proc.stderr == errors[0] + "\n" and not proc.stdout, proc.stderr[-3000:]
+  assert _tree_digest(tmp_path) == before
   assert "config.seed: 0 in the checkpoint, 1 now" in errors[0]
   assert "config.optim.lr: 0.05 in the checkpoint, 0.02 now" in errors[0]
   assert "--config.ckpt.allow_config_change=True" in errors[0]
