@@ -169,7 +169,8 @@ def _first_line(error: BaseException) -> str:
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """`path[:argument]` → get_config([argument]) of the file at path (or of the shipped config it
-  names, `resolve_config_path`); `fail`s with one line if the file is missing, unreadable, broken, has no get_config() or returns no ConfigDict."""
+  names, `resolve_config_path`); `fail`s with one line if the file is missing, unreadable, broken,
+  has no get_config() or returns no ConfigDict."""
   path, sep, argument = spec.partition(":")
   path = resolve_config_path(path)
   if not os.path.isfile(path):

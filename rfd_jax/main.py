@@ -67,10 +67,11 @@ def checked_job(config, workdir: str) -> str:
     logging.set_verbosity(verbosity)
 
 
-def run_job(config, workdir: str) -> tuple[str, dict]:
-  """Checks everything checkable before the workdir is touched, then runs the config's job. A
-  config, data or workdir error ends the program: one `error:` line, exit status 2."""
-  job = checked_job(config, workdir)
+def run_job(config, workdir: str, job: str | None = None) -> tuple[str, dict]:
+  """Checks everything checkable before the workdir is touched (unless `job`, the checks' result,
+  is given), then runs the config's job. A config, data or workdir error ends the program: one
+  `error:` line, exit status 2."""
+  job = job or checked_job(config, workdir)
   try:
     if job == "teacher":
       from rfd_jax import teacher  # pylint: disable=g-import-not-at-top
@@ -108,11 +109,11 @@ def main(argv):
   xla_env.set_fast_cpu_flags(log=lambda fmt, *args: xla_notes.append(fmt % args))
   parallel.maybe_initialize_distributed()  # first JAX call: multi-host runs join their cluster here
   job = checked_job(config, workdir)
-  job = "group" if job == "dfcil" and group.is_group(config) else job
-  done = finished.finished_results(config, workdir, job)
+  kind = "group" if job == "dfcil" and group.is_group(config) else job
+  done = finished.finished_results(config, workdir, kind)
   if done is not None:  # nothing to run, and nothing in the workdir changes
     cli.write_stdout(f"{workdir} holds the finished run of this config: nothing to do (a new "
-                     f"--workdir runs it again).\n{summary(job, done, workdir, write=False)}\n")
+                     f"--workdir runs it again).\n{summary(kind, done, workdir, write=False)}\n")
     return
   console.set_console_format(_LOG_FORMAT.value)
   for note in xla_notes:
@@ -122,7 +123,7 @@ def main(argv):
                jax.device_count(), jax.devices())
   logging.info("workdir %s", os.path.abspath(workdir))
   try:
-    job, results = run_job(config, workdir)
+    job, results = run_job(config, workdir, job)
   except checkpointing.NonFiniteError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(checkpointing.EXIT_NON_FINITE)
@@ -153,12 +154,12 @@ def group_summary(results: dict[str, dict], workdir: str, *, write: bool = True)
   """Each run's table, then the group's mean ± std (summary.md, summary.csv and comparison.png,
   written with rfd_jax.tools.sweep's summaries, unless not `write`)."""
   from rfd_jax.tools import summaries, sweep_checks, sweep_runs  # pylint: disable=g-import-not-at-top
-  runs = sweep_runs.discover_runs(workdir)
-  found = {run.workdir: sweep_runs.load_results(run) for run in runs}
-  rows = summaries.summarize(runs, {k: v for k, v in found.items() if v is not None})
   tables = "\n\n".join(f"{name}:\n{metrics.format_table(r)}" for name, r in results.items())
   if not write:
     return f"\n{len(results)} runs in {workdir}\n\n{tables}"
+  runs = sweep_runs.discover_runs(workdir)
+  found = {run.workdir: sweep_runs.load_results(run) for run in runs}
+  rows = summaries.summarize(runs, {k: v for k, v in found.items() if v is not None})
   command = sweep_checks.portable_command(["python", "-m", "rfd_jax.main", *sys.argv[1:]])
   markdown = summaries.write_summaries(workdir, rows, [command], None, None)
   return (f"\n{len(results)} runs in {workdir}\n\n{tables}\n\n{markdown}\nwrote "

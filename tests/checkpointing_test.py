@@ -274,7 +274,8 @@ def test_no_checkpoint_starts_from_scratch_unreadable_ones_are_refused(tmp_path)
     _truncate_biggest_data_file(os.path.join(directory, str(checkpoint_id)))
   before = _tree_digest(directory)
   with pytest.raises(checkpointing.UnreadableCheckpointsError, match=r"every checkpoint in .* is "
-                     r"unreadable: 0: .*OUT_OF_RANGE.*; 1: .*Nothing was deleted"):
+                     r"unreadable; nothing was deleted\. .*\ncheckpoint 0: .*OUT_OF_RANGE.*\n"
+                     r"checkpoint 1: .*OUT_OF_RANGE"):
     ckpts.restore(abstract)
   ckpts.close()
   assert isinstance(checkpointing.UnreadableCheckpointsError("x"), config_validation.ConfigError)
