@@ -220,6 +220,8 @@ class Checkpoints:
             preservation_policy=preservation.AnyPreservationPolicy(
                 [preservation.LatestN(keep), preservation.CustomSteps(list(keep_steps))]),
             create=not read_only, read_only=read_only,
+            # a read-only manager saves nothing: 0 up front, or Orbax warns that it sets it
+            save_interval_steps=0 if read_only else 1,
             cleanup_tmp_directories=not read_only, enable_async_checkpointing=True))
 
   def all_ids(self) -> list[int]:
