@@ -62,16 +62,56 @@ class UnreadableCheckpointsError(config_validation.ConfigError):
   scratch there would let the checkpoint rotation delete them, so the run refuses."""
 
 
+# WORKDIR/wall_time.json: how long the current invocation has run, rewritten at every metrics
+# record and save, so that a resume can count what a killed invocation ran after its checkpoint.
+WALL_TIME_FILE = "wall_time.json"
+
+
 def invocation_seconds(earlier: list[float], start: float) -> list[float]:
   """The wall seconds of each invocation of a run: those recorded in the checkpoint it resumed
-  from (`earlier`), then this one's so far (since `start`, its time.time() at startup).
+  from (`earlier`, with `earlier_invocations`' correction), then this one's so far (since
+  `start`, its time.time() when its job started).
 
   Stored in every checkpoint's record, so that the count follows the run state: a resume from an
   older checkpoint (the newest unreadable, or killed before its save finished) counts the
-  invocations that led to that state, and the work redone is counted in the current invocation;
-  what a killed invocation did after its last checkpoint is lost with its state.
+  invocations that led to that state, and the work redone is counted in the current invocation.
   """
   return [*earlier, time.time() - start]
+
+
+def wall_record(start: float, earlier: list[float], resumed_from: list | None) -> dict[str, Any]:
+  """WALL_TIME_FILE's content: the invocation (its start), its seconds so far, the earlier
+  invocations' seconds it resumed with, and the checkpoint it resumed from ([step, start of the
+  invocation that saved it]; None: from scratch or another workdir)."""
+  return {"invocation_start": start, "seconds": time.time() - start, "earlier": list(earlier),
+          "resumed_from": resumed_from}
+
+
+def read_wall_record(workdir: str) -> dict[str, Any] | None:
+  try:
+    with open(os.path.join(workdir, WALL_TIME_FILE)) as f:
+      record = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return record if isinstance(record, dict) else None
+
+
+def earlier_invocations(meta: dict[str, Any], record: dict[str, Any] | None) -> list[float]:
+  """The seconds of the invocations before a resume from the checkpoint of record `meta`, counting
+  what the last invocation ran after that checkpoint, up to its last metrics record or save
+  (`record`, WALL_TIME_FILE as it left it): when it saved that checkpoint, its time is extended to
+  the record's; when it had resumed from that same checkpoint and saved nothing after it, its
+  recorded time is added as an invocation of its own. Otherwise (no record, or a resume that fell
+  back past the checkpoint the last invocation started from) the checkpoint's own count."""
+  earlier = [float(s) for s in meta.get("invocation_seconds", [])]
+  if not record or "invocation_start" not in record or "step" not in meta:
+    return earlier
+  seconds = float(record.get("seconds", 0.0))
+  if earlier and record["invocation_start"] == meta.get("invocation_start"):
+    return [*earlier[:-1], max(earlier[-1], seconds)]
+  if record.get("resumed_from") == [meta["step"], meta.get("invocation_start")]:
+    return [*[float(s) for s in record.get("earlier", earlier)], seconds]
+  return earlier
 
 
 def wall_times(earlier: list[float], start: float) -> dict[str, Any]:

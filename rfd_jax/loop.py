@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfd_jax import checkpointing, preemption
+from rfd_jax import checkpointing, preemption, writers
 from rfd_jax.plan import Plan, Position, Segment
 
 # The durations JAX reports for tracing, lowering and compiling a function (jax.monitoring).
@@ -164,6 +164,8 @@ class Loop:
   checkpoints: checkpointing.Checkpoints or None (disabled). writer: writers.MetricWriter.
   signals: preemption.StopSignals (or the never-stopping stand-in). meta: the record of the
   checkpoint resumed ({} when starting afresh), for its seconds_per_step and invocation_seconds.
+  wall_record: checkpointing.WALL_TIME_FILE as the previous invocation left it (a resume in the
+  same workdir), or None. wall_path: where this invocation keeps that file (None: nowhere).
   saved_step: the step of that checkpoint if it is in this workdir (not saved again).
   config_dict: the config stored in every checkpoint.
   """
@@ -171,13 +173,16 @@ class Loop:
   def __init__(self, plan: Plan, *, checkpoints, writer, signals, config_dict: dict,
                log_every_steps: int, ckpt_every_steps: int, progress: bool,
                invocation_start: float, meta: dict | None = None,
-               saved_step: int | None = None):
+               saved_step: int | None = None, wall_record: dict | None = None,
+               wall_path: str | None = None):
     self.plan, self.checkpoints, self.writer, self.signals = plan, checkpoints, writer, signals
     self.config_dict = config_dict
     self.log_every, self.ckpt_every, self.progress = log_every_steps, ckpt_every_steps, progress
     meta = meta or {}
     self.invocation_start = invocation_start
-    self.earlier_invocations = list(meta.get("invocation_seconds", []))
+    self.earlier_invocations = checkpointing.earlier_invocations(meta, wall_record)
+    self.wall_path = wall_path
+    self._resumed_from = [meta["step"], meta.get("invocation_start")] if "step" in meta else None
     self.seconds_per_step = dict(meta.get("seconds_per_step", {}))  # by segment name
     self.saved_step = saved_step  # the step of the checkpoint resumed, if from this workdir
     self.step = 0
@@ -298,6 +303,13 @@ class Loop:
     if lr is not None:
       record["train/lr"] = lr
     self.writer.write(self.step, record)
+    self._write_wall_time()
+
+  def _write_wall_time(self) -> None:
+    """Rewrites WALL_TIME_FILE: this invocation's seconds so far (see checkpointing)."""
+    if self.wall_path is not None:
+      writers.write_json(self.wall_path, checkpointing.wall_record(
+          self.invocation_start, self.earlier_invocations, self._resumed_from))
 
   def _note_rate(self, segment: Segment) -> None:
     """Seconds per step of `segment`'s kind since the last host sync, less the seconds JAX spent
@@ -374,9 +386,11 @@ class Loop:
     meta = {**meta, "step": self.step, "position": self.plan.describe(self.step),
             "metric_sums": sums,
             "seconds_per_step": self.seconds_per_step, "metrics_records": self.writer.records,
-            "invocation_seconds": self.invocation_seconds(), "arrays": sorted(arrays),
+            "invocation_seconds": self.invocation_seconds(),
+            "invocation_start": self.invocation_start, "arrays": sorted(arrays),
             "config": self.config_dict}
     self.checkpoints.save(self.step, arrays, meta)
+    self._write_wall_time()
     self.saved_step = self.step
     logging.info("checkpoint %d: %s", self.step, self.plan.describe(self.step))
 
@@ -398,7 +412,11 @@ def run_plan(plan: Plan, job: Job, *, config, workdir: str, resumed: checkpointi
                     log_every_steps=config.log.get("every_steps", 0),
                     ckpt_every_steps=config.ckpt.get("every_steps", 0),
                     progress=config.log.progress, invocation_start=invocation_start,
-                    meta=resumed.meta, saved_step=resumed.step if resumed.from_workdir else None)
+                    meta=resumed.meta, saved_step=resumed.step if resumed.from_workdir else None,
+                    wall_record=(checkpointing.read_wall_record(workdir) if resumed.from_workdir
+                                 else None),
+                    wall_path=(os.path.join(workdir, checkpointing.WALL_TIME_FILE)
+                               if checkpoints is not None and jax.process_index() == 0 else None))
       runner.run(job, resumed.step)
   finally:
     if checkpoints is not None:

@@ -154,9 +154,12 @@ def test_the_wall_time_of_a_resumed_run_is_the_total_over_its_invocations(killed
   per_invocation = results["wall_seconds_per_invocation"]
   assert len(per_invocation) == 2
   assert results["wall_seconds"] == pytest.approx(sum(per_invocation))
-  # each invocation's time as seen from inside: up to its last checkpoint for the killed one
+  # each invocation's time as seen from inside: for the killed one, up to its last metrics record
+  # (step 30), past its last checkpoint (step 28), whose record counted less
   assert 0 < per_invocation[0] < killed["seconds"][0]
   assert 0 < per_invocation[1] < killed["seconds"][1]
+  at_checkpoint = killed["metas_at_kill"][max(killed["metas_at_kill"])]["invocation_seconds"]
+  assert len(at_checkpoint) == 1 and per_invocation[0] > at_checkpoint[0]
   assert _results(killed["workdir"]) == _results(reference)
 
 
@@ -384,6 +387,22 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
   assert "stopped without saving" in errors[0]
   assert _tree_digest(tmp_path / "checkpoints") == before
   assert not os.path.exists(tmp_path / "results.json")
+
+
+def test_earlier_invocations_count_what_a_killed_invocation_ran_after_its_checkpoint():
+  meta = {"step": 28, "invocation_seconds": [10.0, 50.0], "invocation_start": 200.0}
+  assert checkpointing.earlier_invocations(meta, None) == [10.0, 50.0]
+  # the invocation that saved the checkpoint ran 7 s past it before it was killed
+  ran_on = {"invocation_start": 200.0, "seconds": 57.0, "earlier": [10.0],
+            "resumed_from": [5, 100.0]}
+  assert checkpointing.earlier_invocations(meta, ran_on) == [10.0, 57.0]
+  # the next one resumed from that checkpoint, ran 4 s and was killed before saving: its own entry
+  saved_nothing = {"invocation_start": 300.0, "seconds": 4.0, "earlier": [10.0, 57.0],
+                   "resumed_from": [28, 200.0]}
+  assert checkpointing.earlier_invocations(meta, saved_nothing) == [10.0, 57.0, 4.0]
+  # a record of an invocation that started from another state: the checkpoint's own count
+  other = {"invocation_start": 300.0, "seconds": 4.0, "earlier": [10.0], "resumed_from": [5, 1.0]}
+  assert checkpointing.earlier_invocations(meta, other) == [10.0, 50.0]
 
 
 def test_config_differences_split_harmless_fields():
