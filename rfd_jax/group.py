@@ -298,7 +298,8 @@ def _fresh_state(run: GroupRun) -> dfcil_run.RunState:
       task_start=time.time())
 
 
-def _abstract(config, spec, mesh, num_runs: int) -> dict[str, Any]:
+def abstract_arrays(config, spec, mesh, num_runs: int) -> dict[str, Any]:
+  """dfcil_run.abstract_arrays with a leading run axis split over the mesh."""
   sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
   return jax.tree.map(
       lambda a: jax.ShapeDtypeStruct((num_runs,) + a.shape, a.dtype, sharding=sharding),
@@ -314,7 +315,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
   mesh = parallel.job_mesh(config.data)
   _check_group(config, group, mesh)
   os.makedirs(workdir, exist_ok=True)
-  abstract = _abstract(config, spec, mesh, len(group))
+  abstract = abstract_arrays(config, spec, mesh, len(group))
   resumed = checkpointing.resume(config, workdir,
                                  lambda meta: {k: abstract[k] for k in meta["arrays"]})
   writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())

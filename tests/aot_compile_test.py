@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-pytest.importorskip("libtpu", reason="the TPU compiler: pip install -r requirements-tpu-compile.txt")
+pytest.importorskip("libtpu",
+                    reason="the TPU compiler: pip install -r requirements-tpu-compile.txt")
 pytest.importorskip("jax_plugins.xla_cuda12",
                     reason="the CUDA plugin: pip install -r requirements-gpu-compile.txt")
 

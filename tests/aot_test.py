@@ -17,7 +17,8 @@ from tests.train_test import tiny_config
 
 
 def _scan_config():
-  """The tiny rfd run with the loops an accelerator resolves: scanned epochs and inversion chunks."""
+  """The tiny rfd run with the loops an accelerator resolves: scanned epochs and inversion
+  chunks."""
   config = tiny_config("rfd")
   config.data.num_tasks = 2
   config.optim.epochs, config.optim.ft_epochs = 2, 1
@@ -182,3 +183,23 @@ def test_gpu_target_descriptions_ship_with_the_package():
     text = aot_targets.gpu_target_config(chip)
     assert "device_memory_size: %d" % aot_targets.CHIPS[chip].memory_bytes in text
     assert "cuda_compute_capability" in text and "dnn_version_info" in text
+
+
+@pytest.mark.parametrize("name", ["teacher_digits", "dfkd_digits"])
+def test_teacher_and_dfkd_jobs_lower_their_calls(name):
+  """The teacher and dfkd jobs' own functions (built by the jobs' build_fns), on an abstract
+  teacher: every call lowers with the shapes the plan feeds it."""
+  from configs import dfkd_digits, teacher_digits  # pylint: disable=g-import-not-at-top
+  from rfd_jax.tools import aot_jobs  # pylint: disable=g-import-not-at-top
+  config = {"teacher_digits": teacher_digits, "dfkd_digits": dfkd_digits}[name].get_config()
+  config.model.name = "wrn16_1"
+  plan, calls = aot_jobs.job_calls(config, parallel.job_mesh(config.data))
+  expected = ({"train_step", "eval_step"} if name == "teacher_digits" else
+              {"synth_init", "draw_targets", "synthesis_step", "quantize", "student_step",
+               "eval_step"})  # CPU resolves synthesis.loop=auto to the host loop
+  assert {c.name for c in calls} == expected
+  for call in calls:
+    assert call.units > 0
+    call.lower()
+  train_steps = sum(s.num_steps for s in plan.segments if s.name in ("train", "student"))
+  assert train_steps == sum(c.units for c in calls if c.name in ("train_step", "student_step"))

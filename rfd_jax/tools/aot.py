@@ -12,8 +12,8 @@ compiler: the epoch blocks of each train phase (or the host-fed steps of streame
 inversion chunk, the evaluation, the class weights; a group of runs (config.runs.*) compiles its
 vmapped functions.
 
-Targets: v5e:2x2, v5e:2x4 (v5e-8), v5e:4x4 (16 chips, 4 hosts), v4:2x2x1, v5p:2x2x1, v6e:2x2 (libtpu's
-deviceless compiler: requirements-tpu-compile.txt); h100, h100x8, h200 (the CUDA plugin with the
+Targets: v5e:2x2, v5e:2x4 (v5e-8), v5e:4x4 (16 chips, 4 hosts), v4:2x2x1, v5p:2x2x1, v6e:2x2
+(libtpu's deviceless compiler: requirements-tpu-compile.txt); h100, h100x8, h200 (the CUDA plugin with the
 target descriptions in rfd_jax/tools/gpu_targets/: requirements-gpu-compile.txt).
 
 Per function: compile seconds; bytes per device (arguments, outputs, aliased, temporaries, code;
@@ -43,8 +43,9 @@ from rfd_jax.tools import aot_targets
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
-_TARGET = flags.DEFINE_string("target", None, "v5e:2x2 | v5e:2x4 | v5e:4x4 | v4:2x2x1 | v5p:2x2x1 | "
-                              "v6e:2x2 | h100 | h100x8 | h200")
+_TARGET = flags.DEFINE_string(
+    "target", None, "v5e:2x2 | v5e:2x4 | v5e:4x4 | v4:2x2x1 | v5p:2x2x1 | v6e:2x2 | h100 | h100x8 | "
+    "h200")
 _OUT = flags.DEFINE_string("out", None, "Directory for aot.json (optional).")
 _CACHE = flags.DEFINE_string(
     "cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "rfd_jax_aot"),
@@ -116,7 +117,8 @@ def fit_hint(report: dict, config, target) -> str:
   if resident_bytes > target.memory_per_device / 2:
     return (f"the train set takes {resident_bytes / 2**30:.2f} GiB on every device: try "
             "--config.data.device_resident=False")
-  return "try " + smaller("data.batch_size", data.batch_size) + " (fewer runs per device for a group)"
+  return ("try " + smaller("data.batch_size", data.batch_size)
+          + " (fewer runs per device for a group)")
 
 
 def run_tool(config, target_name: str, out: str | None, cache_dir: str | None) -> int:

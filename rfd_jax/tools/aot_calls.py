@@ -92,7 +92,8 @@ def _spec(x: Any, sharding) -> jax.ShapeDtypeStruct:
 
 
 def specs(tree: Any, sharding) -> Any:
-  """Concrete or abstract leaves → ShapeDtypeStructs (a leaf's own sharding kept, else `sharding`)."""
+  """Concrete or abstract leaves → ShapeDtypeStructs (abstract ones kept, with their sharding;
+  the others get `sharding`)."""
   return jax.tree.map(lambda x: _spec(x, sharding), tree)
 
 
@@ -109,7 +110,7 @@ def build(config, mesh) -> tuple[dfcil_run.Run, dict[str, Any]]:
           "config.runs: a group of runs runs in one process; this target has several hosts.")
     group_check(config, members, mesh)
     run = group.build_group_run(config, "", members, mesh, data, abstract=True)
-    return run, group._abstract(config, members[0].spec, mesh, len(members))  # pylint: disable=protected-access
+    return run, group.abstract_arrays(config, members[0].spec, mesh, len(members))
   return (dfcil_run.build_run(config, "", spec, mesh, data, abstract=True),
           dfcil_run.abstract_arrays(config, spec, mesh))
 

@@ -39,8 +39,8 @@ def shape_bytes(text: str) -> int:
 
 
 def collectives(hlo: str) -> dict[str, dict[str, int]]:
-  """{kind: {"count", "bytes"}} of the collectives in optimized HLO text (an async pair counted once,
-  at its -start; bytes: the result's size, the "-start" tuple's last element)."""
+  """{kind: {"count", "bytes"}} of the collectives in optimized HLO text (an async pair counted
+  once, at its -start; bytes: the result's size, the "-start" tuple's last element)."""
   out: dict[str, dict[str, int]] = {}
   for line in hlo.splitlines():
     match = _COLLECTIVE.search(line)

@@ -1,5 +1,5 @@
-"""The jitted calls of the teacher and dfkd jobs, as shapes (rfd_jax.tools.aot; the class-incremental
-run's are in aot_calls). Built with the jobs' own functions (teacher.build_fns, dfkd.build_nets /
+"""The jitted calls of the teacher and dfkd jobs, as shapes (rfd_jax.tools.aot; those of the
+class-incremental run are in aot_calls). Built with the jobs' own functions (teacher.build_fns, dfkd.build_nets /
 build_fns / fresh_student / plan_of) over the target's mesh; the teacher of a dfkd config is its
 config.teacher_model (float32, as the teacher configs train it), abstract: no checkpoint is read."""
 
@@ -81,7 +81,7 @@ def dfkd_calls(config, mesh) -> tuple[plan_lib.Plan, list[aot_calls.Call]]:
   chunk_args = (synthesis, teacher_vars, student.variables,
                 _batch(mesh, syn.batch_size, dtype=jnp.int32), _key(mesh),
                 _scalar(mesh, jnp.int32))
-  if not hasattr(chunk, "lower"):  # a host loop (synthesis.loop=host): its jitted step per iteration
+  if not hasattr(chunk, "lower"):  # synthesis.loop=host: its jitted step, once per iteration
     chunk, per_call = chunk.step, 1
   else:
     per_call = syn.chunk_steps

@@ -17,7 +17,8 @@ import importlib.util
 GIB = 2**30
 
 TPU_PIP = "pip install -r requirements-tpu-compile.txt  (libtpu==0.0.42.*, the one jax 0.10.2 pins)"
-GPU_PIP = "pip install -r requirements-gpu-compile.txt  (jax-cuda12-plugin and jax-cuda12-pjrt 0.10.2)"
+GPU_PIP = ("pip install -r requirements-gpu-compile.txt  (jax-cuda12-plugin and jax-cuda12-pjrt "
+           "0.10.2)")
 
 # JAX's GPU client preallocates this fraction of the card (XLA_PYTHON_CLIENT_MEM_FRACTION's
 # default) and allocates from it only: what a program may use without changing the environment.
@@ -38,14 +39,17 @@ class Chip:
 
 CHIPS = {
     "v5e": Chip("tpu", "TPU v5e", 16 * GIB, 197e12, 197e12, 819e9,
-                "cloud.google.com/tpu/docs/v5e: 197 TFLOP/s bf16, 16 GiB HBM2 at 819 GB/s per chip"),
+                "cloud.google.com/tpu/docs/v5e: 197 TFLOP/s bf16, 16 GiB HBM2 at 819 GB/s per "
+                "chip"),
     "v4": Chip("tpu", "TPU v4", 32 * GIB, 275e12, 275e12, 1200e9,
-               "cloud.google.com/tpu/docs/v4: 275 TFLOP/s bf16, 32 GiB HBM2 at 1,200 GB/s per chip"),
+               "cloud.google.com/tpu/docs/v4: 275 TFLOP/s bf16, 32 GiB HBM2 at 1,200 GB/s per "
+               "chip"),
     "v5p": Chip("tpu", "TPU v5p", 95 * GIB, 459e12, 459e12, 2765e9,
                 "cloud.google.com/tpu/docs/v5p: 459 TFLOP/s bf16, 95 GiB HBM2e at 2,765 GB/s per "
                 "chip"),
     "v6e": Chip("tpu", "TPU v6e (Trillium)", 32 * GIB, 918e12, 918e12, 1640e9,
-                "cloud.google.com/tpu/docs/v6e: 918 TFLOP/s bf16, 32 GiB HBM at 1,640 GB/s per chip"),
+                "cloud.google.com/tpu/docs/v6e: 918 TFLOP/s bf16, 32 GiB HBM at 1,640 GB/s per "
+                "chip"),
     "h100": Chip("gpu", "NVIDIA H100 SXM 80GB", 84_929_347_584, 989e12, 494.5e12, 3.35e12,
                  "nvidia.com/en-us/data-center/h100 (datasheet, SXM): 989 TFLOP/s bf16 and 494.5 "
                  "TF32 dense, 80 GB HBM3 at 3.35 TB/s"),
@@ -95,7 +99,8 @@ def check_plugin(name: str) -> None:
   check_name(name)
   if name in TPU_TARGETS:
     if importlib.util.find_spec("libtpu") is None:
-      raise TargetError(f"--target={name} needs the TPU compiler (libtpu), not installed; {TPU_PIP}.")
+      raise TargetError(
+          f"--target={name} needs the TPU compiler (libtpu), not installed; {TPU_PIP}.")
   elif importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
     raise TargetError(f"--target={name} needs the CUDA compiler plugin, not installed; {GPU_PIP}.")
 
