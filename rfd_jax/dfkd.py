@@ -360,7 +360,7 @@ def train_dfkd(config, workdir: str) -> dict:
                teacher_meta["config"]["model"]["name"], config.model.name, data.name,
                config.optim.epochs, syn.iterations, syn.batch_size, config.student.kd_steps,
                config.data.batch_size, " × 2 views" if config.student.pair_sample else "",
-               list(triplet_layers), config.rgal.syn_triplet_direction,
+               list(nets["triplet_layers"]), config.rgal.syn_triplet_direction,
                f"; resuming at {plan.describe(resumed.step)}" if resumed.step else "")
   writer = writers.MetricWriter(workdir, enabled=parallel.is_main_process(),
                                 hparams=config.to_dict(), keep_records=resumed.metrics_records)

@@ -60,6 +60,10 @@ CHIPS = {
 
 # The targets by name: TPU topologies (libtpu's "<chip>:<shape>" names) and GPU machines.
 TPU_TARGETS = ("v5e:2x2", "v5e:2x4", "v5e:4x4", "v4:2x2x1", "v5p:2x2x1", "v6e:2x2")
+# Chips per host where libtpu's default (4) is not the slice's: a v5litepod-8 is one host of 8 chips
+# (libtpu's "v5e:2x4" alone would be 2 hosts of 4). How chips group into hosts changes the processes
+# of a run (a group of runs needs one), not the per-device program of the slice.
+CHIPS_PER_HOST = {"v5e:2x4": [2, 4, 1]}
 GPU_TARGETS = {"h100": ("h100", 1), "h100x8": ("h100", 8), "h200": ("h200", 1)}
 
 
@@ -121,7 +125,9 @@ def load(name: str) -> Target:
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   if name in TPU_TARGETS:
     chip = CHIPS[name.split(":")[0]]
-    devices = tuple(topologies.get_topology_desc(topology_name=name, platform="tpu").devices)
+    kwargs = {"chips_per_host_bounds": CHIPS_PER_HOST[name]} if name in CHIPS_PER_HOST else {}
+    devices = tuple(topologies.get_topology_desc(topology_name=name, platform="tpu",
+                                                 **kwargs).devices)
     # v4 topologies list each TensorCore as a device (2 per chip): half a chip's HBM each
     cores = 2 if name.startswith("v4:") and len(devices) == 2 * _chips(name) else 1
     return Target(name, chip, devices, chip.memory_bytes // cores)
