@@ -169,9 +169,12 @@ def test_a_bad_target_is_one_error_line():
 
 def test_a_missing_compiler_names_its_pip_command(monkeypatch):
   real = aot_targets.importlib.util.find_spec
-  monkeypatch.setattr(aot_targets.importlib.util, "find_spec",
-                      lambda name: None if name in ("libtpu", "jax_plugins.xla_cuda12")
-                      else real(name))
+
+  def find_spec(name):
+    if name == "jax_plugins.xla_cuda12":  # as without any jax plugin: the parent is missing
+      raise ModuleNotFoundError("No module named 'jax_plugins'")
+    return None if name == "libtpu" else real(name)
+  monkeypatch.setattr(aot_targets.importlib.util, "find_spec", find_spec)
   with pytest.raises(aot_targets.TargetError, match="pip install -r requirements-tpu-compile.txt"):
     aot_targets.check_plugin("v5e:2x4")
   with pytest.raises(aot_targets.TargetError, match="pip install -r requirements-gpu-compile.txt"):

@@ -98,14 +98,21 @@ def check_name(name: str) -> None:
                       f"{', '.join(TPU_TARGETS + tuple(GPU_TARGETS))}.")
 
 
+def _installed(module: str) -> bool:
+  try:
+    return importlib.util.find_spec(module) is not None
+  except ModuleNotFoundError:  # a missing parent package (jax_plugins without any plugin)
+    return False
+
+
 def check_plugin(name: str) -> None:
   """Raises TargetError naming the pip command when the compiler `name` needs is not installed."""
   check_name(name)
   if name in TPU_TARGETS:
-    if importlib.util.find_spec("libtpu") is None:
+    if not _installed("libtpu"):
       raise TargetError(
           f"--target={name} needs the TPU compiler (libtpu), not installed; {TPU_PIP}.")
-  elif importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
+  elif not _installed("jax_plugins.xla_cuda12"):
     raise TargetError(f"--target={name} needs the CUDA compiler plugin, not installed; {GPU_PIP}.")
 
 
