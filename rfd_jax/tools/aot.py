@@ -150,7 +150,7 @@ def run_tool(config, target_name: str, out: str | None, cache_dir: str | None) -
         report["cpu_compile_seconds"] = round(seconds, 1)
     reports.append(report)
   projection = aot_compile.projection(reports, peak_flops=target.peak_flops(config.dtype),
-                                      bandwidth=target.chip.bandwidth)
+                                      bandwidth=target.bandwidth)
   result = aot_report.result(config, target, job, plan, facts, reports, projection)
   print(aot_report.table(result))
   if out:

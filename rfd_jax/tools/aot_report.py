@@ -22,7 +22,7 @@ def result(config, target: aot_targets.Target, job: str, plan, facts: dict, repo
                  "runs": facts["runs"]},
       "target": {"name": target.name, "chip": chip.name, "devices": target.num_devices,
                  "hosts": target.num_hosts, "memory_per_device": target.memory_per_device,
-                 "peak_flops": target.peak_flops(config.dtype), "bandwidth": chip.bandwidth,
+                 "peak_flops": target.peak_flops(config.dtype), "bandwidth": target.bandwidth,
                  "source": chip.source},
       "jax": jax.__version__,
       "plan": {"total_steps": plan.total_steps,

@@ -78,6 +78,12 @@ class Target:
   chip: Chip
   devices: tuple
   memory_per_device: int  # what a program may use on one device (the fit check's limit)
+  devices_per_chip: int = 1  # v4's deviceless topology lists both TensorCores of a chip
+
+  @property
+  def bandwidth(self) -> float:
+    """HBM bytes/s of one device (a chip's, shared by its devices)."""
+    return self.chip.bandwidth / self.devices_per_chip
 
   @property
   def num_devices(self) -> int:
@@ -88,7 +94,8 @@ class Target:
     return len({d.process_index for d in self.devices})
 
   def peak_flops(self, dtype: str) -> float:
-    return self.chip.peak_flops_bf16 if dtype == "bfloat16" else self.chip.peak_flops_f32
+    peak = self.chip.peak_flops_bf16 if dtype == "bfloat16" else self.chip.peak_flops_f32
+    return peak / self.devices_per_chip
 
 
 def check_name(name: str) -> None:
@@ -137,7 +144,7 @@ def load(name: str) -> Target:
                                                  **kwargs).devices)
     # v4 topologies list each TensorCore as a device (2 per chip): half a chip's HBM each
     cores = 2 if name.startswith("v4:") and len(devices) == 2 * _chips(name) else 1
-    return Target(name, chip, devices, chip.memory_bytes // cores)
+    return Target(name, chip, devices, chip.memory_bytes // cores, cores)
   chip_name, count = GPU_TARGETS[name]
   devices = tuple(topologies.get_topology_desc(
       platform="cuda", topology=f"1x1x{count}", target_config=gpu_target_config(chip_name)).devices)
