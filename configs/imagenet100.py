@@ -16,7 +16,9 @@ def get_config():
   config.data.class_order = "imagenet1993"  # PODNet / ABD order, first class 68
   config.data.image_size = 224  # Resize(256) + CenterCrop(224); a smaller size scales both
   config.data.batch_size = 64
-  config.data.eval_batch_size = 250
+  # a multiple of 8 and 16 devices (v5e-8, v5e-16; rfd_jax.tools.aot); the 5,000 test images are 20
+  # batches, the last one zero-padded
+  config.data.eval_batch_size = 256
   config.data.decode_threads = 0  # image-decoding threads (0: one per CPU core, at most 32)
   config.data.cache_gb = 4.0  # per split: LRU of decoded images (an ImageNet-100 task is ~2 GB)
   config.model.name = "resnet18"  # PODNet variant: 3×3 stride-1 stem + maxpool

@@ -23,7 +23,7 @@ def get_config(model: str = "wrn40_2") -> ml_collections.ConfigDict:
   config.data.data_dir = ""  # TFDS data_dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
   config.data.image_size = 32
   config.data.batch_size = 128
-  config.data.eval_batch_size = 500  # a multiple of the device count
+  config.data.eval_batch_size = 512  # a multiple of the device count (8, 16: v5e-8, v5e-16)
   config.data.crop_padding = 4
   config.data.crop_fill = "black"  # torchvision RandomCrop pads the image with 0 before Normalize
   config.data.flip = True

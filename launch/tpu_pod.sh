@@ -10,6 +10,10 @@
 #   launch/tpu_pod.sh ssh [WORKER]           # a shell on one host (default 0)
 #   launch/tpu_pod.sh delete                 # delete the TPU VM (billing stops)
 #
+# First, on any machine (no TPU, no data needed): check that the config fits the slice and see its
+# projected time, e.g. for a v5litepod-8 (launch/README.md, "Before you launch"):
+#   python -m rfd_jax.tools.aot --config configs/cifar100.py --target v5e:2x4
+#
 # Override any variable below from the environment, e.g. TPU_NAME=my-tpu ZONE=us-central2-b.
 # Untested here (no TPU access while writing it); the commands follow the gcloud TPU VM docs.
 set -euo pipefail

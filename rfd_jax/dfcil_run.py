@@ -47,6 +47,8 @@ class Run:
   # the train set on the device ({"images" (N, H, W, 3) uint8, "labels" (N,) int32 model labels},
   # replicated), or None: host-fed batches (config.data.device_resident, lazily decoded folders)
   train_data: Any = None
+  # shapes only (rfd_jax.tools.aot): train_data and the placed hparams are jax.ShapeDtypeStructs
+  abstract: bool = False
 
 
 @dataclasses.dataclass
@@ -79,13 +81,15 @@ class RunState:
                                                 run.mesh), task_start=time.time())
 
 
-def train_loop(config, resident: bool) -> str:
+def train_loop(config, resident: bool, platform: str | None = None) -> str:
   """config.optim.loop resolved: "auto" → "scan" on GPU/TPU with the data on the device, else
   "host" (XLA:CPU runs a rolled loop of conv steps far slower than a host loop of jitted steps,
-  see inversion.resolve_loop). Raises ConfigError for "scan" without device-resident data."""
+  see inversion.resolve_loop). platform: the mesh's ("cpu", "gpu", "tpu"; default: JAX's default
+  backend). Raises ConfigError for "scan" without device-resident data."""
   loop = config.optim.get("loop", "auto")
+  platform = jax.default_backend() if platform is None else platform
   if loop == "auto":
-    return "scan" if resident and jax.default_backend() != "cpu" else "host"
+    return "scan" if resident and platform != "cpu" else "host"
   if loop == "scan" and not resident:
     raise config_validation.ConfigError(
         f"config.optim.loop='scan' needs the train set on the device, but {config.data.dataset} "
@@ -107,10 +111,37 @@ def make_plan(config, learner: learners.Learner, epoch_steps: list[int],
 
 
 def load_run(config, workdir: str, spec: tasks.TaskSpec, mesh) -> Run:
-  """Loads the data (labels remapped to model labels by class order) and builds the model, the
-  plan and the jitted steps. Raises ConfigError if a task has fewer images than a batch."""
+  """Loads the data and builds the run (`build_run`)."""
+  return build_run(config, workdir, spec, mesh, datasets.load_dataset(config.data))
+
+
+def mesh_platform(mesh) -> str:
+  """The platform of the mesh's devices: "cpu", "gpu" or "tpu" (also for the deviceless devices
+  of a compile-only topology, rfd_jax.tools.aot)."""
+  return mesh.devices.flat[0].platform
+
+
+def placed(tree: Any, sharding, abstract: bool) -> Any:
+  """Host arrays (identical on every process) placed with `sharding`, or their shapes only
+  (jax.ShapeDtypeStruct with the sharding) when `abstract`."""
+  if abstract:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding),
+                        tree)
+  if sharding.is_fully_replicated:
+    return parallel.replicate(tree, sharding.mesh)
+  return jax.device_put(tree, sharding)
+
+
+def build_run(config, workdir: str, spec: tasks.TaskSpec, mesh, data: datasets.Dataset, *,
+              abstract: bool = False) -> Run:
+  """The run of `config` on `data` (labels remapped to model labels by class order): the model,
+  the plan and the jitted steps for the mesh's platform. Raises ConfigError if a task has fewer
+  images than a batch.
+
+  abstract: the data's images are shapes only (rfd_jax.tools.aot, compiling for a target without
+  its devices): nothing is placed on a device; `train_data` holds jax.ShapeDtypeStructs.
+  """
   learner = learners.get_learner(config)
-  data = datasets.load_dataset(config.data)
   train_labels = spec.to_model_labels(data.train_labels).astype(np.int32)
   test_labels = spec.to_model_labels(data.test_labels).astype(np.int32)
   logging.info("dataset %s: %d train / %d test images of %s; %d tasks of sizes %s; order %s...",
@@ -126,7 +157,7 @@ def load_run(config, workdir: str, spec: tasks.TaskSpec, mesh) -> Run:
           f"{t + 1}/{spec.num_tasks}; lower it.")
   resident = config.data.get("device_resident", True) and isinstance(data.train_images,
                                                                        np.ndarray)
-  loop = train_loop(config, resident)
+  loop = train_loop(config, resident, mesh_platform(mesh))
   plan = make_plan(config, learner, [len(idx) // batch_size for idx in task_indices], loop)
   optim_config, inv = config.optim, config.inversion
   model = build_model(config.model, spec.sizes, dtype=config.dtype)
@@ -137,8 +168,9 @@ def load_run(config, workdir: str, spec: tasks.TaskSpec, mesh) -> Run:
              root_key=jax.random.key(config.seed), data=data, train_labels=train_labels,
              test_labels=test_labels, task_indices=task_indices, plan=plan,
              fns=steps.build_step_fns(config, learner, model, generator, tx, data, mesh),
-             train_data=parallel.replicate({"images": data.train_images, "labels": train_labels},
-                                           mesh) if resident else None)
+             train_data=placed({"images": data.train_images, "labels": train_labels},
+                               parallel.replicated(mesh), abstract) if resident else None,
+             abstract=abstract)
 
 
 def aux_init(run: Run, task: int) -> Any:

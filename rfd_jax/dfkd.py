@@ -91,6 +91,88 @@ def _stage_dims(model: nn.Module, variables, image_size: int) -> dict[str, int]:
   return {name: out[1][name].shape[-1] for name in model.stage_names}
 
 
+def build_fns(config, nets: dict[str, Any], *, mean, std, mesh) -> dict[str, Any]:
+  """The job's jitted functions (one compile each per run): "synth_init" (key → a round's
+  synthesis state), "synth_chunk" (see dfkd_steps.make_synthesis_chunk_fn), "draw_targets" (key →
+  the round's sorted targets (S,)), "quantize" (the round's best images → uint8 pool images),
+  "train_step" (the student step) and "eval_fn" (the student's predictions). Shared by the job and
+  rfd_jax.tools.aot."""
+  rgal, syn, state_sharding = config.rgal, config.synthesis, nets["synthesis_sharding"]
+  augmentation = augment.Augmentation.from_config(config.data)
+  rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  num_classes = nets["student"].num_classes
+  return {
+      "synth_init": jax.jit(functools.partial(
+          dfkd_steps.init_synthesis, generator=nets["generator"], batch_size=syn.batch_size,
+          tx=nets["gen_tx"]), out_shardings=state_sharding),
+      "synth_chunk": dfkd_steps.make_synthesis_chunk_fn(
+          mesh=mesh, state_sharding=state_sharding, chunk_steps=syn.chunk_steps, loop=syn.loop,
+          tx=nets["gen_tx"], generator=nets["generator"], teacher=nets["teacher"],
+          student=nets["student"],
+          weights={k: float(rgal[k]) for k in ("bn", "oh", "adv", "triplet")}, mean=mean, std=std,
+          augmentation=augmentation, triplet_layers=nets["triplet_layers"],
+          swap=rgal.syn_triplet_direction == "paper"),
+      "draw_targets": jax.jit(lambda key: jnp.sort(jax.random.randint(
+          key, (syn.batch_size,), 0, num_classes)), out_shardings=batch),
+      "quantize": jax.jit(dfkd_steps.quantize, out_shardings=rep),  # the pool: every host's
+      "train_step": jax.jit(functools.partial(
+          dfkd_steps.student_step, student=nets["student"], teacher=nets["teacher"],
+          tx=nets["tx"], weight_decay=config.optim.weight_decay, mean=mean, std=std,
+          augmentation=augmentation, pair_sample=config.student.pair_sample, pairs=nets["pairs"],
+          weights={"cd": float(rgal.cd), "striplet": float(rgal.striplet)},
+          temperature=float(rgal.kd_temperature)), donate_argnums=(0,)),
+      "eval_fn": evaluation.make_eval_fn(nets["student"], mean=mean, std=std, mesh=mesh),
+  }
+
+
+def build_nets(config, teacher: nn.Module, teacher_vars, mesh) -> dict[str, Any]:
+  """The student, the generator, the optimizers, the stage pairs and the synthesis state's shape
+  and sharding, around a loaded (or, for rfd_jax.tools.aot, abstract) teacher. Raises ConfigError
+  when config.rgal.triplet_layers selects no stage of the student."""
+  size, syn = config.data.image_size, config.synthesis
+  info = datasets.dataset_info(config.data.dataset)
+  student = dfkd_nets.build_classifier(config.model.name, info.num_classes, dtype=config.dtype)
+  triplet_layers = tuple(student.stage_names[slice(*config.rgal.triplet_layers)])
+  if not triplet_layers:
+    raise config_validation.ConfigError(
+        f"config.rgal.triplet_layers={tuple(config.rgal.triplet_layers)} selects none of the "
+        f"student's stages {student.stage_names}.")
+  nets = dict(student=student, teacher=teacher, teacher_vars=teacher_vars,
+              generator=CmiGenerator(nz=syn.nz, ngf=syn.ngf, img_size=size,
+                                     conv_dtype=conv_compute_dtype(config.dtype)),
+              gen_tx=optax.adam(syn.lr, b1=syn.beta1, b2=syn.beta2),
+              tx=optim.momentum_transform(config.optim.momentum),
+              pairs=dfkd_steps.stage_pairs(student, teacher), triplet_layers=triplet_layers)
+  nets["synthesis_shape"] = jax.eval_shape(functools.partial(
+      dfkd_steps.init_synthesis, generator=nets["generator"], batch_size=syn.batch_size,
+      tx=nets["gen_tx"]), jax.random.key(0))
+  nets["synthesis_sharding"] = dfkd_steps.synthesis_shardings(nets["synthesis_shape"],
+                                                              nets["gen_tx"], mesh)
+  return nets
+
+
+def fresh_student(config, nets: dict[str, Any]) -> dfkd_steps.StudentState:
+  """The untrained student and its projections onto the teacher's stages (from config.seed)."""
+  size, student, teacher = config.data.image_size, nets["student"], nets["teacher"]
+  rng_s, rng_p = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 0))
+  variables = student.init(rng_s, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
+  proj = dfkd_steps.init_projections(rng_p, _stage_dims(student, variables, size),
+                                     _stage_dims(teacher, nets["teacher_vars"], size),
+                                     nets["pairs"])
+  return dfkd_steps.StudentState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                                 batch_stats=variables["batch_stats"], proj=proj,
+                                 opt_state=nets["tx"].init({"student": variables["params"],
+                                                            "proj": proj}))
+
+
+def plan_of(config) -> plan_lib.Plan:
+  """The job's plan: per epoch a synthesis round, the student's steps, the evaluation."""
+  syn = config.synthesis
+  return plan_lib.dfkd_plan(epochs=config.optim.epochs, synthesis_iterations=syn.iterations,
+                            synthesis_block=syn.chunk_steps, student_steps=config.student.kd_steps,
+                            lr=config.optim.lr)
+
+
 class DfkdJob:
   """What each segment of the dfkd plan does (rfd_jax.loop.Job): a synthesis round whose best batch
   joins the pool, the student's training on the pool, the evaluation.
@@ -108,30 +190,10 @@ class DfkdJob:
     self.teacher_vars = nets["teacher_vars"]
     self.num_classes = nets["student"].num_classes
     self.root = jax.random.key(config.seed)
-    rgal, mean, std = config.rgal, data.mean, data.std
-    augmentation = augment.Augmentation.from_config(config.data)
-    syn, state_sharding = config.synthesis, nets["synthesis_sharding"]
-    rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    self.synth_init = jax.jit(functools.partial(
-        dfkd_steps.init_synthesis, generator=nets["generator"], batch_size=syn.batch_size,
-        tx=nets["gen_tx"]), out_shardings=state_sharding)
-    self.synth_chunk = dfkd_steps.make_synthesis_chunk_fn(
-        mesh=mesh, state_sharding=state_sharding, chunk_steps=syn.chunk_steps, loop=syn.loop,
-        tx=nets["gen_tx"], generator=nets["generator"], teacher=nets["teacher"],
-        student=nets["student"],
-        weights={k: float(rgal[k]) for k in ("bn", "oh", "adv", "triplet")}, mean=mean, std=std,
-        augmentation=augmentation, triplet_layers=nets["triplet_layers"],
-        swap=rgal.syn_triplet_direction == "paper")
-    self.draw_targets = jax.jit(lambda key: jnp.sort(jax.random.randint(
-        key, (syn.batch_size,), 0, self.num_classes)), out_shardings=batch)
-    self.quantize = jax.jit(dfkd_steps.quantize, out_shardings=rep)  # the pool: every host's
-    self.train_step = jax.jit(functools.partial(
-        dfkd_steps.student_step, student=nets["student"], teacher=nets["teacher"], tx=nets["tx"],
-        weight_decay=config.optim.weight_decay, mean=mean, std=std, augmentation=augmentation,
-        pair_sample=config.student.pair_sample, pairs=nets["pairs"],
-        weights={"cd": float(rgal.cd), "striplet": float(rgal.striplet)},
-        temperature=float(rgal.kd_temperature)), donate_argnums=(0,))
-    self.eval_fn = evaluation.make_eval_fn(nets["student"], mean=mean, std=std, mesh=mesh)
+    fns = build_fns(config, nets, mean=data.mean, std=data.std, mesh=mesh)
+    self.synth_init, self.synth_chunk = fns["synth_init"], fns["synth_chunk"]
+    self.draw_targets, self.quantize = fns["draw_targets"], fns["quantize"]
+    self.train_step, self.eval_fn = fns["train_step"], fns["eval_fn"]
     self._epoch_start, self._student_means, self._eta = time.time(), {}, "?"
     self._synthesis_metrics = None  # the means of the round's last chunk, on device
 
@@ -263,38 +325,14 @@ def train_dfkd(config, workdir: str) -> dict:
   teacher, teacher_vars, teacher_meta = teacher_lib.load_teacher(
       config.teacher_ckpt, model_name=config.teacher_model, dataset=config.data.dataset,
       image_size=size, mesh=mesh)
-  student = dfkd_nets.build_classifier(config.model.name, info.num_classes, dtype=config.dtype)
-  triplet_layers = tuple(student.stage_names[slice(*config.rgal.triplet_layers)])
-  if not triplet_layers:
-    raise config_validation.ConfigError(
-        f"config.rgal.triplet_layers={tuple(config.rgal.triplet_layers)} selects none of the "
-        f"student's stages {student.stage_names}.")
+  nets = build_nets(config, teacher, teacher_vars, mesh)
   syn = config.synthesis
-  nets = dict(student=student, teacher=teacher, teacher_vars=teacher_vars,
-              generator=CmiGenerator(nz=syn.nz, ngf=syn.ngf, img_size=size,
-                                        conv_dtype=conv_compute_dtype(config.dtype)),
-              gen_tx=optax.adam(syn.lr, b1=syn.beta1, b2=syn.beta2),
-              tx=optim.momentum_transform(config.optim.momentum),
-              pairs=dfkd_steps.stage_pairs(student, teacher), triplet_layers=triplet_layers)
-
-  def fresh_student() -> dfkd_steps.StudentState:
-    rng_s, rng_p = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 0))
-    variables = student.init(rng_s, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
-    proj = dfkd_steps.init_projections(rng_p, _stage_dims(student, variables, size),
-                            _stage_dims(teacher, teacher_vars, size), nets["pairs"])
-    return dfkd_steps.StudentState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                        batch_stats=variables["batch_stats"], proj=proj,
-                        opt_state=nets["tx"].init({"student": variables["params"], "proj": proj}))
-
   rep = parallel.replicated(mesh)
-  synthesis_shape = jax.eval_shape(functools.partial(
-      dfkd_steps.init_synthesis, generator=nets["generator"], batch_size=syn.batch_size,
-      tx=nets["gen_tx"]), jax.random.key(0))
-  nets["synthesis_sharding"] = dfkd_steps.synthesis_shardings(synthesis_shape, nets["gen_tx"], mesh)
-  abstract = {"state": checkpointing.abstract_like(jax.eval_shape(fresh_student), rep),
+  abstract = {"state": checkpointing.abstract_like(
+                  jax.eval_shape(functools.partial(fresh_student, config, nets)), rep),
               "synthesis": jax.tree.map(
                   lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                  synthesis_shape, nets["synthesis_sharding"])}
+                  nets["synthesis_shape"], nets["synthesis_sharding"])}
 
   def abstract_arrays(meta):
     pool = jax.ShapeDtypeStruct((meta["pool_size"], size, size, 3), np.uint8, sharding=rep)
@@ -302,7 +340,7 @@ def train_dfkd(config, workdir: str) -> dict:
 
   resumed = checkpointing.resume(config, workdir, abstract_arrays)
   arrays = resumed.restored.arrays if resumed.restored is not None else {}
-  state = arrays["state"] if arrays else parallel.replicate(fresh_student(), mesh)
+  state = arrays["state"] if arrays else parallel.replicate(fresh_student(config, nets), mesh)
   pool = (np.asarray(arrays["pool"]) if "pool" in arrays else
           np.zeros((0, size, size, 3), np.uint8))
   if parallel.is_main_process():
@@ -315,16 +353,14 @@ def train_dfkd(config, workdir: str) -> dict:
       batch_size=config.data.eval_batch_size, mesh=mesh)
   logging.info("teacher %s: %.2f%% on the %d test images", teacher_meta["config"]["model"]["name"],
                teacher_accuracy, len(data.test_labels))
-  plan = plan_lib.dfkd_plan(epochs=config.optim.epochs, synthesis_iterations=syn.iterations,
-                            synthesis_block=syn.chunk_steps, student_steps=config.student.kd_steps,
-                            lr=config.optim.lr)
+  plan = plan_of(config)
   _check_resume_on_a_chunk(plan, resumed.step, syn.chunk_steps)
   logging.info("dfkd %s → %s on %s: %d epochs × (%d synthesis iterations at batch %d, %d student "
                "steps at batch %d%s); synthesis triplet on %s, direction %s%s",
                teacher_meta["config"]["model"]["name"], config.model.name, data.name,
                config.optim.epochs, syn.iterations, syn.batch_size, config.student.kd_steps,
                config.data.batch_size, " × 2 views" if config.student.pair_sample else "",
-               list(triplet_layers), config.rgal.syn_triplet_direction,
+               list(nets["triplet_layers"]), config.rgal.syn_triplet_direction,
                f"; resuming at {plan.describe(resumed.step)}" if resumed.step else "")
   writer = writers.MetricWriter(workdir, enabled=parallel.is_main_process(),
                                 hparams=config.to_dict(), keep_records=resumed.metrics_records)

@@ -173,7 +173,7 @@ def make_synthesis_chunk_fn(*, mesh, state_sharding: SynthesisState, chunk_steps
   shardings = dict(in_shardings=(state_sharding, rep, rep, batch, rep, rep),
                    out_shardings=(state_sharding, rep), donate_argnums=(0,))
   step_kwargs = dict(step_kwargs, state_sharding=state_sharding)
-  if inversion.resolve_loop(loop) == "scan":
+  if inversion.resolve_loop(loop, mesh.devices.flat[0].platform) == "scan":
     return jax.jit(functools.partial(synthesis_chunk, num_steps=chunk_steps, **step_kwargs),
                    **shardings)
   step = jax.jit(functools.partial(_keyed_synthesis_step, **step_kwargs), **shardings)

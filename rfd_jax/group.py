@@ -119,10 +119,16 @@ def _check_group(config, group: list[Member], mesh) -> None:
 
 
 def load_group_run(config, workdir: str, group: list[Member], mesh) -> GroupRun:
-  """The data (loaded once), each run's labels and task data, the shared plan and the vmapped
-  functions. Raises ConfigError when the runs' tasks have different numbers of batches."""
+  """Loads the data (once) and builds the group's run (`build_group_run`)."""
+  return build_group_run(config, workdir, group, mesh, datasets.load_dataset(config.data))
+
+
+def build_group_run(config, workdir: str, group: list[Member], mesh, data: datasets.Dataset, *,
+                    abstract: bool = False) -> GroupRun:
+  """Each run's labels and task data, the shared plan and the vmapped functions for the mesh's
+  platform. Raises ConfigError when the runs' tasks have different numbers of batches.
+  abstract: shapes only, nothing placed (see dfcil_run.build_run)."""
   learner = learners.get_learner(config)
-  data = datasets.load_dataset(config.data)
   if not isinstance(data.train_images, np.ndarray):
     raise config_validation.ConfigError(
         f"config.runs: {data.name} is decoded lazily from image files; a group of runs needs an "
@@ -147,7 +153,8 @@ def load_group_run(config, workdir: str, group: list[Member], mesh) -> GroupRun:
   logging.info("group of %d runs: %s; dataset %s, %d tasks of sizes %s", len(group),
                ", ".join(m.name for m in group), data.name, spec.num_tasks, list(spec.sizes))
   run_sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
-  loop_kind = dfcil_run.train_loop(config, resident=True)
+  loop_kind = dfcil_run.train_loop(config, resident=True,
+                                   platform=dfcil_run.mesh_platform(mesh))
   model = build_model(config.model, spec.sizes, dtype=config.dtype)
   generator = generator_for(config.data.image_size, config.dtype)
   tx = optim.momentum_transform(config.optim.momentum)
@@ -159,10 +166,11 @@ def load_group_run(config, workdir: str, group: list[Member], mesh) -> GroupRun:
       data=data, train_labels=None, test_labels=None, task_indices=None,
       plan=dfcil_run.make_plan(config, learner, epoch_steps, loop_kind),
       fns=steps.build_step_fns(config, learner, model, generator, tx, data, mesh, group=True),
-      train_data={"images": parallel.replicate(data.train_images, mesh),
-                  "labels": jax.device_put(np.stack(train_labels), run_sharding)},
+      train_data={"images": dfcil_run.placed(data.train_images, parallel.replicated(mesh),
+                                             abstract),
+                  "labels": dfcil_run.placed(np.stack(train_labels), run_sharding, abstract)},
       members=group, member_task_indices=indices, member_test_labels=test_labels,
-      run_sharding=run_sharding)
+      run_sharding=run_sharding, abstract=abstract)
 
 
 class GroupWriter:
@@ -290,7 +298,8 @@ def _fresh_state(run: GroupRun) -> dfcil_run.RunState:
       task_start=time.time())
 
 
-def _abstract(config, spec, mesh, num_runs: int) -> dict[str, Any]:
+def abstract_arrays(config, spec, mesh, num_runs: int) -> dict[str, Any]:
+  """dfcil_run.abstract_arrays with a leading run axis split over the mesh."""
   sharding = NamedSharding(mesh, P(parallel.DATA_AXIS))
   return jax.tree.map(
       lambda a: jax.ShapeDtypeStruct((num_runs,) + a.shape, a.dtype, sharding=sharding),
@@ -306,7 +315,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
   mesh = parallel.job_mesh(config.data)
   _check_group(config, group, mesh)
   os.makedirs(workdir, exist_ok=True)
-  abstract = _abstract(config, spec, mesh, len(group))
+  abstract = abstract_arrays(config, spec, mesh, len(group))
   resumed = checkpointing.resume(config, workdir,
                                  lambda meta: {k: abstract[k] for k in meta["arrays"]})
   writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())

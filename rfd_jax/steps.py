@@ -250,16 +250,20 @@ class _GroupBlock:
   def __init__(self, block: Callable):
     self._block, self._jitted = block, {}
 
-  def __call__(self, num_steps, state, data, rows, first, task_key, epoch_start, hparams, *extra):
-    names = tuple(sorted(hparams))
+  def jitted(self, hparams: dict[str, Any], num_extra: int = 2) -> Callable:
+    """The jitted function for hparams with these names (num_extra: teacher and generator)."""
+    names = tuple(sorted(hparams)) + (num_extra,)
     if names not in self._jitted:
       in_axes = (0, {"images": None, "labels": 0}, 0, None, 0, None,
-                 {k: 0 if k in PER_RUN_HPARAMS else None for k in hparams}) + (0,) * len(extra)
+                 {k: 0 if k in PER_RUN_HPARAMS else None for k in hparams}) + (0,) * num_extra
       self._jitted[names] = jax.jit(
           lambda n, *args: jax.vmap(functools.partial(self._block, n), in_axes=in_axes)(*args),
           static_argnums=(0,), donate_argnums=(1,))
-    return self._jitted[names](num_steps, state, data, rows, first, task_key, epoch_start,
-                               hparams, *extra)
+    return self._jitted[names]
+
+  def __call__(self, num_steps, state, data, rows, first, task_key, epoch_start, hparams, *extra):
+    return self.jitted(hparams, len(extra))(num_steps, state, data, rows, first, task_key,
+                                            epoch_start, hparams, *extra)
 
   def _cache_size(self) -> int:
     return sum(f._cache_size() for f in self._jitted.values())  # pylint: disable=protected-access
@@ -278,7 +282,7 @@ def build_step_fns(config, learner: learners.Learner, model, generator, tx, data
   axis split over the mesh) place the computation, and batches are not split.
   """
   if group:
-    return _group_step_fns(config, learner, model, generator, tx, data)
+    return _group_step_fns(config, learner, model, generator, tx, data, mesh)
   rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   common = dict(model=model, tx=tx, weight_decay=config.optim.weight_decay, mean=data.mean,
                 std=data.std, augmentation=augment.Augmentation.from_config(config.data))
@@ -304,6 +308,7 @@ def build_step_fns(config, learner: learners.Learner, model, generator, tx, data
                    in_shardings=(rep,) * (7 + num_extra), out_shardings=rep)
 
   inv = config.inversion
+  inv_loop = inversion.resolve_loop(inv.loop, mesh.devices.flat[0].platform)
   return StepFns(
       ce_step=host_fed(ce, 0),
       distill_main_step=host_fed(distill["main"], 2),
@@ -316,13 +321,14 @@ def build_step_fns(config, learner: learners.Learner, model, generator, tx, data
                         in_shardings=(rep, batch, rep), out_shardings=rep),
       inversion_chunk=inversion.make_inversion_chunk_fn(
           generator=generator, teacher=model, tx=optax.adam(inv.lr), batch_size=inv.batch_size,
-          chunk_steps=inv.chunk_steps, weights=inversion.weights_from_config(config), loop=inv.loop,
+          chunk_steps=inv.chunk_steps, weights=inversion.weights_from_config(config), loop=inv_loop,
           batch_sharding=batch),
       class_weights=jax.jit(losses.class_balance_weights, in_shardings=(rep, rep),
                             out_shardings=rep))
 
 
-def _group_step_fns(config, learner: learners.Learner, model, generator, tx, data) -> StepFns:
+def _group_step_fns(config, learner: learners.Learner, model, generator, tx, data,
+                    mesh) -> StepFns:
   common = dict(model=model, tx=tx, weight_decay=config.optim.weight_decay, mean=data.mean,
                 std=data.std, augmentation=augment.Augmentation.from_config(config.data))
   block = lambda step_fn: None if step_fn is None else _GroupBlock(
@@ -340,6 +346,6 @@ def _group_step_fns(config, learner: learners.Learner, model, generator, tx, dat
                                                    std=data.std), in_axes=(0, None, None))),
       inversion_chunk=inversion.make_inversion_chunk_fn(
           generator=generator, teacher=model, tx=optax.adam(inv.lr), batch_size=inv.batch_size,
-          chunk_steps=inv.chunk_steps, weights=inversion.weights_from_config(config), loop=inv.loop,
-          vmapped=True),
+          chunk_steps=inv.chunk_steps, weights=inversion.weights_from_config(config),
+          loop=inversion.resolve_loop(inv.loop, mesh.devices.flat[0].platform), vmapped=True),
       class_weights=jax.jit(jax.vmap(losses.class_balance_weights, in_axes=(0, None))))

@@ -104,6 +104,16 @@ def validate(config) -> datasets.DatasetInfo:
   return info
 
 
+def build_fns(config, model: nn.Module, *, mean, std, mesh) -> tuple[Any, Any]:
+  """The job's jitted functions: the train step (state, batch, rng, lr; the state donated) and
+  the evaluation (evaluation.make_eval_fn). Shared by the job and rfd_jax.tools.aot."""
+  train_step = jax.jit(functools.partial(
+      classifier_step, model=model, tx=optim.momentum_transform(config.optim.momentum),
+      weight_decay=config.optim.weight_decay, mean=mean, std=std,
+      augmentation=augment.Augmentation.from_config(config.data)), donate_argnums=(0,))
+  return train_step, evaluation.make_eval_fn(model, mean=mean, std=std, mesh=mesh)
+
+
 class TeacherJob:
   """What each segment of the teacher plan does (rfd_jax.loop.Job): an epoch of training steps,
   then the test-set evaluation."""
@@ -114,11 +124,8 @@ class TeacherJob:
     self.state, self.accuracies, self.writer = state, accuracies, writer
     self.labels = data.train_labels.astype(np.int32)
     self.root = jax.random.key(config.seed)
-    self.train_step = jax.jit(functools.partial(
-        classifier_step, model=model, tx=optim.momentum_transform(config.optim.momentum),
-        weight_decay=config.optim.weight_decay, mean=data.mean, std=data.std,
-        augmentation=augment.Augmentation.from_config(config.data)), donate_argnums=(0,))
-    self.eval_fn = evaluation.make_eval_fn(model, mean=data.mean, std=data.std, mesh=mesh)
+    self.train_step, self.eval_fn = build_fns(config, model, mean=data.mean, std=data.std,
+                                              mesh=mesh)
     self.num_classes = model.num_classes
     self._epoch_start, self._train_means, self._eta = time.time(), {}, "?"
 

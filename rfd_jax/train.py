@@ -51,27 +51,8 @@ class DfcilJob:
   @functools.lru_cache(maxsize=None)
   def _hparams(self, name: str, task: int) -> tuple[Any, dict, bool]:
     """(step fn, hparams, distilling) of a train segment; the lr is added per epoch."""
-    run, config = self.run, self.run.config
-    num_seen, num_old = run.spec.num_seen(task), int(run.spec.offsets[task])
-    distilling = run.learner.uses_inversion and task > 0
-    # ABD trains every row of its head from the start (its CE runs over all outputs)
-    heads = run.spec.num_tasks if run.learner.ce_over_all_outputs else task + 1
-    # on the device once per segment: as numpy scalars the mask's ~100 leaves would be transferred
-    # at every step (issue "Accelerator path": 2.96 vs 1.71 ms per call)
-    mask = trainable_mask(self.rs.state, tasks_seen=heads, backbone=name == "main")
-    hparams = {"num_seen": jnp.int32(num_seen), "trainable": parallel.replicate(mask, run.mesh)}
-    resident = run.train_data is not None
-    step_fn = run.fns.ce_block if resident else run.fns.ce_step
-    if distilling:
-      step_fn = {("main", True): run.fns.distill_main_block,
-                 ("main", False): run.fns.distill_main_step,
-                 ("finetune", True): run.fns.distill_finetune_block,
-                 ("finetune", False): run.fns.distill_finetune_step}[name, resident]
-      weights = run.learner.loss_weights(config.distill, num_old=num_old,
-                                         num_new=num_seen - num_old)
-      hparams.update(num_old=jnp.int32(num_old),
-                     weights={k: jnp.float32(v) for k, v in weights.items()})
-    return step_fn, hparams, distilling
+    fn_name, hparams, distilling = segment_hparams(self.run, self.rs.state, name, task)
+    return getattr(self.run.fns, fn_name), hparams, distilling
 
   @functools.lru_cache(maxsize=4)
   def _epoch_batches(self, task: int, epoch: int) -> np.ndarray:
@@ -286,6 +267,30 @@ class DfcilJob:
 def _zeros_like(tree: Any) -> Any:
   """Zeros shaped, typed and placed as `tree`'s leaves: state a checkpoint need not keep."""
   return jax.tree.map(lambda x: jnp.zeros_like(x, device=x.sharding), tree)
+
+
+def segment_hparams(run: dfcil_run.Run, state, name: str, task: int) -> tuple[str, dict, bool]:
+  """What a train segment ("main" or "finetune" of `task`) calls: (the name of its run.fns
+  function, its hparams without "lr" and "class_weights", whether it distills). Shared by the run
+  (DfcilJob) and rfd_jax.tools.aot, which compiles the same calls."""
+  config = run.config
+  num_seen, num_old = run.spec.num_seen(task), int(run.spec.offsets[task])
+  distilling = run.learner.uses_inversion and task > 0
+  # ABD trains every row of its head from the start (its CE runs over all outputs)
+  heads = run.spec.num_tasks if run.learner.ce_over_all_outputs else task + 1
+  # on the device once per segment: as numpy scalars the mask's ~100 leaves would be transferred
+  # at every step (issue "Accelerator path": 2.96 vs 1.71 ms per call)
+  mask = trainable_mask(state, tasks_seen=heads, backbone=name == "main")
+  hparams = {"num_seen": jnp.int32(num_seen),
+             "trainable": dfcil_run.placed(mask, parallel.replicated(run.mesh), run.abstract)}
+  kind = "ce"
+  if distilling:
+    kind = f"distill_{name}"
+    weights = run.learner.loss_weights(config.distill, num_old=num_old,
+                                       num_new=num_seen - num_old)
+    hparams.update(num_old=jnp.int32(num_old),
+                   weights={k: jnp.float32(v) for k, v in weights.items()})
+  return f"{kind}_{'block' if run.train_data is not None else 'step'}", hparams, distilling
 
 
 # ---- The whole run. -----------------------------------------------------------------------------
