@@ -63,7 +63,11 @@ def _split(text: str) -> list[str]:
 def members(config) -> list[Member]:
   """The group's runs: every (class order, seed) of config.runs (an empty list: the config's own),
   each validated. Raises ConfigError naming the field."""
-  orders = _split(config.runs.class_orders) or [config.data.class_order]
+  try:
+    orders = (tasks.order_list(config.runs.class_orders, where="config.runs.class_orders")
+              if _split(config.runs.class_orders) else [config.data.class_order])
+  except ValueError as e:
+    raise config_validation.ConfigError(str(e)) from None
   try:
     seeds = [int(s) for s in _split(config.runs.seeds)] or [int(config.seed)]
   except ValueError:

@@ -7,6 +7,12 @@ r"""Runs methods × class orders × seeds into sub-workdirs and summarises them.
       [--device_kind gpu | tpu] \
       [--output docs/results.md --section digits] [--dry_run] [--summarize_only]
 
+`--orders` is a comma-separated list of class orders: `identity`, `seed<N>` for any N >= 0 (the
+`random.seed(N)` shuffle), `imagenet1993`, a range `seed<A>-seed<B>` (both ends included), or an
+explicit order in brackets, `[1,0,3,2,5,4,7,6,9,8]` (or with dots, `1.0.3.2.5.4.7.6.9.8`), whose
+runs go to the directory `1.0.3.2.5.4.7.6.9.8` (an order longer than 64 characters: its first ids
+and a hash, `tasks.order_dir_name`).
+
 A methods entry is `label[:key=value[:key=value ...]]` (config fields without the `config.`
 prefix); a bare label, or an entry without a `method=` override, sets `method=label`. `--set`
 applies to every run, before the entry's own overrides. Run (label, order, seed) goes to
@@ -90,7 +96,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       "--summarize_only)")
   parser.add_argument("--workdir", required=True, help="the sweep's directory")
   parser.add_argument("--methods", help="label[:key=value...],... (a bare label sets method)")
-  parser.add_argument("--orders", default="seed0", help="class orders, e.g. seed0,seed1,seed2")
+  parser.add_argument("--orders", default="seed0",
+                      help="class orders: names, seed ranges, explicit orders in brackets, e.g. "
+                      "seed0-seed4,seed7,[1,0,3,2,5,4,7,6,9,8] (tasks.order_list)")
   parser.add_argument("--seeds", default="0", help="config.seed values, e.g. 0,1,2")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="a config override for every run (repeatable)")
@@ -123,11 +131,10 @@ def plan_from_args(args: argparse.Namespace
     if key in sweep_runs.RESERVED or key == "method":
       raise sweep_runs.SweepError(
           f"--set {key}=...: use {sweep_runs.RESERVED.get(key, '--methods')} for it.")
-  orders = sweep_runs.split_list(args.orders)
-  for order in orders:
-    if order not in tasks.NAMED_ORDERS:
-      raise sweep_runs.SweepError(f"--orders: {order!r} is not one of the named class orders "
-                                  f"{tasks.NAMED_ORDERS}.")
+  try:
+    orders = tasks.order_list(args.orders, where="--orders")
+  except ValueError as e:
+    raise sweep_runs.SweepError(str(e)) from None
   try:
     seeds = [int(s) for s in sweep_runs.split_list(args.seeds)]
   except ValueError as e:
@@ -220,14 +227,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not args.dry_run:
     # The command that ran the runs is kept for the tables --summarize_only rebuilds later.
     os.makedirs(args.workdir, exist_ok=True)
+    # One line per distinct command: sweeps run one order at a time into one workdir list each.
     commands_file = os.path.join(args.workdir, "sweep_command.txt")
-    commands = [command]
-    if not args.summarize_only:
-      with open(commands_file, "w") as f:
-        f.write(command + "\n")
-    elif os.path.isfile(commands_file):
+    recorded = []
+    if os.path.isfile(commands_file):
       with open(commands_file) as f:
-        commands = [f.read().strip(), command]
+        recorded = [line for line in f.read().splitlines() if line.strip()]
+    if not args.summarize_only and command not in recorded:
+      recorded.append(command)
+      with open(commands_file, "w") as f:
+        f.write("\n".join(recorded) + "\n")
+    commands = recorded if not args.summarize_only else [*recorded, command]
     rows = summaries.summarize(runs, results)
     if rows:
       markdown = summaries.write_summaries(args.workdir, rows, commands, args.output,
