@@ -5,7 +5,7 @@ r"""Runs methods × class orders × seeds into sub-workdirs and summarises them.
       --methods finetune,joint,rfd,"rfd-no-lfd:method=rfd:distill.lambda_lfd=0" \
       [--set key=value ...] [--seeds 0,1] [--parallel N] [--devices 0,1,2,3 | auto] \
       [--device_kind gpu | tpu] \
-      [--output docs/results.md --section digits] [--dry_run] [--summarize_only]
+      [--output docs/results.md --section digits] [--reference rfd] [--dry_run] [--summarize_only]
 
 `--orders` is a comma-separated list of class orders: `identity`, `seed<N>` for any N >= 0 (the
 `random.seed(N)` shuffle), `imagenet1993`, a range `seed<A>-seed<B>` (both ends included), or an
@@ -32,8 +32,13 @@ with XLA_PYTHON_CLIENT_MEM_FRACTION = 0.9 / (runs on its GPU). `--device_kind tp
 chip of a TPU VM, TPU_VISIBLE_CHIPS=<id> with its bounds and libtpu ports (`auto`: every chip);
 at most one run per chip. Each variable is explained in `sweep_devices`.
 
-Then WORKDIR/summary.md, summary.csv and comparison.png: per label, mean ± sample std over its
-runs of the final accuracy, average incremental accuracy and forgetting, and the wall time per run.
+Then WORKDIR/summary.md, summary.csv, comparison.png and per_order.png: per label, mean ± sample
+std over its runs of the final accuracy, average incremental accuracy and forgetting, the 95%
+Student-t interval of the two accuracies' means, and the wall time per run. `--reference LABEL` adds
+the paired view (summary.md's paired section, paired.csv): for each other label, its per-order
+differences to LABEL on the runs both made, their mean ± sample std and 95% interval, and on how many
+orders it is higher / equal / lower; per_order.png draws each order's final accuracies across the
+labels as one line.
 `--output FILE --section NAME` also puts the Markdown table, with the sweep's command line,
 between `<!-- sweep:NAME:begin -->` and `<!-- sweep:NAME:end -->` in FILE, keeping the rest of it.
 `--summarize_only` rebuilds the summaries from the sub-workdirs without running anything (without
@@ -112,6 +117,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help="what --devices lists (default: gpu)")
   parser.add_argument("--output", help="Markdown file to put the table in (e.g. docs/results.md)")
   parser.add_argument("--section", help="marker name in --output (default: the workdir's name)")
+  parser.add_argument("--reference", metavar="LABEL",
+                      help="a label: the summaries add each other label's per-order differences "
+                      "to it (mean ± sd, 95%% interval, higher/equal/lower) and paired.csv")
   parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
   parser.add_argument("--summarize_only", action="store_true",
                       help="rebuild the summaries from existing runs")
@@ -146,10 +154,16 @@ def plan_from_args(args: argparse.Namespace
     labels = [e.label for e in entries]
     if len(set(labels)) < len(labels):
       raise sweep_runs.SweepError(f"--methods: duplicate labels in {labels}.")
-    return sweep_runs.plan_runs(args.workdir, entries, orders, seeds), common
-  if not os.path.isdir(args.workdir):
-    raise sweep_runs.SweepError(f"--workdir {args.workdir} does not exist.")
-  return sweep_runs.discover_runs(args.workdir), common
+    runs = sweep_runs.plan_runs(args.workdir, entries, orders, seeds)
+  else:
+    if not os.path.isdir(args.workdir):
+      raise sweep_runs.SweepError(f"--workdir {args.workdir} does not exist.")
+    runs = sweep_runs.discover_runs(args.workdir)
+  labels = list(dict.fromkeys(run.entry.label for run in runs))
+  if args.reference is not None and args.reference not in labels:
+    raise sweep_runs.SweepError(f"--reference {args.reference}: not a label of the sweep "
+                                f"({', '.join(labels) or 'no runs found'}).")
+  return runs, common
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,9 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = summaries.summarize(runs, results)
     if rows:
       markdown = summaries.write_summaries(args.workdir, rows, commands, args.output,
-                                           args.section)
+                                           args.section, args.reference)
       print(f"\n{markdown}\nwrote {os.path.join(args.workdir, 'summary.md')}, summary.csv, "
-            "comparison.png" + (f" and {args.output}" if args.output else ""))
+            f"{'paired.csv, ' if args.reference else ''}comparison.png, per_order.png"
+            + (f" and {args.output}" if args.output else ""))
     else:
       print("no finished runs to summarize")
   for message in failed:
