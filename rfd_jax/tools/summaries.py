@@ -101,7 +101,7 @@ def _wall(seconds: Sequence[float]) -> str:
 
 
 def _runs_text(row: SummaryRow) -> tuple[str, str]:
-  orders = ", ".join(dict.fromkeys(run.order for run in row.runs))
+  orders = ", ".join(dict.fromkeys(tasks.order_dir_name(run.order) for run in row.runs))
   if len(row.runs) < row.planned:
     orders += f" ({len(row.runs)}/{row.planned} runs)"
   seeds = ", ".join(dict.fromkeys(str(run.seed) for run in row.runs))
@@ -139,7 +139,7 @@ def format_tables(rows: Sequence[SummaryRow], reference: str | None = None) -> s
             "|---|---|---|---|"]
   for row in rows:
     for run, acc_seen in zip(row.runs, row.acc_seen):
-      lines.append(f"| `{row.label}` | {run.order} | {run.seed} | "
+      lines.append(f"| `{row.label}` | {tasks.order_dir_name(run.order)} | {run.seed} | "
                    f"{' / '.join(f'{a:.2f}' for a in acc_seen)} |")
   return "\n".join(lines) + "\n"
 
