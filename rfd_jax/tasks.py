@@ -60,6 +60,9 @@ def class_order(spec: str | Sequence[int], num_classes: int) -> list[int]:
 
   if isinstance(spec, str):
     text = spec.replace(" ", "")
+    if _SEED_RANGE.fullmatch(text):
+      raise ValueError(f"config.data.class_order={spec!r} names several class orders; run them "
+                       "with config.runs.class_orders or `rfd_jax.tools.sweep --orders`.")
     if text.startswith("[") and text.endswith("]"):
       text = text[1:-1]
     separator = "." if _DOTTED.fullmatch(text) else ","

@@ -91,6 +91,8 @@ def test_explicit_orders_in_brackets_and_with_dots():
   assert tasks.class_order("2.0.1", 3) == [2, 0, 1]
   with pytest.raises(ValueError, match="config.data.class_order"):
     tasks.class_order("seed01", 3)
+  with pytest.raises(ValueError, match="names several class orders; run them with config.runs"):
+    tasks.class_order("seed0-seed2", 3)
 
 
 def test_order_list_expands_ranges_and_explicit_orders():
