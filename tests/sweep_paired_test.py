@@ -128,3 +128,23 @@ def test_a_reference_that_is_not_a_label_exits_2_writing_nothing(tmp_path, capsy
   err = capsys.readouterr().err.splitlines()
   assert err == ["error: --reference rfd2: not a label of the sweep (abd, rdfcil, rfd)."]
   assert not os.path.exists(os.path.join(workdir, "summary.md"))
+
+
+def test_one_sweep_per_order_keeps_every_command_for_the_table(tmp_path, monkeypatch):
+  workdir = str(tmp_path / "sw")
+
+  def fake_launch(run, config, common, env=None):
+    del config, common, env
+    write_results(run.workdir, fake_results("abd", run.order, 0, 60.0, 80.0, 10.0))
+    return 0, 1.0
+
+  monkeypatch.setattr(sweep, "launch", fake_launch)
+  first = ["--config", "configs/digits.py", "--workdir", workdir, "--methods", "abd", "--orders"]
+  for orders in ("seed0", "seed1", "seed0"):  # the repeat adds no line
+    assert sweep.main(first + [orders]) == 0
+  assert sweep.main(["--workdir", workdir, "--summarize_only"]) == 0
+  with open(os.path.join(workdir, "summary.md")) as f:
+    block = f.read().split("```")[1].strip().splitlines()
+  prefix = f"python -m rfd_jax.tools.sweep {' '.join(first)}"
+  assert block == [f"{prefix} seed0", f"{prefix} seed1",
+                   f"python -m rfd_jax.tools.sweep --workdir {workdir} --summarize_only"]
