@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # A group of runs in one process (rfd_jax.group): every combination of these class orders and
   # seeds, stepped together (vmapped) into WORKDIR/<method>/<order>[-s<seed>]/; "" = the single
-  # run of data.class_order / seed. E.g. class_orders = "seed0,seed1,seed2".
+  # run of data.class_order / seed. E.g. class_orders = "seed0,seed1,seed2" or "seed0-seed4".
   config.runs = ml_collections.ConfigDict()
   config.runs.class_orders = ""
   config.runs.seeds = ""

@@ -3,6 +3,9 @@ and config.runs.seeds, the runs stacked on a leading axis and stepped together (
 
   python -m rfd_jax.main --config configs/digits.py --config.runs.class_orders=seed0,seed1,seed2
 
+config.runs.class_orders is a list of class orders as `sweep --orders` takes it (tasks.order_list):
+names, ranges (`seed0-seed9`) and explicit orders in brackets (`[1,0,3,2,...]`).
+
 The runs share the plan, the jitted functions (vmapped: one call steps every run) and the
 device-resident images; each has its own class order (labels, task data, batches) and seed (keys,
 batch order), and its own model, optimizer, teacher and generator, stacked on axis 0. The run axis
@@ -63,7 +66,11 @@ def _split(text: str) -> list[str]:
 def members(config) -> list[Member]:
   """The group's runs: every (class order, seed) of config.runs (an empty list: the config's own),
   each validated. Raises ConfigError naming the field."""
-  orders = _split(config.runs.class_orders) or [config.data.class_order]
+  try:
+    orders = (tasks.order_list(config.runs.class_orders, where="config.runs.class_orders")
+              if _split(config.runs.class_orders) else [config.data.class_order])
+  except ValueError as e:
+    raise config_validation.ConfigError(str(e)) from None
   try:
     seeds = [int(s) for s in _split(config.runs.seeds)] or [int(config.seed)]
   except ValueError:

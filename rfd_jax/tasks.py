@@ -9,13 +9,25 @@ Conventions used across the project:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
+import re
 from collections.abc import Sequence
 
 import numpy as np
 
-NAMED_ORDERS = ("identity", "seed0", "seed1", "seed2", "imagenet1993")
+NAMED_ORDERS = ("identity", "seed<N>", "imagenet1993")  # seed<N>: any integer N >= 0
 TASK_SPLITS = ("equal", "rdfcil")
+_SEED = re.compile(r"seed(0|[1-9][0-9]*)")
+_SEED_RANGE = re.compile(r"(seed[0-9]+)-(seed[0-9]+)")
+_DOTTED = re.compile(r"[0-9]+(\.[0-9]+)+")
+_MAX_NAME = 64  # longer explicit orders get a shortened directory name
+
+
+def _seed_of(name: str) -> int | None:
+  """N for "seed<N>" (no leading zeros), else None."""
+  match = _SEED.fullmatch(name)
+  return int(match.group(1)) if match else None
 
 
 def class_order(spec: str | Sequence[int], num_classes: int) -> list[int]:
@@ -24,31 +36,43 @@ def class_order(spec: str | Sequence[int], num_classes: int) -> list[int]:
   Args:
     spec: one of
       * "identity": 0..C-1;
-      * "seed0" | "seed1" | "seed2": `random.seed(s); random.shuffle(list(range(C)))` (the ABD /
-        R-DFCIL / RFD protocol; RFD's CIFAR-100 default is seed1, R-DFCIL's is seed0);
+      * "seed<N>" for any integer N >= 0 ("seed0", "seed7", ...): `random.seed(N);
+        random.shuffle(list(range(C)))` (the ABD / R-DFCIL / RFD protocol, repeat N; RFD's CIFAR-100
+        default is seed1, R-DFCIL's is seed0);
       * "imagenet1993": `np.random.seed(1993); np.random.shuffle(list(range(C)))` (PODNet / ABD);
-      * an explicit permutation, as a sequence of ints or a comma-separated string "3,1,0,2".
+      * an explicit permutation: a sequence of ints, a comma-separated string "3,1,0,2", the same
+        in brackets "[3,1,0,2]", or dot-separated "3.1.0.2" (the form of `order_list` and of run
+        directory names).
     num_classes: C, the number of classes in the dataset.
 
   Raises:
     ValueError: unknown name, or an explicit order that is not a permutation of range(C).
   """
-  if isinstance(spec, str) and spec in NAMED_ORDERS:
+  if isinstance(spec, str) and (spec in ("identity", "imagenet1993") or _seed_of(spec) is not None):
     order = list(range(num_classes))
-    if spec.startswith("seed"):
-      random.Random(int(spec[len("seed"):])).shuffle(order)
-    elif spec == "imagenet1993":
+    if spec == "imagenet1993":
       # np.random.shuffle on a list with the legacy global seed; RandomState(1993) is identical.
       np.random.RandomState(1993).shuffle(order)
+    elif spec != "identity":
+      # random.Random(N) is the state random.seed(N) gives the module's global generator.
+      random.Random(_seed_of(spec)).shuffle(order)
     return order
 
   if isinstance(spec, str):
+    text = spec.replace(" ", "")
+    if _SEED_RANGE.fullmatch(text):
+      raise ValueError(f"config.data.class_order={spec!r} names several class orders; run them "
+                       "with config.runs.class_orders or `rfd_jax.tools.sweep --orders`.")
+    if text.startswith("[") and text.endswith("]"):
+      text = text[1:-1]
+    separator = "." if _DOTTED.fullmatch(text) else ","
     try:
-      order = [int(tok) for tok in spec.replace(" ", "").split(",") if tok]
+      order = [int(tok) for tok in text.split(separator) if tok]
     except ValueError:
       raise ValueError(
-          f"config.data.class_order={spec!r} is neither a named order {NAMED_ORDERS} nor a "
-          "comma-separated list of class ids.") from None
+          f"config.data.class_order={spec!r} is neither a named order (identity, seed<N> for an "
+          "integer N >= 0 such as seed7, imagenet1993) nor a list of class ids (3,1,0,2)."
+      ) from None
   else:
     order = [int(c) for c in spec]
   if sorted(order) != list(range(num_classes)):
@@ -57,6 +81,91 @@ def class_order(spec: str | Sequence[int], num_classes: int) -> list[int]:
         f"({num_classes} distinct ids); got {len(order)} ids: {order[:12]}"
         f"{'...' if len(order) > 12 else ''}.")
   return order
+
+
+def order_list(text: str, *, where: str) -> list[str]:
+  """Expands a comma-separated list of class orders into one spec per order, in order.
+
+  Items: a name ("identity", "seed<N>", "imagenet1993"), a range of seed orders "seed<A>-seed<B>"
+  (A <= B, both ends included: "seed0-seed4" is seed0, seed1, ..., seed4), or an explicit order in
+  brackets "[3,1,0,2]" or dot-separated "3.1.0.2". An explicit order comes back dot-separated
+  (the spec `class_order` reads and the run's directory name, `order_dir_name`). Its length is
+  checked against the dataset by `class_order` when the run starts.
+
+  Args:
+    text: e.g. "seed0-seed2,seed7,[1,0,3,2]".
+    where: the flag or field named in errors, e.g. "--orders".
+
+  Raises:
+    ValueError: one line naming `where`, the bad item and how to write it; or an order listed twice.
+  """
+  out = []
+  for item in _split_outside_brackets(text):
+    ranged = _SEED_RANGE.fullmatch(item)
+    if ranged:
+      first, last = (_seed_of(end) for end in ranged.groups())
+      if first is None or last is None:
+        raise ValueError(f"{where}: {item!r}: write seed numbers without leading zeros, e.g. "
+                         "seed0-seed9.")
+      if first > last:
+        raise ValueError(f"{where}: the range {item!r} runs backwards; write "
+                         f"seed{last}-seed{first}.")
+      out += [f"seed{n}" for n in range(first, last + 1)]
+    elif item in ("identity", "imagenet1993") or _seed_of(item) is not None:
+      out.append(item)
+    elif (item.startswith("[") and item.endswith("]")) or _DOTTED.fullmatch(item):
+      out.append(_explicit(item, where=where))
+    else:
+      hint = (f" (write seed{int(item[4:])})" if re.fullmatch(r"seed[0-9]+", item) else
+              " (an explicit order goes in brackets, e.g. [1,0,3,2], or with dots, 1.0.3.2)"
+              if re.fullmatch(r"[0-9]+", item) else "")
+      raise ValueError(
+          f"{where}: {item!r} is not a class order{hint}; expected identity, seed<N> (N >= 0), a "
+          "range seed<A>-seed<B>, imagenet1993, or an explicit order [3,1,0,2] / 3.1.0.2.")
+  if not out:
+    raise ValueError(f"{where}: no class orders in {text!r}; e.g. seed0-seed4.")
+  twice = sorted({o for o in out if out.count(o) > 1})
+  if twice:
+    raise ValueError(f"{where}: {text!r} lists the class order(s) {', '.join(twice)} twice.")
+  return out
+
+
+def _split_outside_brackets(text: str) -> list[str]:
+  items, depth, current = [], 0, ""
+  for char in str(text):
+    depth += {"[": 1, "]": -1}.get(char, 0)
+    if char == "," and depth == 0:
+      items.append(current)
+      current = ""
+    else:
+      current += char
+  items.append(current)
+  return [item.strip() for item in items if item.strip()]
+
+
+def _explicit(item: str, *, where: str) -> str:
+  """"[3,1,0,2]" or "3.1.0.2" → "3.1.0.2", if it is a permutation of 0..n-1."""
+  body = item.replace(" ", "")
+  body = body[1:-1] if body.startswith("[") else body.replace(".", ",")
+  try:
+    ids = [int(tok) for tok in body.split(",")]
+  except ValueError:
+    raise ValueError(f"{where}: {item!r}: an explicit order lists class ids, e.g. [1,0,3,2]."
+                     ) from None
+  if sorted(ids) != list(range(len(ids))) or len(ids) < 2:
+    raise ValueError(f"{where}: {item!r} is not a permutation of 0..n-1 (each class id once, "
+                     "from 0), e.g. [1,0,3,2].")
+  return ".".join(map(str, ids))
+
+
+def order_dir_name(order: str) -> str:
+  """The directory name of a class order: its name, or an explicit order dot-separated
+  ("3.1.0.2"); one longer than 64 characters is shortened to its first ids and a hash of the
+  whole ("53.17.3.20.44.19.40.9...-1a2b3c4d"; the run's results.json has the full order)."""
+  if len(order) <= _MAX_NAME:
+    return order
+  digest = hashlib.sha1(order.encode()).hexdigest()[:8]
+  return ".".join(order.split(".")[:8]) + f"...-{digest}"
 
 
 def split_sizes(num_classes: int, num_tasks: int, split: str = "equal") -> list[int]:
@@ -136,5 +245,7 @@ def make_task_spec(*, num_classes: int, num_tasks: int, order: str | Sequence[in
 
 
 def run_name(order: str, seed: int) -> str:
-  """A run's directory in a sweep or a group of runs: its class order, "-s<seed>" unless seed 0."""
-  return order if seed == 0 else f"{order}-s{seed}"
+  """A run's directory in a sweep or a group of runs: its class order (`order_dir_name`),
+  "-s<seed>" unless seed 0."""
+  name = order_dir_name(order)
+  return name if seed == 0 else f"{name}-s{seed}"

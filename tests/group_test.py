@@ -127,8 +127,11 @@ def test_a_group_resumes_exactly_from_its_stacked_checkpoint(grouped, tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"runs.seeds": "0,x"}, "config.runs.seeds='0,x'"),
-    ({"runs.class_orders": "seed0,seed0"}, "lists a value twice"),
-    ({"runs.class_orders": "seed0,nope"}, "config.data.class_order='nope'"),
+    ({"runs.class_orders": "seed0,seed0"}, "lists the class order(s) seed0 twice"),
+    ({"runs.class_orders": "seed0-seed2,seed1"}, "lists the class order(s) seed1 twice"),
+    ({"runs.class_orders": "seed0,nope"}, "config.runs.class_orders: 'nope' is not a class order"),
+    ({"runs.class_orders": "seed3-seed1"}, "runs backwards; write seed1-seed3"),
+    ({"runs.class_orders": "[1,0,2]"}, "config.data.class_order must be a permutation of 0..9"),
     ({"runs.class_orders": "seed0,seed1", "data.device_resident": False},
      "device_resident=True"),
 ])
@@ -143,6 +146,9 @@ def test_members_are_every_order_and_seed():
   config = tiny_config(**{"runs.class_orders": "seed1,seed2", "runs.seeds": "0,3"})
   names = [m.name for m in group.members(config)]
   assert names == ["seed1", "seed1-s3", "seed2", "seed2-s3"]
+  ranged = group.members(tiny_config(**{"runs.class_orders": "seed2-seed4,[1,0,3,2,5,4,7,6,9,8]"}))
+  assert [m.name for m in ranged] == ["seed2", "seed3", "seed4", "1.0.3.2.5.4.7.6.9.8"]
+  assert [m.spec.class_order for m in ranged][-1] == (1, 0, 3, 2, 5, 4, 7, 6, 9, 8)
   assert [m.config.seed for m in group.members(config)] == [0, 3, 0, 3]
   assert not group.is_group(tiny_config())
   assert np.all([group.is_group(tiny_config(**{"runs.seeds": "1"}))])

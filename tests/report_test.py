@@ -49,10 +49,54 @@ def test_the_wall_time_of_a_resumed_run_is_the_total_over_its_invocations(tmp_pa
 
 def test_missing_results_json_exits_2(tmp_path):
   (tmp_path / "sweep" / "abd" / "seed0").mkdir(parents=True)
-  with open(tmp_path / "sweep" / "abd" / "seed0" / "results.json", "w") as f:
-    json.dump(RESULTS, f)
-  proc = _report(tmp_path / "sweep")
+  proc = _report(tmp_path / "sweep")  # no finished run anywhere below
   assert proc.returncode == 2 and not proc.stdout
-  assert proc.stderr.startswith("error: no results.json in") and "--summarize_only" in proc.stderr
-  proc = _report(tmp_path / "sweep" / "abd")  # a run directory without results.json
+  assert proc.stderr.startswith("error: no results.json in") and "no finished run" in proc.stderr
+  proc = _report(tmp_path / "sweep" / "abd" / "seed0")  # a run directory without results.json
   assert proc.returncode == 2 and "no results.json" in proc.stderr
+  proc = _report(tmp_path / "nowhere")
+  assert proc.returncode == 2 and proc.stderr == f"error: {tmp_path / 'nowhere'} is not a directory.\n"
+
+
+def _write_run(path, **changes):
+  path.mkdir(parents=True)
+  with open(path / "results.json", "w") as f:
+    json.dump({**RESULTS, **changes}, f)
+
+
+SEED1 = [6, 8, 9, 7, 5, 3, 0, 4, 1, 2]  # tasks.class_order("seed1", 10)
+
+
+def test_a_sweep_directory_and_runs_give_the_summary_and_the_paired_table(tmp_path):
+  sweep = tmp_path / "sweep"
+  _write_run(sweep / "abd" / "seed0", final_acc=70.0)
+  _write_run(sweep / "abd" / "seed1", final_acc=60.0, class_order=SEED1)
+  _write_run(sweep / "rfd" / "seed0", method="rfd", final_acc=66.0)
+  _write_run(sweep / "rfd" / "seed1", method="rfd", final_acc=57.0, class_order=SEED1)
+  proc = _report(sweep, "--reference", "rfd")
+  assert proc.returncode == 0, proc.stderr
+  out = proc.stdout
+  assert out.startswith(f"== {sweep}: 4 finished runs (summary below)\n")
+  # abd 70, 60: mean 65, sd 7.07, ± 12.706 · 7.071 / √2 = 63.53
+  assert "| `abd` |  | seed0, seed1 | 0 | 65.00 ± 7.07 | [1.47, 128.53] |" in out
+  assert ("| `abd` − `rfd` | seed0, seed1 | +4.00 / +3.00 | +3.50 ± 0.71 | [-2.85, +9.85] | "
+          "2 / 0 / 0 |") in out
+  assert "- `abd` − `rfd`: +3.50 ± 0.71 [-2.85, +9.85], higher on 2 of 2 orders." in out
+
+
+def test_runs_given_one_by_one_pair_by_order_and_a_bad_reference_exits_2(tmp_path):
+  _write_run(tmp_path / "abd" / "seed1", final_acc=60.0, class_order=SEED1)
+  _write_run(tmp_path / "my-rfd-run", method="rfd", final_acc=57.0, class_order=SEED1)
+  proc = _report(tmp_path / "abd" / "seed1", tmp_path / "my-rfd-run", "--reference", "rfd")
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.count("final accuracy A_T") == 2  # each run's own table first
+  # the sweep-layout run is labelled abd; the other by its method, paired by its class order
+  assert "| `abd` − `rfd` | seed1 | +3.00 | +3.00 | — | 1 / 0 / 0 |" in proc.stdout
+  _write_run(tmp_path / "other-rfd-run", method="rfd", final_acc=50.0,
+             class_order=[1, 0, 2, 3, 4, 5, 6, 7, 8, 9])
+  proc = _report(tmp_path / "abd" / "seed1", tmp_path / "other-rfd-run", "--reference", "rfd")
+  assert ("| `abd` − `rfd` | none (no `abd` run: 1.0.2.3.4.5.6.7.8.9; no `rfd` run: seed1) |"
+          in proc.stdout)
+  proc = _report(tmp_path / "abd" / "seed1", "--reference", "joint")
+  assert proc.returncode == 2 and not proc.stdout
+  assert proc.stderr == "error: --reference joint: not a label of these runs (abd).\n"

@@ -131,7 +131,7 @@ def test_runs_summarizes_and_reports_failures(tmp_path, monkeypatch, capsys):
     markdown = f.read()
   assert (f"| `abd` |  | seed0, seed1, seed2 | 0 | {abd[:, 0].mean():.2f} ± "
           f"{abd[:, 0].std(ddof=1):.2f} |") in markdown
-  assert "| `finetune` |  | seed0 (1/3 runs) | 0 | 20.00 | 45.00 | 99.00 | 7 |" in markdown
+  assert "| `finetune` |  | seed0 (1/3 runs) | 0 | 20.00 | — | 45.00 | — | 99.00 | 7 |" in markdown
   final, avg, _ = values["abd", "seed1"]
   assert f"| `abd` | seed1 | 0 | {2 * avg - final:.2f} / {final:.2f} |" in markdown  # per run A_t
   assert os.path.getsize(os.path.join(workdir, "comparison.png")) > 0

@@ -1,7 +1,12 @@
-"""Summaries of finished sweep runs: summary.md, summary.csv, comparison.png, a Markdown section.
+"""Summaries of finished sweep runs: summary.md, summary.csv, comparison.png, per_order.png, and a
+Markdown section.
 
-Per label, mean ± sample std over its runs of the final accuracy, average incremental accuracy and
-forgetting, and the wall time per run. `replace_section` puts a table between
+Per label, mean ± sample std and the 95% Student-t interval over its runs of the final accuracy and
+the average incremental accuracy, mean ± std of the forgetting, and the wall time per run. With a
+reference label, the paired view (`comparisons.paired`): each other label's per-run differences to
+the reference on the runs (class order, seed) both made, their mean ± std and 95% interval, and how
+many are higher / equal / lower (also paired.csv). per_order.png draws each run's final accuracy
+across the labels, one line per class order. `replace_section` puts a table between
 `<!-- sweep:NAME:begin -->` and `<!-- sweep:NAME:end -->` in a Markdown file, keeping the rest.
 """
 
@@ -14,26 +19,37 @@ import os
 
 import numpy as np
 
-from rfd_jax.tools import sweep_runs
+from rfd_jax import tasks
+from rfd_jax.tools import comparisons, sweep_runs
+
 
 @dataclasses.dataclass(frozen=True)
 class SummaryRow:
-  """Mean ± sample std over one label's finished runs (std None for a single run)."""
+  """One label's finished runs: Estimates over them (std, interval None for a single run) and the
+  per-run values keyed by `run_key` (for the paired view)."""
   label: str
   settings: str
   runs: list[sweep_runs.Run]
   planned: int
-  final_acc: tuple[float, float | None]
-  avg_inc_acc: tuple[float, float | None]
-  forgetting: tuple[float, float | None] | None
+  final_acc: comparisons.Estimate
+  avg_inc_acc: comparisons.Estimate
+  forgetting: comparisons.Estimate | None
   wall_seconds: list[float]
   acc_seen: list[list[float]]
   classes_seen: list[int]
+  finals: dict[str, float]  # run_key → final accuracy
+  avg_incs: dict[str, float]  # run_key → average incremental accuracy
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
   values = np.asarray(values, np.float64)
   return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None
+
+
+def run_key(run: sweep_runs.Run) -> str:
+  """The name pairing a run with the other labels' runs: its directory name, class order and seed
+  ("seed3", "seed3-s1", "1.0.3.2")."""
+  return tasks.run_name(run.order, run.seed)
 
 
 def summarize(runs: Sequence[sweep_runs.Run], results: dict[str, dict]) -> list[SummaryRow]:
@@ -49,20 +65,33 @@ def summarize(runs: Sequence[sweep_runs.Run], results: dict[str, dict]) -> list[
     forgetting = [r["forgetting"] for r in res if r.get("forgetting") is not None]
     rows.append(SummaryRow(
         label=label, settings=planned[0].entry.settings, runs=done, planned=len(planned),
-        final_acc=mean_std([r["final_acc"] for r in res]),
-        avg_inc_acc=mean_std([r["avg_inc_acc"] for r in res]),
-        forgetting=mean_std(forgetting) if forgetting else None,
+        final_acc=comparisons.estimate([r["final_acc"] for r in res]),
+        avg_inc_acc=comparisons.estimate([r["avg_inc_acc"] for r in res]),
+        forgetting=comparisons.estimate(forgetting) if forgetting else None,
         wall_seconds=[r.get("wall_seconds", float("nan")) for r in res],
         acc_seen=[r["acc_seen"] for r in res],
-        classes_seen=np.cumsum(res[0]["task_sizes"]).tolist()))
+        classes_seen=np.cumsum(res[0]["task_sizes"]).tolist(),
+        finals={run_key(run): r["final_acc"] for run, r in zip(done, res)},
+        avg_incs={run_key(run): r["avg_inc_acc"] for run, r in zip(done, res)}))
   return rows
 
 
-def plus_minus(value: tuple[float, float | None] | None) -> str:
+def plus_minus(value: tuple[float, float | None] | comparisons.Estimate | None,
+               signed: bool = False) -> str:
+  """"mean ± std" with two decimals ("mean" alone without a std; "+mean" when signed)."""
   if value is None:
     return "n/a"
-  mean, std = value
-  return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+  mean, std = (value.mean, value.std) if isinstance(value, comparisons.Estimate) else value
+  text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+  return text if std is None else f"{text} ± {std:.2f}"
+
+
+def interval(value: comparisons.Estimate | None, signed: bool = False) -> str:
+  """"[low, high]" of the 95% interval, "—" for a single run."""
+  if value is None or value.interval is None:
+    return "—"
+  low, high = value.interval
+  return f"[{low:+.2f}, {high:+.2f}]" if signed else f"[{low:.2f}, {high:.2f}]"
 
 
 def _wall(seconds: Sequence[float]) -> str:
@@ -72,53 +101,145 @@ def _wall(seconds: Sequence[float]) -> str:
 
 
 def _runs_text(row: SummaryRow) -> tuple[str, str]:
-  orders = ", ".join(dict.fromkeys(run.order for run in row.runs))
+  orders = ", ".join(dict.fromkeys(tasks.order_dir_name(run.order) for run in row.runs))
   if len(row.runs) < row.planned:
     orders += f" ({len(row.runs)}/{row.planned} runs)"
   seeds = ", ".join(dict.fromkeys(str(run.seed) for run in row.runs))
   return orders, seeds
 
 
-def format_markdown(rows: Sequence[SummaryRow], commands: Sequence[str]) -> str:
-  """The summary table, after the sweep commands that made the runs and the table, as Markdown."""
-  lines = ["Generated by", "", "```", *commands, "```", "",
-           "Accuracies in percent after the last task, mean ± sample standard deviation over the "
-           "runs listed; wall time of each run in seconds (over all its invocations).", "",
-           "| label | settings | class orders | seeds | final acc A_T | avg. incremental acc "
-           "| forgetting | wall time per run (s) |",
-           "|---|---|---|---|---:|---:|---:|---:|"]
+def format_markdown(rows: Sequence[SummaryRow], commands: Sequence[str],
+                    reference: str | None = None) -> str:
+  """The summary table, after the sweep commands that made the runs and the table, as Markdown;
+  with `reference` (a label of `rows`) the paired section after it."""
+  return "\n".join(["Generated by", "", "```", *commands, "```", "",
+                    format_tables(rows, reference)])
+
+
+def format_tables(rows: Sequence[SummaryRow], reference: str | None = None) -> str:
+  """The per-label table, the paired section with a reference, and each run's A_t, as Markdown."""
+  lines = ["Accuracies in percent after the last task: mean ± sample standard deviation over the "
+           "runs listed, and the 95% interval of the mean (Student t: mean ± t(0.975, n−1)·sd/√n "
+           "over n runs; — for a single run); wall time of each run in seconds (over all its "
+           "invocations).", "",
+           "| label | settings | class orders | seeds | final acc A_T | 95% interval "
+           "| avg. incremental acc | 95% interval | forgetting | wall time per run (s) |",
+           "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
   for row in rows:
     orders, seeds = _runs_text(row)
     settings = f"`{row.settings}`" if row.settings else ""
     lines.append(f"| `{row.label}` | {settings} | {orders} | {seeds} | "
-                 f"{plus_minus(row.final_acc)} | {plus_minus(row.avg_inc_acc)} | "
+                 f"{plus_minus(row.final_acc)} | {interval(row.final_acc)} | "
+                 f"{plus_minus(row.avg_inc_acc)} | {interval(row.avg_inc_acc)} | "
                  f"{plus_minus(row.forgetting)} | {_wall(row.wall_seconds)} |")
+  if reference is not None:
+    lines += ["", *format_paired(rows, reference)]
   lines += ["", "Per run: A_t, the accuracy over the classes seen after each task t = 1..T (the "
             "last is the final accuracy).", "", "| label | class order | seed | A_t |",
             "|---|---|---|---|"]
   for row in rows:
     for run, acc_seen in zip(row.runs, row.acc_seen):
-      lines.append(f"| `{row.label}` | {run.order} | {run.seed} | "
+      lines.append(f"| `{row.label}` | {tasks.order_dir_name(run.order)} | {run.seed} | "
                    f"{' / '.join(f'{a:.2f}' for a in acc_seen)} |")
   return "\n".join(lines) + "\n"
 
 
+def paired_rows(rows: Sequence[SummaryRow], reference: str
+                ) -> list[tuple[SummaryRow, comparisons.Paired, comparisons.Paired]]:
+  """(row, paired final accuracy, paired average incremental accuracy) for every row other than
+  the reference's; [] when the reference has no finished runs."""
+  ref = next((row for row in rows if row.label == reference), None)
+  if ref is None:
+    return []
+  return [(row, comparisons.paired(ref.finals, row.finals),
+           comparisons.paired(ref.avg_incs, row.avg_incs))
+          for row in rows if row.label != reference]
+
+
+def _missing_text(pair: comparisons.Paired, label: str, reference: str) -> str:
+  notes = []
+  if pair.only_reference:
+    notes.append(f"no `{label}` run: {', '.join(pair.only_reference)}")
+  if pair.only_label:
+    notes.append(f"no `{reference}` run: {', '.join(pair.only_label)}")
+  return f" ({'; '.join(notes)})" if notes else ""
+
+
+def format_paired(rows: Sequence[SummaryRow], reference: str) -> list[str]:
+  """The paired section's Markdown lines: a table and one sentence per label."""
+  title = f"Paired differences to `{reference}`"
+  pairs = paired_rows(rows, reference)
+  if not any(row.label == reference for row in rows):
+    return [f"{title}: no finished `{reference}` run."]
+  lines = [f"{title} (label − `{reference}`, in points) on the runs both made (same class order "
+           "and seed), so that the spread between class orders cancels: the per-run differences of "
+           "the final accuracy, their mean ± sample std and 95% interval (Student t), on how many "
+           f"runs the label is higher / equal (within {comparisons.TIE}) / lower than "
+           f"`{reference}`, and the mean ± std and interval of the differences in average "
+           "incremental accuracy.", "",
+           f"| label − `{reference}` | runs both made | final acc: per run | mean ± sd "
+           "| 95% interval | higher / equal / lower | avg. inc. acc: mean ± sd | 95% interval |",
+           "|---|---|---|---:|---:|---:|---:|---:|"]
+  sentences = []
+  for row, final, average in pairs:
+    name = f"`{row.label}` − `{reference}`"
+    if not final.keys:
+      lines.append(f"| {name} | none{_missing_text(final, row.label, reference)} "
+                   "| | | | | | |")
+      sentences.append(f"- {name}: no run in common.")
+      continue
+    per_run = " / ".join(f"{d:+.2f}" for d in final.differences)
+    lines.append(f"| {name} | {', '.join(final.keys)}"
+                 f"{_missing_text(final, row.label, reference)} | {per_run} | "
+                 f"{plus_minus(final.estimate, signed=True)} | "
+                 f"{interval(final.estimate, signed=True)} | "
+                 f"{final.higher} / {final.equal} / {final.lower} | "
+                 f"{plus_minus(average.estimate, signed=True)} | "
+                 f"{interval(average.estimate, signed=True)} |")
+    sentences.append(
+        f"- {name}: {plus_minus(final.estimate, signed=True)}"
+        f"{'' if final.estimate.interval is None else ' ' + interval(final.estimate, True)}, "
+        f"higher on {final.higher} of {len(final.keys)} order{'s' * (len(final.keys) > 1)}"
+        + (f", lower on {final.lower}" if final.lower else "") + ".")
+  return lines + ["", *sentences]
+
+
 def write_csv(path: str, rows: Sequence[SummaryRow]) -> None:
   fields = ["label", "settings", "runs", "orders", "seeds", "final_acc_mean", "final_acc_std",
-            "avg_inc_acc_mean", "avg_inc_acc_std", "forgetting_mean", "forgetting_std",
+            "final_acc_ci_low", "final_acc_ci_high", "avg_inc_acc_mean", "avg_inc_acc_std",
+            "avg_inc_acc_ci_low", "avg_inc_acc_ci_high", "forgetting_mean", "forgetting_std",
             "wall_seconds_mean", "wall_seconds"]
+  opt = lambda v: "" if v is None else v
+  ci = lambda e: e.interval or ("", "")
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(fields)
     for row in rows:
       orders, seeds = _runs_text(row)
-      forgetting = row.forgetting or ("", None)
-      opt = lambda v: "" if v is None else v
+      forgetting = row.forgetting or comparisons.Estimate("", None, None, 0)
       writer.writerow([row.label, row.settings, len(row.runs), orders, seeds,
-                       row.final_acc[0], opt(row.final_acc[1]), row.avg_inc_acc[0],
-                       opt(row.avg_inc_acc[1]), forgetting[0], opt(forgetting[1]),
+                       row.final_acc.mean, opt(row.final_acc.std), *ci(row.final_acc),
+                       row.avg_inc_acc.mean, opt(row.avg_inc_acc.std), *ci(row.avg_inc_acc),
+                       forgetting.mean, opt(forgetting.std),
                        float(np.mean(row.wall_seconds)),
                        " ".join(f"{s:.1f}" for s in row.wall_seconds)])
+
+
+def write_paired_csv(path: str, rows: Sequence[SummaryRow], reference: str) -> None:
+  """paired.csv: per label and metric, the differences to the reference and their statistics."""
+  fields = ["label", "reference", "metric", "runs", "keys", "differences", "mean", "std",
+            "ci_low", "ci_high", "higher", "equal", "lower", "only_reference", "only_label"]
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(fields)
+    for row, *pairs in paired_rows(rows, reference):
+      for metric, pair in zip(("final_acc", "avg_inc_acc"), pairs):
+        est = pair.estimate or comparisons.Estimate("", None, None, 0)
+        low, high = est.interval or ("", "")
+        writer.writerow([row.label, reference, metric, len(pair.keys), " ".join(pair.keys),
+                         " ".join(f"{d:.4f}" for d in pair.differences), est.mean,
+                         "" if est.std is None else est.std, low, high, pair.higher, pair.equal,
+                         pair.lower, " ".join(pair.only_reference), " ".join(pair.only_label)])
 
 
 def replace_section(path: str, name: str, text: str) -> None:
@@ -145,17 +266,56 @@ def replace_section(path: str, name: str, text: str) -> None:
 
 
 def write_summaries(workdir: str, rows: Sequence[SummaryRow], commands: Sequence[str],
-                    output: str | None, section: str | None) -> str:
-  """summary.md, summary.csv, comparison.png, and the section of `output`. → the Markdown."""
-  markdown = format_markdown(rows, commands)
+                    output: str | None, section: str | None, reference: str | None = None) -> str:
+  """summary.md, summary.csv, comparison.png, per_order.png (paired.csv with a reference), and the
+  section of `output`. → the Markdown."""
+  markdown = format_markdown(rows, commands, reference)
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write(markdown)
   write_csv(os.path.join(workdir, "summary.csv"), rows)
+  if reference is not None:
+    write_paired_csv(os.path.join(workdir, "paired.csv"), rows, reference)
   save_comparison(os.path.join(workdir, "comparison.png"),
                   {row.label: row.acc_seen for row in rows}, rows[0].classes_seen)
+  save_per_order(os.path.join(workdir, "per_order.png"),
+                 {row.label: row.finals for row in rows}, reference)
   if output:
     replace_section(output, section or os.path.basename(os.path.normpath(workdir)), markdown)
   return markdown
+
+
+def save_per_order(path: str, finals: Mapping[str, Mapping[str, float]],
+                   reference: str | None = None) -> None:
+  """The paired view, 960 × 480 px: the final accuracy of each label (x, the reference first) on
+  each run key (class order, seed), one line per key joining that order's runs, and each label's
+  mean as a black bar. Lines that stay parallel mean a steady difference between labels, whatever
+  the order's difficulty.
+
+  finals: label → {run key → final accuracy}.
+  """
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  from rfd_jax import plots  # pylint: disable=g-import-not-at-top
+  labels = list(finals)
+  if reference in finals:
+    labels = [reference] + [label for label in labels if label != reference]
+  keys = list(dict.fromkeys(k for label in labels for k in finals[label]))
+  fig = Figure(figsize=(9.6, 4.8), layout="constrained")
+  ax = fig.subplots()
+  positions = np.arange(len(labels))
+  for i, key in enumerate(keys):
+    values = [finals[label].get(key, np.nan) for label in labels]  # NaN: a gap in the line
+    ax.plot(positions, values, marker="o", color=f"C{i % 10}", label=key, alpha=0.85)
+  for x, label in zip(positions, labels):
+    if finals[label]:
+      ax.hlines(np.mean(list(finals[label].values())), x - 0.2, x + 0.2, color="black", lw=2.5)
+  ax.set_xticks(positions)
+  ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+  ax.set_xlim(-0.5, len(labels) - 0.5)
+  ax.set_ylabel("final accuracy A_T (%)")
+  ax.set_title("final accuracy per class order (lines) and mean (black)", fontsize=9)
+  ax.grid(axis="y", alpha=0.3)
+  ax.legend(fontsize=7, title="class order", title_fontsize=7, loc="best")
+  plots.save_figure(fig, path)
 
 
 def save_comparison(path: str, curves: Mapping[str, Sequence[Sequence[float]]],

@@ -5,7 +5,13 @@ r"""Runs methods × class orders × seeds into sub-workdirs and summarises them.
       --methods finetune,joint,rfd,"rfd-no-lfd:method=rfd:distill.lambda_lfd=0" \
       [--set key=value ...] [--seeds 0,1] [--parallel N] [--devices 0,1,2,3 | auto] \
       [--device_kind gpu | tpu] \
-      [--output docs/results.md --section digits] [--dry_run] [--summarize_only]
+      [--output docs/results.md --section digits] [--reference rfd] [--dry_run] [--summarize_only]
+
+`--orders` is a comma-separated list of class orders: `identity`, `seed<N>` for any N >= 0 (the
+`random.seed(N)` shuffle), `imagenet1993`, a range `seed<A>-seed<B>` (both ends included), or an
+explicit order in brackets, `[1,0,3,2,5,4,7,6,9,8]` (or with dots, `1.0.3.2.5.4.7.6.9.8`), whose
+runs go to the directory `1.0.3.2.5.4.7.6.9.8` (an order longer than 64 characters: its first ids
+and a hash, `tasks.order_dir_name`).
 
 A methods entry is `label[:key=value[:key=value ...]]` (config fields without the `config.`
 prefix); a bare label, or an entry without a `method=` override, sets `method=label`. `--set`
@@ -26,8 +32,13 @@ with XLA_PYTHON_CLIENT_MEM_FRACTION = 0.9 / (runs on its GPU). `--device_kind tp
 chip of a TPU VM, TPU_VISIBLE_CHIPS=<id> with its bounds and libtpu ports (`auto`: every chip);
 at most one run per chip. Each variable is explained in `sweep_devices`.
 
-Then WORKDIR/summary.md, summary.csv and comparison.png: per label, mean ± sample std over its
-runs of the final accuracy, average incremental accuracy and forgetting, and the wall time per run.
+Then WORKDIR/summary.md, summary.csv, comparison.png and per_order.png: per label, mean ± sample
+std over its runs of the final accuracy, average incremental accuracy and forgetting, the 95%
+Student-t interval of the two accuracies' means, and the wall time per run. `--reference LABEL` adds
+the paired view (summary.md's paired section, paired.csv): for each other label, its per-order
+differences to LABEL on the runs both made, their mean ± sample std and 95% interval, and on how many
+orders it is higher / equal / lower; per_order.png draws each order's final accuracies across the
+labels as one line.
 `--output FILE --section NAME` also puts the Markdown table, with the sweep's command line,
 between `<!-- sweep:NAME:begin -->` and `<!-- sweep:NAME:end -->` in FILE, keeping the rest of it.
 `--summarize_only` rebuilds the summaries from the sub-workdirs without running anything (without
@@ -90,7 +101,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       "--summarize_only)")
   parser.add_argument("--workdir", required=True, help="the sweep's directory")
   parser.add_argument("--methods", help="label[:key=value...],... (a bare label sets method)")
-  parser.add_argument("--orders", default="seed0", help="class orders, e.g. seed0,seed1,seed2")
+  parser.add_argument("--orders", default="seed0",
+                      help="class orders: names, seed ranges, explicit orders in brackets, e.g. "
+                      "seed0-seed4,seed7,[1,0,3,2,5,4,7,6,9,8] (tasks.order_list)")
   parser.add_argument("--seeds", default="0", help="config.seed values, e.g. 0,1,2")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="a config override for every run (repeatable)")
@@ -104,6 +117,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help="what --devices lists (default: gpu)")
   parser.add_argument("--output", help="Markdown file to put the table in (e.g. docs/results.md)")
   parser.add_argument("--section", help="marker name in --output (default: the workdir's name)")
+  parser.add_argument("--reference", metavar="LABEL",
+                      help="a label: the summaries add each other label's per-order differences "
+                      "to it (mean ± sd, 95%% interval, higher/equal/lower) and paired.csv")
   parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
   parser.add_argument("--summarize_only", action="store_true",
                       help="rebuild the summaries from existing runs")
@@ -123,11 +139,10 @@ def plan_from_args(args: argparse.Namespace
     if key in sweep_runs.RESERVED or key == "method":
       raise sweep_runs.SweepError(
           f"--set {key}=...: use {sweep_runs.RESERVED.get(key, '--methods')} for it.")
-  orders = sweep_runs.split_list(args.orders)
-  for order in orders:
-    if order not in tasks.NAMED_ORDERS:
-      raise sweep_runs.SweepError(f"--orders: {order!r} is not one of the named class orders "
-                                  f"{tasks.NAMED_ORDERS}.")
+  try:
+    orders = tasks.order_list(args.orders, where="--orders")
+  except ValueError as e:
+    raise sweep_runs.SweepError(str(e)) from None
   try:
     seeds = [int(s) for s in sweep_runs.split_list(args.seeds)]
   except ValueError as e:
@@ -139,10 +154,16 @@ def plan_from_args(args: argparse.Namespace
     labels = [e.label for e in entries]
     if len(set(labels)) < len(labels):
       raise sweep_runs.SweepError(f"--methods: duplicate labels in {labels}.")
-    return sweep_runs.plan_runs(args.workdir, entries, orders, seeds), common
-  if not os.path.isdir(args.workdir):
-    raise sweep_runs.SweepError(f"--workdir {args.workdir} does not exist.")
-  return sweep_runs.discover_runs(args.workdir), common
+    runs = sweep_runs.plan_runs(args.workdir, entries, orders, seeds)
+  else:
+    if not os.path.isdir(args.workdir):
+      raise sweep_runs.SweepError(f"--workdir {args.workdir} does not exist.")
+    runs = sweep_runs.discover_runs(args.workdir)
+  labels = list(dict.fromkeys(run.entry.label for run in runs))
+  if args.reference is not None and args.reference not in labels:
+    raise sweep_runs.SweepError(f"--reference {args.reference}: not a label of the sweep "
+                                f"({', '.join(labels) or 'no runs found'}).")
+  return runs, common
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -225,20 +246,25 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not args.dry_run:
     # The command that ran the runs is kept for the tables --summarize_only rebuilds later.
     os.makedirs(args.workdir, exist_ok=True)
+    # One line per distinct command: sweeps run one order at a time into one workdir list each.
     commands_file = os.path.join(args.workdir, "sweep_command.txt")
-    commands = [command]
-    if not args.summarize_only:
-      with open(commands_file, "w") as f:
-        f.write(command + "\n")
-    elif os.path.isfile(commands_file):
+    recorded = []
+    if os.path.isfile(commands_file):
       with open(commands_file) as f:
-        commands = [sweep_checks.portable_command(shlex.split(f.read().strip())), command]
+        recorded = [sweep_checks.portable_command(shlex.split(line))
+                    for line in f.read().splitlines() if line.strip()]
+    if not args.summarize_only and command not in recorded:
+      recorded.append(command)
+      with open(commands_file, "w") as f:
+        f.write("\n".join(recorded) + "\n")
+    commands = recorded if not args.summarize_only else [*recorded, command]
     rows = summaries.summarize(runs, results)
     if rows:
       markdown = summaries.write_summaries(args.workdir, rows, commands, args.output,
-                                           args.section)
+                                           args.section, args.reference)
       print(f"\n{markdown}\nwrote {os.path.join(args.workdir, 'summary.md')}, summary.csv, "
-            "comparison.png" + (f" and {args.output}" if args.output else ""))
+            f"{'paired.csv, ' if args.reference else ''}comparison.png, per_order.png"
+            + (f" and {args.output}" if args.output else ""))
     else:
       print("no finished runs to summarize")
   for message in failed:

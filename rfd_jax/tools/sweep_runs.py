@@ -118,7 +118,8 @@ def discover_runs(workdir: str) -> list[Run]:
       if os.path.isfile(os.path.join(sub, "results.json")):
         with open(os.path.join(sub, "results.json")) as f:
           results = json.load(f)
-        order, _, seed = name.partition("-s")
+        with_seed = re.fullmatch(r"(.+)-s([0-9]+)", name)
+        order, seed = with_seed.groups() if with_seed else (name, "")
         entry = MethodEntry(label, (("method", results["method"]),))
         runs.append(Run(entry, order, int(seed or results.get("seed", 0)), sub))
   return runs
