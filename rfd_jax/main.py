@@ -30,7 +30,7 @@ import jax
 from ml_collections import config_flags
 
 from rfd_jax import (checkpointing, cli, config_validation, console, finished, group, metrics,
-                     parallel, preflight, train, xla_env)
+                     parallel, preflight, tasks, train, xla_env)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file, or a shipped config by name from any directory (digits, "
@@ -50,7 +50,8 @@ def default_workdir(config) -> str:
   if job != "dfcil":
     return os.path.join("runs", f"{job}-{config.data.dataset}-{config.model.name}")
   order = config.data.class_order
-  order = order if isinstance(order, str) and "," not in order else "custom"
+  # a long dotted explicit order gets a short name (a path component must stay under 255 bytes)
+  order = tasks.order_dir_name(order) if isinstance(order, str) and "," not in order else "custom"
   return os.path.join("runs", f"{config.data.dataset}-{config.method}-{order}")
 
 
