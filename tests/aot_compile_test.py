@@ -20,7 +20,8 @@ from rfd_jax.tools import aot_targets  # pylint: disable=g-import-not-at-top,wro
 
 TINY = ("--config=configs/digits.py", "--config.model.name=resnet_tiny",
         "--config.data.image_size=8", "--config.data.num_tasks=2", "--config.optim.epochs=2",
-        "--config.optim.ft_epochs=1", "--config.inversion.iterations=20",
+        "--config.optim.ft_epochs=1", "--config.optim.milestones=()",
+        "--config.inversion.iterations=20",
         "--config.inversion.chunk_steps=10", "--config.inversion.batch_size=16",
         "--config.data.batch_size=16", "--config.data.eval_batch_size=64")
 FUNCTIONS = {"ce_block", "distill_main_block", "distill_finetune_block", "inversion_chunk",

@@ -22,6 +22,7 @@ def _scan_config():
   config = tiny_config("rfd")
   config.data.num_tasks = 2
   config.optim.epochs, config.optim.ft_epochs = 2, 1
+  config.optim.milestones = ()  # a milestone must lie inside the 1-epoch main phase
   config.optim.loop, config.inversion.loop = "scan", "scan"
   config.ckpt.enabled = False
   return config
