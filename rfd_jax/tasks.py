@@ -100,7 +100,7 @@ def order_list(text: str, *, where: str) -> list[str]:
     ValueError: one line naming `where`, the bad item and how to write it; or an order listed twice.
   """
   out = []
-  for item in _split_outside_brackets(text):
+  for item in split_list(text):
     ranged = _SEED_RANGE.fullmatch(item)
     if ranged:
       first, last = (_seed_of(end) for end in ranged.groups())
@@ -130,10 +130,12 @@ def order_list(text: str, *, where: str) -> list[str]:
   return out
 
 
-def _split_outside_brackets(text: str) -> list[str]:
+def split_list(text: str) -> list[str]:
+  """Splits on commas outside brackets: "seed0,[1,0,2],a:x=(1,2)" → ["seed0", "[1,0,2]",
+  "a:x=(1,2)"] (items stripped, empty ones dropped)."""
   items, depth, current = [], 0, ""
   for char in str(text):
-    depth += {"[": 1, "]": -1}.get(char, 0)
+    depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(char, 0)
     if char == "," and depth == 0:
       items.append(current)
       current = ""

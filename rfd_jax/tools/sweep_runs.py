@@ -61,18 +61,7 @@ class Run:
             *[f"--config.{k}={v}" for k, v in overrides]]
 
 
-def split_list(text: str) -> list[str]:
-  """Splits on commas outside brackets: "a,b:optim.milestones=(1,2)" → ["a", "b:...=(1,2)"]."""
-  items, depth, current = [], 0, ""
-  for char in text:
-    depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(char, 0)
-    if char == "," and depth == 0:
-      items.append(current)
-      current = ""
-    else:
-      current += char
-  items.append(current)
-  return [item.strip() for item in items if item.strip()]
+split_list = tasks.split_list  # commas outside brackets: "a,b:optim.milestones=(1,2)"
 
 
 def parse_override(text: str, *, where: str) -> tuple[str, str]:
