@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rfd_jax.models import batch_norm
 from rfd_jax.models.layers import Conv, conv_compute_dtype, upsample2x
 
 Z_DIM = 1000
@@ -56,7 +57,7 @@ class Generator(nn.Module):
 
   @nn.compact
   def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:
-    bn = lambda eps, name, affine=True: nn.BatchNorm(
+    bn = lambda eps, name, affine=True: batch_norm.BatchNorm(
         use_running_average=not train, momentum=0.9, epsilon=eps, use_scale=affine,
         use_bias=affine, name=name)
     width = self.init_size ** 2 * self.init_channels

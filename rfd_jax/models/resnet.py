@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rfd_jax.models import batch_norm
 from rfd_jax.models.layers import Conv, conv_compute_dtype
 
 # PyTorch's kaiming_normal_(mode="fan_out", nonlinearity="relu"): untruncated N(0, 2/fan_out).
@@ -74,24 +75,27 @@ def _conv3x3(features: int, stride: int, name: str, dtype: Any = jnp.float32,
               dtype=conv_dtype or dtype, out_dtype=dtype, name=name)
 
 
-class BatchNorm(nn.BatchNorm):
-  """nn.BatchNorm that can also report the batch statistics of its *input*.
+class BatchNorm(batch_norm.BatchNorm):
+  """BatchNorm (flax's variables and formulas; training mode in one pass each way, see
+  `batch_norm.BatchNorm`) that can also report the batch statistics of its *input*.
 
   When the "bn_stats" collection is mutable (`apply(..., mutable=["bn_stats"])`), it sows the
   per-channel mean and biased variance over all but the last axis as "input_mean"/"input_var"
-  (C,), next to the layer's running statistics; model inversion matches the two. Otherwise it is
-  exactly nn.BatchNorm (same parameters, same outputs, no extra work).
+  (C,), next to the layer's running statistics; model inversion matches the two. Otherwise it
+  does no extra work.
   """
 
   def __call__(self, x, use_running_average=None, **kwargs):
     if self.is_mutable_collection("bn_stats"):
-      axes = tuple(range(x.ndim - 1))
-      x32 = x.astype(jnp.float32)
+      if batch_norm.ONE_PASS:
+        mean, var = batch_norm.moments(x)
+      else:
+        axes = tuple(range(x.ndim - 1))
+        x32 = x.astype(jnp.float32)
+        mean, var = jnp.mean(x32, axes), jnp.var(x32, axes)
       keep_last = lambda _, new: new
-      self.sow("bn_stats", "input_mean", jnp.mean(x32, axes), reduce_fn=keep_last,
-               init_fn=lambda: None)
-      self.sow("bn_stats", "input_var", jnp.var(x32, axes), reduce_fn=keep_last,
-               init_fn=lambda: None)
+      self.sow("bn_stats", "input_mean", mean, reduce_fn=keep_last, init_fn=lambda: None)
+      self.sow("bn_stats", "input_var", var, reduce_fn=keep_last, init_fn=lambda: None)
     return super().__call__(x, use_running_average=use_running_average, **kwargs)
 
 
