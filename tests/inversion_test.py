@@ -1,4 +1,4 @@
-"""Tests for rfd_jax.inversion: BN-input statistics, and that inversion against a small teacher
+"""Tests for rfd_jax.methods.inversion: BN-input statistics, and that inversion against a small teacher
 trained on digits lowers the loss and makes the teacher see all of its classes."""
 
 import functools
@@ -10,11 +10,13 @@ import numpy as np
 import optax
 import pytest
 
-from rfd_jax import inversion, optim, steps
+from rfd_jax.methods import inversion
+from rfd_jax.engine import optim
+from rfd_jax.jobs import steps
 from rfd_jax.data import sklearn_digits
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import CifarResNet
-from rfd_jax.state import create_train_state, trainable_mask
+from rfd_jax.engine.state import create_train_state, trainable_mask
 
 SIZE, NUM_OLD = 16, 4
 WEIGHTS = {"ce": 1.0, "balance": 1.0, "smoothness": 1e-3, "bn": 50.0, "ce_temperature": 1000.0}
