@@ -105,6 +105,8 @@ def test_folders_stay_small_and_say_what_they_hold():
   for folder, _, files in os.walk(PACKAGE):
     if "__pycache__" in folder:
       continue
+    if not any(f.endswith(".py") for f in files):
+      continue  # data files (tools/aot/gpu_targets)
     modules = [f for f in files if f.endswith(".py") and f not in ("__init__.py", "__main__.py")]
     assert len(modules) <= MAX_MODULES_PER_FOLDER, (folder, sorted(modules))
     init = os.path.join(folder, "__init__.py")
