@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from rfd_jax.methods import inversion
-from rfd_jax.engine import optim
+from rfd_jax.engine import evaluation, optim
 from rfd_jax.jobs import steps
 from rfd_jax.data import sklearn_digits
 from rfd_jax.models.generator import generator_for
@@ -43,7 +43,7 @@ def _teacher():
     state, _ = step(state, {"images": data.train_images[sel],
                             "labels": data.train_labels[sel].astype(np.int32)},
                     jax.random.key(i), hparams)
-  preds = steps.eval_step(state.variables, data.test_images, jnp.int32(NUM_OLD), model=model,
+  preds = evaluation.eval_step(state.variables, data.test_images, jnp.int32(NUM_OLD), model=model,
                           mean=data.mean, std=data.std)
   mask = data.test_labels < NUM_OLD
   accuracy = float(np.mean(np.asarray(preds)[mask] == data.test_labels[mask]))

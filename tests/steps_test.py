@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rfd_jax.engine import optim
+from rfd_jax.engine import evaluation, optim
 from rfd_jax.jobs import steps
 from rfd_jax.methods import tasks
 from rfd_jax.data import augment, sources
@@ -94,7 +94,7 @@ def test_eval_step_predicts_only_seen_classes(cifar_batch):
   # bias the unseen head strongly: masking must still keep predictions among the seen classes
   params = jax.tree_util.tree_map_with_path(
       lambda p, v: v + 1.0 if "task4" in jax.tree_util.keystr(p) else v, state.params)
-  eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, mean=data.mean, std=data.std))
+  eval_fn = jax.jit(functools.partial(evaluation.eval_step, model=model, mean=data.mean, std=data.std))
   preds = eval_fn({"params": params, "batch_stats": state.batch_stats}, batch["images"],
                   jnp.int32(4))
   chex.assert_shape(preds, (16,))
