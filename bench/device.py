@@ -89,7 +89,7 @@ def gpu_mode(env: dict[str, str]) -> Mode:
 
 def cpu_tiny_mode(env: dict[str, str]) -> Mode:
   env = dict(env, JAX_PLATFORMS="cpu")
-  from rfd_jax import xla_env  # pylint: disable=g-import-not-at-top
+  from rfd_jax.cli import xla_env  # pylint: disable=g-import-not-at-top
   xla_env.set_fast_cpu_flags(env)  # what rfd_jax.main does on CPU, for the benches too
   return Mode(
       name="cpu-tiny", image_size=16, batch_size=8, bench_steps=2, dtypes=("f32",),
@@ -130,7 +130,9 @@ def schedule(config, train_per_class: int) -> dict[str, int]:
   and inversion iterations, read off the run's plan (dfcil_run.make_plan) with steps per epoch from
   datasets.epoch_batches (the last partial batch is dropped), as the trainer runs them."""
   # pylint: disable-next=g-import-not-at-top
-  from rfd_jax import config_validation, dfcil_run, learners
+  from rfd_jax.cli import config_validation
+  from rfd_jax.jobs import dfcil_run
+  from rfd_jax.methods import learners
   from rfd_jax.data import datasets
   spec = config_validation.validate(config)
   learner = learners.get_learner(config)
@@ -266,7 +268,7 @@ print("packages", " ".join(f"{n}={v(n)}" for n in (
     "tensorboardX", "torch")))
 import jax
 print("jax devices", jax.default_backend(), jax.devices(), jax.devices()[0].device_kind)
-import rfd_jax.train, rfd_jax.main, tensorboardX  # everything the runs import
+import rfd_jax.jobs.dfcil, rfd_jax.main, tensorboardX  # everything the runs import
 print("imports ok")
 try:
   import torch

@@ -1,4 +1,4 @@
-r"""Images/s of a group of N runs stepped together (rfd_jax.group, jax.vmap over runs) against N.
+r"""Images/s of a group of N runs stepped together (rfd_jax.jobs.group, jax.vmap over runs) against N.
 
   python bench/group_scaling.py [--config configs/digits.py] [--sizes 1,2,4,8] [--steps 20]
                                 [--loop host|scan] [--kinds ce,distill] [--set field=value ...]
@@ -33,13 +33,15 @@ def main() -> None:
   parser.add_argument("--set", action="append", default=[], help="field=value config override")
   args = parser.parse_args()
   # pylint: disable=g-import-not-at-top
-  from rfd_jax import xla_env
+  from rfd_jax.cli import xla_env
   xla_env.set_fast_cpu_flags()
   import importlib.util
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from rfd_jax import config_validation, group, parallel
+  from rfd_jax.cli import config_validation
+  from rfd_jax.jobs import group
+  from rfd_jax.engine import parallel
 
   spec_ = importlib.util.spec_from_file_location("bench_config", args.config)
   module = importlib.util.module_from_spec(spec_)

@@ -21,7 +21,7 @@ import optax
 
 from bench import common
 from configs import cifar100
-from rfd_jax import inversion
+from rfd_jax.methods import inversion
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import build_model
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rfd_jax import inversion
+from rfd_jax.methods import inversion
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import CifarResNet
 

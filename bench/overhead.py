@@ -3,7 +3,7 @@ that the device work is negligible.
 
   python bench/overhead.py [--method finetune|rfd] [--loop host|scan] [--host_fed] [--repo PATH]
 
-Runs the class-incremental job in this process (`train.train_and_evaluate`) on digits at 8 px,
+Runs the class-incremental job in this process (`dfcil.train_and_evaluate`) on digits at 8 px,
 batch 8, with a 1-block-per-stage, 4-channel ResNet in place of ResNet-32, and records every call
 of the jitted train function from the loop (a step, or with `--loop scan` an epoch of steps):
   loop_us   wall time per step: the median interval between consecutive calls (after each
@@ -42,12 +42,12 @@ def main() -> None:
   sys.path.insert(0, args.repo)
   os.chdir(args.repo)  # configs/ of that checkout
   # pylint: disable=g-import-not-at-top
-  from rfd_jax import xla_env
+  from rfd_jax.cli import xla_env
   xla_env.set_fast_cpu_flags()  # as rfd_jax.main does, before JAX starts
   import jax
   import jax.numpy as jnp
   from configs import digits
-  from rfd_jax import train
+  from rfd_jax.jobs import dfcil
   from rfd_jax.models import resnet
 
   def tiny_model(model_config, task_sizes, **kw):
@@ -57,8 +57,8 @@ def main() -> None:
 
   # where the run builds its model and its jitted steps: dfcil_run/steps now, train before
   import importlib
-  owners = [importlib.import_module(m) for m in ("rfd_jax.dfcil_run", "rfd_jax.steps")
-            if importlib.util.find_spec(m) is not None] + [train]
+  owners = [importlib.import_module(m) for m in ("rfd_jax.jobs.dfcil_run", "rfd_jax.jobs.steps")
+            if importlib.util.find_spec(m) is not None] + [dfcil]
   for module in owners:
     if hasattr(module, "build_model"):
       module.build_model = lambda cfg, sizes, dtype="float32": tiny_model(cfg, sizes)
@@ -106,7 +106,7 @@ def main() -> None:
   config.optim.loop = args.loop  # (fields an older checkout does not have are ignored there)
   config.data.device_resident = not args.host_fed
   with tempfile.TemporaryDirectory() as workdir:
-    train.train_and_evaluate(config, workdir)
+    dfcil.train_and_evaluate(config, workdir)
 
   # Steady intervals: consecutive calls of the same fn, skipping each fn's first 40 steps
   # (compilation, first epoch) and the gaps at epoch / phase ends (> 20x the median).

@@ -21,10 +21,12 @@ import numpy as np
 
 from bench import common
 from configs import cifar100
-from rfd_jax import learners, optim, steps
+from rfd_jax.methods import learners
+from rfd_jax.engine import optim
+from rfd_jax.jobs import steps
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import build_model
-from rfd_jax.state import create_train_state, trainable_mask
+from rfd_jax.engine.state import create_train_state, trainable_mask
 
 NUM_OLD, NUM_NEW = 50, 10  # CIFAR-100 10 × 10, task 6: the loss weights of a mid-run step
 

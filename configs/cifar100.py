@@ -49,7 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
   # auto: host on CPU (XLA:CPU runs rolled conv loops slowly), scan on GPU/TPU.
   config.optim.loop = "auto"
 
-  # A group of runs in one process (rfd_jax.group): every combination of these class orders and
+  # A group of runs in one process (rfd_jax.jobs.group): every combination of these class orders and
   # seeds, stepped together (vmapped) into WORKDIR/<method>/<order>[-s<seed>]/; "" = the single
   # run of data.class_order / seed. E.g. class_orders = "seed0,seed1,seed2" or "seed0-seed4".
   config.runs = ml_collections.ConfigDict()

@@ -82,7 +82,7 @@ case "${1:-}" in
     [ $# -gt 0 ] || { echo "usage: $0 run -- --config configs/<name>.py [--workdir runs/...] [--config.x=y ...]" >&2; exit 2; }
     args=$(printf '%q ' "$@")
     # nohup: the run survives the ssh session. jax.distributed is initialised automatically on a
-    # TPU VM (rfd_jax.parallel.maybe_initialize_distributed); every host runs the same command.
+    # TPU VM (rfd_jax.engine.parallel.maybe_initialize_distributed); every host runs the same command.
     on_all "cd ~/$REMOTE_DIR && nohup ~/$REMOTE_VENV/bin/python -m rfd_jax.main $args \
       > ~/$REMOTE_LOG 2>&1 < /dev/null &"
     echo "started on all workers; follow with: $0 logs"

@@ -29,8 +29,10 @@ from absl import flags, logging
 import jax
 from ml_collections import config_flags
 
-from rfd_jax import (checkpointing, cli, config_validation, console, finished, group, metrics,
-                     parallel, preflight, tasks, train, xla_env)
+from rfd_jax.engine import checkpointing, errors, parallel
+from rfd_jax.cli import usage, console, finished, preflight, xla_env
+from rfd_jax.jobs import group, dfcil
+from rfd_jax.methods import metrics
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file, or a shipped config by name from any directory (digits, "
@@ -45,16 +47,6 @@ _LOG_FORMAT = flags.DEFINE_enum(
 flags.mark_flags_as_required(["config"])
 
 
-def default_workdir(config) -> str:
-  job = config.get("job", "dfcil")  # validated later, where a bad value is reported cleanly
-  if job != "dfcil":
-    return os.path.join("runs", f"{job}-{config.data.dataset}-{config.model.name}")
-  order = config.data.class_order
-  # a long dotted explicit order gets a short name (a path component must stay under 255 bytes)
-  order = tasks.order_dir_name(order) if isinstance(order, str) and "," not in order else "custom"
-  return os.path.join("runs", f"{config.data.dataset}-{config.method}-{order}")
-
-
 def checked_job(config, workdir: str) -> str:
   """preflight.check, quietly (a JAX backend it starts logs nothing at INFO): the job, or one
   `error:` line and exit status 2 before anything is logged, created or written."""
@@ -62,8 +54,8 @@ def checked_job(config, workdir: str) -> str:
   logging.set_verbosity(logging.WARNING)
   try:
     return preflight.check(config, workdir)
-  except (config_validation.ConfigError, FileNotFoundError) as e:
-    cli.fail(str(e))
+  except (errors.ConfigError, FileNotFoundError) as e:
+    usage.fail(str(e))
   finally:
     logging.set_verbosity(verbosity)
 
@@ -75,34 +67,34 @@ def run_job(config, workdir: str, job: str | None = None) -> tuple[str, dict]:
   job = job or checked_job(config, workdir)
   try:
     if job == "teacher":
-      from rfd_jax import teacher  # pylint: disable=g-import-not-at-top
+      from rfd_jax.jobs import teacher  # pylint: disable=g-import-not-at-top
       return job, teacher.train_teacher(config, workdir)
     if job == "dfkd":
-      from rfd_jax import dfkd  # pylint: disable=g-import-not-at-top
+      from rfd_jax.jobs import dfkd  # pylint: disable=g-import-not-at-top
       return job, dfkd.train_dfkd(config, workdir)
     if group.is_group(config):
       return "group", group.train_and_evaluate(config, workdir)
-    return job, train.train_and_evaluate(config, workdir)
-  except (config_validation.ConfigError, FileNotFoundError) as e:
-    cli.fail(str(e))
+    return job, dfcil.train_and_evaluate(config, workdir)
+  except (errors.ConfigError, FileNotFoundError) as e:
+    usage.fail(str(e))
 
 
 def workdir_of(config, flag_value: str | None) -> str:
   """--workdir, or the default; an empty --workdir= is an error (not the default)."""
   if flag_value is None:
-    return default_workdir(config)
+    return usage.default_workdir(config)
   if not flag_value.strip():
-    cli.fail("--workdir is empty; pass a directory (created if missing), or leave --workdir out "
-             f"for the default {default_workdir(config)}.")
+    usage.fail("--workdir is empty; pass a directory (created if missing), or leave --workdir out "
+             f"for the default {usage.default_workdir(config)}.")
   return flag_value
 
 
 def main(argv):
   if len(argv) > 1:
-    cli.fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value (see --help).")
+    usage.fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value (see --help).")
   config = _CONFIG.value
   if _PRINT_CONFIG.value:
-    cli.write_stdout(cli.format_config(config))
+    usage.write_stdout(usage.format_config(config))
     return
   workdir = workdir_of(config, _WORKDIR.value)
   # before JAX creates its backend, which reads it; logged once the checks have passed
@@ -113,7 +105,7 @@ def main(argv):
   kind = "group" if job == "dfcil" and group.is_group(config) else job
   done = finished.finished_results(config, workdir, kind)
   if done is not None:  # nothing to run, and nothing in the workdir changes
-    cli.write_stdout(f"{workdir} holds the finished run of this config: nothing to do (a new "
+    usage.write_stdout(f"{workdir} holds the finished run of this config: nothing to do (a new "
                      f"--workdir runs it again).\n{summary(kind, done, workdir, write=False)}\n")
     return
   console.set_console_format(_LOG_FORMAT.value)
@@ -169,4 +161,4 @@ def group_summary(results: dict[str, dict], workdir: str, *, write: bool = True)
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.INFO)
-  cli.run(main)
+  usage.run(main)

@@ -16,7 +16,7 @@ pytest.importorskip("libtpu",
 pytest.importorskip("jax_plugins.xla_cuda12",
                     reason="the CUDA plugin: pip install -r requirements-gpu-compile.txt")
 
-from rfd_jax.tools import aot_targets  # pylint: disable=g-import-not-at-top,wrong-import-position
+from rfd_jax.tools.aot import targets  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TINY = ("--config=configs/digits.py", "--config.model.name=resnet_tiny",
         "--config.data.image_size=8", "--config.data.num_tasks=2", "--config.optim.epochs=2",
@@ -83,7 +83,7 @@ def test_projection_matches_a_hand_computation(tiny):
     flops, nbytes = r["cost"]["flops"], r["cost"]["bytes"]
     seconds += r["units"] * max(flops / peak, nbytes / bandwidth)
   assert result["projection"]["minutes"] == pytest.approx(seconds / 60, rel=1e-9)
-  chip = aot_targets.CHIPS["v5e" if result["target"]["name"].startswith("v5e") else "h100"]
+  chip = targets.CHIPS["v5e" if result["target"]["name"].startswith("v5e") else "h100"]
   assert (peak, bandwidth) == (chip.peak_flops_f32, chip.bandwidth)
 
 

@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from rfd_jax import dfcil_run, parallel, steps, train
-from rfd_jax.tools import aot_calls, aot_compile, aot_targets
+from rfd_jax.jobs import dfcil_run, steps, dfcil
+from rfd_jax.engine import parallel
+from rfd_jax.tools.aot import run_calls, compiler, targets
 from tests.train_test import tiny_config
 
 
@@ -55,11 +56,11 @@ def test_the_tool_compiles_the_calls_a_run_makes(tmp_path, monkeypatch):
                             for name, fn in vars(fns).items()})
   monkeypatch.setattr(steps, "build_step_fns", recording)
   config = _scan_config()
-  train.train_and_evaluate(config, str(tmp_path))
+  dfcil.train_and_evaluate(config, str(tmp_path))
   monkeypatch.setattr(steps, "build_step_fns", build)
 
-  run, arrays = aot_calls.build(config, parallel.job_mesh(config.data))
-  calls = aot_calls.calls(run, arrays)
+  run, arrays = run_calls.build(config, parallel.job_mesh(config.data))
+  calls = run_calls.calls(run, arrays)
   static = lambda c: c.args[:1] if ":" in c.name else ()
   compiled = {(c.name.split(":")[0], static(c), _signature(c.args[len(static(c)):]))
               for c in calls}
@@ -80,8 +81,8 @@ def test_the_tool_compiles_the_calls_a_run_makes(tmp_path, monkeypatch):
 def test_a_group_builds_its_vmapped_calls():
   config = _scan_config()
   config.runs.class_orders = "seed0,seed1"
-  run, arrays = aot_calls.build(config, parallel.job_mesh(config.data))
-  calls = {c.name.split(":")[0]: c for c in aot_calls.calls(run, arrays)}
+  run, arrays = run_calls.build(config, parallel.job_mesh(config.data))
+  calls = {c.name.split(":")[0]: c for c in run_calls.calls(run, arrays)}
   block = calls["distill_main_block"]
   assert block.args[1].step.shape == (2,)  # the state's leading run axis
   assert block.args[3].shape[0] == 2  # each run's batch rows
@@ -93,12 +94,12 @@ def test_xla_counts_a_scan_body_once():
   """The projection takes a scanned block's cost analysis as one step's: check that XLA reports
   about the same flops for a block of K steps as for one step."""
   config = _scan_config()
-  run, arrays = aot_calls.build(config, parallel.job_mesh(config.data))
-  block = next(c for c in aot_calls.calls(run, arrays) if c.name.startswith("ce_block"))
+  run, arrays = run_calls.build(config, parallel.job_mesh(config.data))
+  block = next(c for c in run_calls.calls(run, arrays) if c.name.startswith("ce_block"))
   k = block.args[0]
   assert k > 1
-  one = aot_compile.cost(run.fns.ce_block.lower(1, *block.args[1:]).compile())
-  many = aot_compile.cost(block.lower().compile())
+  one = compiler.cost(run.fns.ce_block.lower(1, *block.args[1:]).compile())
+  many = compiler.cost(block.lower().compile())
   assert 0.9 < many["flops"] / one["flops"] < 1.5
 
 
@@ -106,7 +107,7 @@ def test_projection_is_units_times_the_roofline_time():
   reports = [{"function": "a", "units": 100, "cost": {"flops": 2e12, "bytes": 1e9}},
              {"function": "b", "units": 10, "cost": {"flops": 1e9, "bytes": 8e9}},
              {"function": "c", "units": 5, "cost": None}]
-  p = aot_compile.projection(reports, peak_flops=1e15, bandwidth=1e12)
+  p = compiler.projection(reports, peak_flops=1e15, bandwidth=1e12)
   # a: max(2 ms, 1 ms) × 100 = 0.2 s (compute); b: max(1 µs, 8 ms) × 10 = 0.08 s (memory)
   assert p["minutes"] == pytest.approx((0.2 + 0.08) / 60)
   assert [r["bound"] for r in p["functions"]] == ["compute", "memory"]
@@ -126,10 +127,10 @@ ENTRY %main (a: f32[16,8]) -> f32[16,8] {
   %f = f32[16,8]{1,0} fusion(f32[16,8]{1,0} %ar), kind=kLoop, calls=%fused_computation
   %c = (f32[16,8]{1,0}, s8[0]{0}) custom-call(f32[16,8]{1,0} %f), custom_call_target="__cudnn$conv"
 }"""
-  assert aot_compile.collectives(hlo) == {"all-reduce": {"count": 1, "bytes": 16 * 8 * 4},
+  assert compiler.collectives(hlo) == {"all-reduce": {"count": 1, "bytes": 16 * 8 * 4},
                                           "all-gather": {"count": 1, "bytes": 8 * 4}}
-  assert aot_compile.gpu_kernels(hlo) == 2  # the entry's fusion and custom call, not the inner one
-  oom = aot_compile.out_of_memory(
+  assert compiler.gpu_kernels(hlo) == 2  # the entry's fusion and custom call, not the inner one
+  oom = compiler.out_of_memory(
       "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. "
       "Used 20.50G of 15.75G hbm. Exceeded hbm capacity by 4.75G.")
   assert oom["required_bytes"] == int(20.5 * 2**30)
@@ -141,7 +142,7 @@ def test_abstract_datasets_have_the_known_split_sizes():
                                       ("tiny_imagenet", 100_000, 10_000, False),
                                       ("imagenet100", 130_000, 5_000, True)):
     config.data.dataset, config.data.image_size = name, 32
-    data = aot_calls.abstract_dataset(config.data)
+    data = run_calls.abstract_dataset(config.data)
     assert (len(data.train_labels), len(data.test_labels)) == (train_n, test_n)
     assert data.train_images.shape == (train_n, 32, 32, 3)
     assert isinstance(data.train_images, np.ndarray) != lazy  # lazy: host-fed, as the real loader
@@ -169,23 +170,23 @@ def test_a_bad_target_is_one_error_line():
 
 
 def test_a_missing_compiler_names_its_pip_command(monkeypatch):
-  real = aot_targets.importlib.util.find_spec
+  real = targets.importlib.util.find_spec
 
   def find_spec(name):
     if name == "jax_plugins.xla_cuda12":  # as without any jax plugin: the parent is missing
       raise ModuleNotFoundError("No module named 'jax_plugins'")
     return None if name == "libtpu" else real(name)
-  monkeypatch.setattr(aot_targets.importlib.util, "find_spec", find_spec)
-  with pytest.raises(aot_targets.TargetError, match="pip install -r requirements-tpu-compile.txt"):
-    aot_targets.check_plugin("v5e:2x4")
-  with pytest.raises(aot_targets.TargetError, match="pip install -r requirements-gpu-compile.txt"):
-    aot_targets.check_plugin("h100x8")
+  monkeypatch.setattr(targets.importlib.util, "find_spec", find_spec)
+  with pytest.raises(targets.TargetError, match="pip install -r requirements-tpu-compile.txt"):
+    targets.check_plugin("v5e:2x4")
+  with pytest.raises(targets.TargetError, match="pip install -r requirements-gpu-compile.txt"):
+    targets.check_plugin("h100x8")
 
 
 def test_gpu_target_descriptions_ship_with_the_package():
   for chip in ("h100", "h200"):
-    text = aot_targets.gpu_target_config(chip)
-    assert "device_memory_size: %d" % aot_targets.CHIPS[chip].memory_bytes in text
+    text = targets.gpu_target_config(chip)
+    assert "device_memory_size: %d" % targets.CHIPS[chip].memory_bytes in text
     assert "cuda_compute_capability" in text and "dnn_version_info" in text
 
 
@@ -194,10 +195,10 @@ def test_teacher_and_dfkd_jobs_lower_their_calls(name):
   """The teacher and dfkd jobs' own functions (built by the jobs' build_fns), on an abstract
   teacher: every call lowers with the shapes the plan feeds it."""
   from configs import dfkd_digits, teacher_digits  # pylint: disable=g-import-not-at-top
-  from rfd_jax.tools import aot_jobs  # pylint: disable=g-import-not-at-top
+  from rfd_jax.tools.aot import job_calls  # pylint: disable=g-import-not-at-top
   config = {"teacher_digits": teacher_digits, "dfkd_digits": dfkd_digits}[name].get_config()
   config.model.name = "wrn16_1"
-  plan, calls = aot_jobs.job_calls(config, parallel.job_mesh(config.data))
+  plan, calls = job_calls.job_calls(config, parallel.job_mesh(config.data))
   expected = ({"train_step", "eval_step"} if name == "teacher_digits" else
               {"synth_init", "draw_targets", "synthesis_step", "quantize", "student_step",
                "eval_step"})  # CPU resolves synthesis.loop=auto to the host loop

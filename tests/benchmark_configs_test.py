@@ -12,12 +12,14 @@ import optax
 import pytest
 
 from configs import abd_cifar100, imagenet100, imagenet_r, tiny_imagenet
-from rfd_jax import (config_validation, dfcil_run, inversion, learners, optim,
-                     steps, train)
-from rfd_jax.data import augment, datasets
+from rfd_jax.cli import config_validation
+from rfd_jax.jobs import dfcil_run, steps
+from rfd_jax.methods import inversion, learners
+from rfd_jax.engine import errors, optim
+from rfd_jax.data import augment, datasets, sources
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import build_model
-from rfd_jax.state import trainable_mask
+from rfd_jax.engine.state import trainable_mask
 
 from fake_folders import make_imagenet100, make_imagenet_r, make_tiny_imagenet
 from random_states import random_train_state
@@ -53,15 +55,15 @@ def test_folder_datasets_accept_shrunk_image_sizes_but_cifar_does_not():
   config.data.image_size = 16
   config_validation.validate(config)
   config.data.image_size = 30
-  with pytest.raises(config_validation.ConfigError, match="config.data.image_size=30"):
+  with pytest.raises(errors.ConfigError, match="config.data.image_size=30"):
     config_validation.validate(config)
   config = imagenet100.get_config()
   config.data.dataset, config.data.image_size = "cifar100", 64
-  with pytest.raises(config_validation.ConfigError, match="must be 32 for cifar100"):
+  with pytest.raises(errors.ConfigError, match="must be 32 for cifar100"):
     config_validation.validate(config)
   config = imagenet100.get_config()
   config.data.decode_threads = -1
-  with pytest.raises(config_validation.ConfigError, match="config.data.decode_threads=-1"):
+  with pytest.raises(errors.ConfigError, match="config.data.decode_threads=-1"):
     config_validation.validate(config)
 
 
@@ -74,7 +76,7 @@ def test_one_train_step_on_fake_folder_data(name, tmp_path):
   {"tiny_imagenet": make_tiny_imagenet, "imagenet100": make_imagenet100,
    "imagenet_r": make_imagenet_r}[name](tmp_path)
   spec = config_validation.validate(config)
-  data = datasets.load_dataset(config.data)
+  data = sources.load_dataset(config.data)
   labels = spec.to_model_labels(data.train_labels).astype(np.int32)
   sel = datasets.epoch_batches(len(labels), 4, seed=0, task=0, epoch=0)[0]
   batch = {"images": data.train_images[sel], "labels": labels[sel]}
@@ -111,7 +113,8 @@ def test_one_train_step_on_fake_folder_data(name, tmp_path):
 @pytest.mark.slow
 def test_imagenet100_end_to_end_on_lazy_images(tmp_path):
   """train.train_and_evaluate over LazyImages: one class per task, one step per task."""
-  from rfd_jax import tasks, train  # pylint: disable=g-import-not-at-top
+  from rfd_jax.methods import tasks  # pylint: disable=g-import-not-at-top
+  from rfd_jax.jobs import dfcil  # pylint: disable=g-import-not-at-top
   order = tasks.class_order("imagenet1993", 100)
   make_imagenet100(tmp_path / "data", labels=order[::10], per_class=2)
   config = imagenet100.get_config()
@@ -122,7 +125,7 @@ def test_imagenet100_end_to_end_on_lazy_images(tmp_path):
   config.optim.epochs, config.optim.ft_epochs, config.optim.milestones = 1, 0, ()
   config.inversion.iterations, config.inversion.chunk_steps = 1, 1
   config.log.progress = False
-  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  results = dfcil.train_and_evaluate(config, str(tmp_path / "run"))
   assert results["dataset"] == "imagenet100" and len(results["acc_matrix"]) == 10
   assert results["task_sizes"] == [10] * 10
 
@@ -173,7 +176,7 @@ def test_abd_cifar100_bad_values_name_the_field(field, value, message):
   config = abd_cifar100.get_config()
   group, name = field.split(".")
   config[group][name] = value
-  with pytest.raises(config_validation.ConfigError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):
     config_validation.validate(config)
 
 

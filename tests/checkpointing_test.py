@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 from configs import digits
-from rfd_jax import checkpointing, config_validation, loop
+from rfd_jax.engine import checkpointing, errors, loop, saved_config, timing
+from rfd_jax.cli import config_validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The plan's global steps: task 0: main 0-9 (1 epoch), eval 9-10; task 1: inversion 10-22 (chunks
@@ -283,7 +284,7 @@ def test_no_checkpoint_starts_from_scratch_unreadable_ones_are_refused(tmp_path)
                      r"checkpoint 1: .*OUT_OF_RANGE"):
     ckpts.restore(abstract)
   ckpts.close()
-  assert isinstance(checkpointing.UnreadableCheckpointsError("x"), config_validation.ConfigError)
+  assert isinstance(checkpointing.UnreadableCheckpointsError("x"), errors.ConfigError)
   # a read-only source (config.init_from, a dfkd teacher) leaves the message to its caller
   source = checkpointing.Checkpoints(directory, keep=1, read_only=True)
   assert source.restore(abstract) is None
@@ -296,7 +297,7 @@ def test_no_checkpoint_starts_from_scratch_unreadable_ones_are_refused(tmp_path)
 # closed. Run as a script: `quiet` = 1 wraps it in checkpointing._quiet_read.
 _ORPHANING_READ = """
 import asyncio, sys
-from rfd_jax import checkpointing
+from rfd_jax.engine import checkpointing
 
 async def pending_read(i):
   try:
@@ -391,18 +392,18 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
 
 def test_earlier_invocations_count_what_a_killed_invocation_ran_after_its_checkpoint():
   meta = {"step": 28, "invocation_seconds": [10.0, 50.0], "invocation_start": 200.0}
-  assert checkpointing.earlier_invocations(meta, None) == [10.0, 50.0]
+  assert timing.earlier_invocations(meta, None) == [10.0, 50.0]
   # the invocation that saved the checkpoint ran 7 s past it before it was killed
   ran_on = {"invocation_start": 200.0, "seconds": 57.0, "earlier": [10.0],
             "resumed_from": [5, 100.0]}
-  assert checkpointing.earlier_invocations(meta, ran_on) == [10.0, 57.0]
+  assert timing.earlier_invocations(meta, ran_on) == [10.0, 57.0]
   # the next one resumed from that checkpoint, ran 4 s and was killed before saving: its own entry
   saved_nothing = {"invocation_start": 300.0, "seconds": 4.0, "earlier": [10.0, 57.0],
                    "resumed_from": [28, 200.0]}
-  assert checkpointing.earlier_invocations(meta, saved_nothing) == [10.0, 57.0, 4.0]
+  assert timing.earlier_invocations(meta, saved_nothing) == [10.0, 57.0, 4.0]
   # a record of an invocation that started from another state: the checkpoint's own count
   other = {"invocation_start": 300.0, "seconds": 4.0, "earlier": [10.0], "resumed_from": [5, 1.0]}
-  assert checkpointing.earlier_invocations(meta, other) == [10.0, 50.0]
+  assert timing.earlier_invocations(meta, other) == [10.0, 50.0]
 
 
 def test_config_differences_split_harmless_fields():
@@ -413,14 +414,14 @@ def test_config_differences_split_harmless_fields():
   current.ckpt.keep = 7
   current.data.num_tasks = 2
   current.optim.milestones = (1, 2)
-  relevant, harmless = checkpointing.config_differences(saved, current.to_dict())
+  relevant, harmless = saved_config.config_differences(saved, current.to_dict())
   assert relevant == ["data.num_tasks", "optim.milestones"]
   assert harmless == ["ckpt.keep", "data.data_dir", "log.every_steps"]
-  with pytest.raises(checkpointing.ConfigMismatchError, match="config.data.num_tasks: 5 in the "
+  with pytest.raises(saved_config.ConfigMismatchError, match="config.data.num_tasks: 5 in the "
                      "checkpoint, 2 now; config.optim.milestones"):
-    checkpointing.check_config(saved, current.to_dict(), allow_change=False, source="x")
-  checkpointing.check_config(saved, current.to_dict(), allow_change=True, source="x")
-  assert isinstance(checkpointing.ConfigMismatchError("x"), config_validation.ConfigError)
+    saved_config.check_config(saved, current.to_dict(), allow_change=False, source="x")
+  saved_config.check_config(saved, current.to_dict(), allow_change=True, source="x")
+  assert isinstance(saved_config.ConfigMismatchError("x"), errors.ConfigError)
 
 
 def _saved_before_the_rename(config) -> dict:
@@ -438,17 +439,17 @@ def _saved_before_the_rename(config) -> dict:
 def test_config_saved_before_the_rename_resumes_under_todays_names():
   current = digits.get_config()
   saved = _saved_before_the_rename(current)
-  assert checkpointing.config_differences(saved, current.to_dict()) == ([], [])
-  checkpointing.check_config(saved, current.to_dict(), allow_change=False, source="x")
+  assert saved_config.config_differences(saved, current.to_dict()) == ([], [])
+  saved_config.check_config(saved, current.to_dict(), allow_change=False, source="x")
   current.dtype = "bfloat16"  # = model.conv_dtype=bfloat16 before
-  checkpointing.check_config(_saved_before_the_rename(current), current.to_dict(),
+  saved_config.check_config(_saved_before_the_rename(current), current.to_dict(),
                              allow_change=False, source="x")
 
   current = digits.get_config()
   saved = _saved_before_the_rename(current)
   saved["inversion"]["rgal_triplet"] = 0.2
-  with pytest.raises(checkpointing.ConfigMismatchError) as error:
-    checkpointing.check_config(saved, current.to_dict(), allow_change=False, source="x")
+  with pytest.raises(saved_config.ConfigMismatchError) as error:
+    saved_config.check_config(saved, current.to_dict(), allow_change=False, source="x")
   message = str(error.value)
   assert "config.rgal.triplet: 0.2 in the checkpoint, 0.1 now" in message
   assert "predates renamed fields" in message
@@ -462,12 +463,12 @@ def test_bfloat16_activations_of_an_old_config_are_reported():
   current.dtype = "bfloat16"
   saved = _saved_before_the_rename(current)
   saved["dtype"], saved["model"]["conv_dtype"] = "bfloat16", "float32"
-  relevant, _ = checkpointing.config_differences(saved, current.to_dict())
+  relevant, _ = saved_config.config_differences(saved, current.to_dict())
   assert relevant == ["dtype"]
-  with pytest.raises(checkpointing.ConfigMismatchError,
+  with pytest.raises(saved_config.ConfigMismatchError,
                      match="config.dtype: 'bfloat16 \\(activations\\)' in the checkpoint, "
                            "'bfloat16' now"):
-    checkpointing.check_config(saved, current.to_dict(), allow_change=False, source="x")
+    saved_config.check_config(saved, current.to_dict(), allow_change=False, source="x")
 
 
 @pytest.mark.parametrize("field, value", [("ckpt.every_steps", 0), ("ckpt.keep", 0),
@@ -478,7 +479,7 @@ def test_bad_checkpoint_config_is_rejected_naming_the_field(field, value):
   group, _, name = field.rpartition(".")
   with config.ignore_type():
     (config[group] if group else config)[name] = value
-  with pytest.raises(config_validation.ConfigError, match=re.escape(f"config.{field}=")):
+  with pytest.raises(errors.ConfigError, match=re.escape(f"config.{field}=")):
     config_validation.validate(config)
 
 
@@ -488,5 +489,5 @@ def test_locate_accepts_a_workdir_a_checkpoints_dir_or_one_checkpoint(tmp_path):
   assert checkpointing.locate(str(tmp_path)) == (ckpts, None)
   assert checkpointing.locate(ckpts) == (ckpts, None)
   assert checkpointing.locate(os.path.join(ckpts, "12")) == (ckpts, 12)
-  with pytest.raises(config_validation.ConfigError, match="config.init_from"):
+  with pytest.raises(errors.ConfigError, match="config.init_from"):
     checkpointing.locate(str(tmp_path / "missing"))

@@ -7,7 +7,7 @@ import sys
 from absl import logging
 import pytest
 
-from rfd_jax import console
+from rfd_jax.cli import console
 
 
 def _record(level, message):

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 
 from configs import cifar100, dfkd_digits, imagenet100
-from rfd_jax import config_validation
+from rfd_jax.cli import config_validation
 from rfd_jax.models import dfkd_nets, resnet
 from rfd_jax.models.cmi_generator import CmiGenerator
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.layers import conv_compute_dtype
+from rfd_jax.engine import errors
 
 TASK_SIZES = (2, 3)
 SMALL = {"resnet32": dict(stage_blocks=(1, 1, 1, 1)),
@@ -127,7 +128,7 @@ def test_configs_default_to_float32_and_validation_names_dtype():
     assert "conv_dtype" not in config.model
   config = cifar100.get_config()
   config.dtype = "float16"
-  with pytest.raises(config_validation.ConfigError, match="config.dtype='float16'"):
+  with pytest.raises(errors.ConfigError, match="config.dtype='float16'"):
     config_validation.validate(config)
   with pytest.raises(ValueError, match="config.dtype='float16'"):
     conv_compute_dtype("float16")

@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rfd_jax.data import datasets, sklearn_digits
+from rfd_jax.data import datasets, sklearn_digits, sources
 
 from fake_tfds import fake_image, mock_cifar, write_placeholder_prepared_dir
 
@@ -20,7 +20,7 @@ def test_cifar10_through_mocked_tfds(tmp_path):
   cfg = ml_collections.ConfigDict({"dataset": "cifar10", "data_dir": str(tmp_path),
                                    "image_size": 32})
   with mock_cifar(12):
-    data = datasets.load_dataset(cfg)
+    data = sources.load_dataset(cfg)
   chex.assert_shape([data.train_images, data.test_images], [(12, 32, 32, 3)] * 2)
   np.testing.assert_array_equal(data.train_images[5], fake_image(5))
   np.testing.assert_allclose(data.mean, [0.4914, 0.4822, 0.4465])
@@ -36,7 +36,7 @@ def test_first_per_class_keeps_the_first_n_of_each_class_in_order():
 def test_train_per_class_subsets_training_images_only():
   cfg = ml_collections.ConfigDict({"dataset": "digits", "data_dir": "", "image_size": 8,
                                    "train_per_class": 5})
-  data, full = datasets.load_dataset(cfg), sklearn_digits.load_digits(8)
+  data, full = sources.load_dataset(cfg), sklearn_digits.load_digits(8)
   np.testing.assert_array_equal(np.bincount(data.train_labels), [5] * 10)
   keep = datasets.first_per_class(full.train_labels, 5)
   np.testing.assert_array_equal(data.train_images, full.train_images[keep])

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rfd_jax import dfkd_steps, parallel
+from rfd_jax.jobs import dfkd_steps
+from rfd_jax.engine import parallel
 from rfd_jax.data import augment
 from rfd_jax.models import dfkd_nets
 from rfd_jax.models.cmi_generator import CmiGenerator

@@ -12,9 +12,10 @@ import optax
 import pytest
 
 from configs import dfkd_digits, teacher_digits
-from rfd_jax import (checkpointing, config_validation, dfkd, dfkd_steps, loop,
-                     plan, teacher)
-from rfd_jax.data import augment, datasets
+from rfd_jax.engine import checkpointing, errors, loop, plan
+from rfd_jax.cli import config_validation
+from rfd_jax.jobs import dfkd, dfkd_steps, teacher
+from rfd_jax.data import augment, sources
 from rfd_jax.models import dfkd_nets
 from rfd_jax.models.cmi_generator import CmiGenerator
 
@@ -74,7 +75,7 @@ def test_teacher_learns_and_writes_results(teacher_run):
 
 
 def _epoch_steps(config):
-  return len(datasets.load_dataset(config.data).train_labels) // config.data.batch_size
+  return len(sources.load_dataset(config.data).train_labels) // config.data.batch_size
 
 
 def _preempted_at(monkeypatch, step, run):
@@ -112,7 +113,7 @@ def test_dfkd_resumed_run_equals_uninterrupted(teacher_run, tmp_path, monkeypatc
   _preempted_at(monkeypatch, 7 + 4 + 1, lambda: dfkd.train_dfkd(config, part))
   changed = tiny_dfkd_config(teacher_dir)
   changed.rgal.syn_triplet_direction = "released_code"
-  with pytest.raises(config_validation.ConfigError, match="rgal.syn_triplet_direction"):
+  with pytest.raises(errors.ConfigError, match="rgal.syn_triplet_direction"):
     dfkd.train_dfkd(changed, part)  # a checkpoint of another config: refused
   resumed = dfkd.train_dfkd(config, part)
   assert resumed["accuracies"] == full["accuracies"]
@@ -135,7 +136,7 @@ def test_resume_inside_a_chunk_is_refused():
   p = plan.dfkd_plan(epochs=2, synthesis_iterations=4, synthesis_block=2, student_steps=2, lr=0.1)
   for step in (0, 2, 4 + 1, 7 + 2, p.total_steps):  # chunk boundaries, student steps, the end
     dfkd._check_resume_on_a_chunk(p, step, 2)  # pylint: disable=protected-access
-  with pytest.raises(config_validation.ConfigError, match="synthesis.chunk_steps=2.*iteration 1"):
+  with pytest.raises(errors.ConfigError, match="synthesis.chunk_steps=2.*iteration 1"):
     dfkd._check_resume_on_a_chunk(p, 7 + 1, 2)  # pylint: disable=protected-access
 
 
@@ -165,7 +166,7 @@ def test_dfkd_config_errors_name_the_field(teacher_run, tmp_path, field, value, 
   config = tiny_dfkd_config(teacher_run[0])
   section, _, key = field.rpartition(".")
   (config[section] if section else config)[key] = value
-  with pytest.raises(config_validation.ConfigError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):
     dfkd.train_dfkd(config, str(tmp_path))
 
 
@@ -218,5 +219,5 @@ def test_cosine_lr_matches_torch_cosine_annealing():
 def test_unknown_job_is_a_config_error():
   config = tiny_teacher_config()
   config.job = "distill"
-  with pytest.raises(config_validation.ConfigError, match="config.job='distill'"):
+  with pytest.raises(errors.ConfigError, match="config.job='distill'"):
     config_validation.job_of(config)

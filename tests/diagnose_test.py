@@ -1,10 +1,12 @@
-"""rfd_jax.diagnose on a tiny 2-task rfd run: its evaluations agree with the run's own, and its
+"""rfd_jax.tools.diagnose on a tiny 2-task rfd run: its evaluations agree with the run's own, and its
 replay of task 2 reproduces the logged losses."""
 
 import numpy as np
 import pytest
 
-from rfd_jax import diagnose, tasks, train
+from rfd_jax.tools import diagnose, replay
+from rfd_jax.methods import tasks
+from rfd_jax.jobs import dfcil
 from train_test import tiny_config
 
 
@@ -15,7 +17,7 @@ def _tiny_rfd_run(tmp_path_factory):
   config.data.num_tasks = 2
   config.log.every_steps = 1
   config.ckpt.keep = 1000  # every phase boundary stays
-  results = train.train_and_evaluate(config, workdir)
+  results = dfcil.train_and_evaluate(config, workdir)
   return workdir, results, diagnose.diagnose(workdir, confusion_task=2, grad_task=2,
                                              grad_batches=1, replay=True)
 
@@ -64,7 +66,7 @@ def test_accuracy_report_counts_bias_toward_new_classes():
   spec = tasks.make_task_spec(num_classes=4, num_tasks=2, order="identity")
   labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])
   preds = np.array([2, 0, 3, 3, 2, 2, 3, 2])
-  report = diagnose.accuracy_report(preds, labels, spec, task=1)
+  report = replay.accuracy_report(preds, labels, spec, task=1)
   assert report["old_acc"] == 25.0 and report["new_acc"] == 75.0
   assert report["new_share"] == 87.5 and report["new_share_expected"] == 50.0
   assert report["old_predicted_as_new"] == 75.0

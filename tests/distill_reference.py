@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfd_jax import inversion, learners, optim
+from rfd_jax.methods import inversion, learners
+from rfd_jax.engine import optim
 from rfd_jax.data import augment
 from rfd_jax.models import resnet
 from rfd_jax.models.generator import generator_for

@@ -13,9 +13,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import fashion_mnist as fashion_mnist_config
-from rfd_jax import config_validation, prepare_data
-from rfd_jax.data import datasets
+from rfd_jax.cli import config_validation
+from rfd_jax import prepare_data
+from rfd_jax.data import sources
 from rfd_jax.data.prepare import fashion_mnist
+from rfd_jax.engine import errors
 
 from fake_idx import idx_bytes, no_network, write_fake_fashion_mnist, write_gzip
 
@@ -79,7 +81,7 @@ def test_loader_reads_the_converted_set_grey_to_rgb_and_subset(prepared):
   data_dir, expected = prepared
   cfg = ml_collections.ConfigDict({"dataset": "fashion_mnist", "data_dir": str(data_dir),
                                    "image_size": 28, "train_per_class": 0})
-  data = datasets.load_dataset(cfg)
+  data = sources.load_dataset(cfg)
   assert data.train_images.shape == (12, 28, 28, 3) and data.test_images.shape == (5, 28, 28, 3)
   assert data.train_images.dtype == np.uint8 and data.train_labels.dtype == np.int64
   np.testing.assert_array_equal(data.train_images[..., 0], data.train_images[..., 2])
@@ -90,7 +92,7 @@ def test_loader_reads_the_converted_set_grey_to_rgb_and_subset(prepared):
   assert data.num_classes == 10
 
   cfg.image_size, cfg.train_per_class = 16, 1
-  small = datasets.load_dataset(cfg)
+  small = sources.load_dataset(cfg)
   assert small.train_images.shape == (10, 16, 16, 3) and small.test_images.shape == (5, 16, 16, 3)
   # The first image of each class in record order (classes 0 and 1 have two each in the files).
   assert sorted(small.train_labels) == list(range(10))
@@ -188,5 +190,5 @@ def test_config_variants_validate():
 def test_train_per_class_is_validated(dataset, value, message):
   config = fashion_mnist_config.get_config()
   config.data.dataset, config.data.train_per_class = dataset, value
-  with pytest.raises(config_validation.ConfigError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):
     config_validation.validate(config)

@@ -4,7 +4,9 @@ import json
 import os
 
 from configs import digits
-from rfd_jax import checkpointing, finished, group
+from rfd_jax.engine import saved_config
+from rfd_jax.cli import finished
+from rfd_jax.jobs import group
 
 
 def _write(path, obj):
@@ -17,7 +19,7 @@ def test_single_run(tmp_path):
   config = digits.get_config()
   workdir = str(tmp_path)
   assert finished.finished_results(config, workdir, "dfcil") is None  # nothing there
-  _write(os.path.join(workdir, "config.json"), checkpointing.config_dict(config))
+  _write(os.path.join(workdir, "config.json"), saved_config.config_dict(config))
   assert finished.finished_results(config, workdir, "dfcil") is None  # no results.json yet
   _write(os.path.join(workdir, "results.json"), {"final_acc": 49.63})
   assert finished.finished_results(config, workdir, "dfcil") == {"final_acc": 49.63}
@@ -31,7 +33,7 @@ def test_group_needs_every_run(tmp_path):
   config = digits.get_config()
   config.runs.class_orders = "seed0,seed1"
   workdir = str(tmp_path)
-  _write(os.path.join(workdir, "config.json"), checkpointing.config_dict(config))
+  _write(os.path.join(workdir, "config.json"), saved_config.config_dict(config))
   members = group.members(config)
   _write(os.path.join(group.member_dir(workdir, config, members[0]), "results.json"), {"a": 1})
   assert finished.finished_results(config, workdir, "group") is None

@@ -1,4 +1,4 @@
-"""A group of runs in one process (rfd_jax.group, config.runs): a 3-order digits group against the
+"""A group of runs in one process (rfd_jax.jobs.group, config.runs): a 3-order digits group against the
 three single runs, its layout and summary, an exact resume, and its config errors."""
 
 import json
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import digits
-from rfd_jax import config_validation, group, train
+from rfd_jax.jobs import group, dfcil
+from rfd_jax.engine import errors
 
 ORDERS = ("seed0", "seed1", "seed2")
 
@@ -57,7 +58,7 @@ def _singles(tmp_path_factory):
   out = {}
   for order in ORDERS:
     workdir = str(tmp_path_factory.mktemp(order))
-    out[order] = (workdir, train.train_and_evaluate(
+    out[order] = (workdir, dfcil.train_and_evaluate(
         tiny_config(**{"data.class_order": order}), workdir))
   return out
 
@@ -136,7 +137,7 @@ def test_a_group_resumes_exactly_from_its_stacked_checkpoint(grouped, tmp_path):
      "device_resident=True"),
 ])
 def test_bad_groups_are_refused_naming_the_field(overrides, message, tmp_path):
-  with pytest.raises(config_validation.ConfigError, match=message.replace("(", r"\(")
+  with pytest.raises(errors.ConfigError, match=message.replace("(", r"\(")
                      .replace(")", r"\)")):
     group.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "bad"))
   assert not os.path.exists(tmp_path / "bad")  # refused before anything was written

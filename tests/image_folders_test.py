@@ -9,7 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from rfd_jax.data import datasets, image_decode
+from rfd_jax.data import image_decode, sources
 
 from fake_folders import color, make_imagenet100, make_imagenet_r, make_tiny_imagenet, mean_color
 
@@ -23,7 +23,7 @@ def _cfg(dataset, data_dir, image_size=16, **extra):
 
 def test_tiny_imagenet_layout_labels_and_pixels(tmp_path):
   make_tiny_imagenet(tmp_path)
-  data = datasets.load_dataset(_cfg("tiny_imagenet", tmp_path))
+  data = sources.load_dataset(_cfg("tiny_imagenet", tmp_path))
   chex.assert_shape([data.train_images, data.test_images], [(9, 16, 16, 3), (6, 16, 16, 3)])
   chex.assert_type([data.train_images, data.train_labels], [np.uint8, np.int64])
   assert isinstance(data.train_images, np.ndarray)  # small: decoded into memory
@@ -36,29 +36,29 @@ def test_tiny_imagenet_layout_labels_and_pixels(tmp_path):
   np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
   np.testing.assert_allclose(data.mean, [0.4803, 0.4481, 0.3976])
   assert data.num_classes == 200
-  again = datasets.load_dataset(_cfg("tiny_imagenet", tmp_path))
+  again = sources.load_dataset(_cfg("tiny_imagenet", tmp_path))
   np.testing.assert_array_equal(again.train_images, data.train_images)
 
 
 def test_tiny_imagenet_missing_files_show_layout_and_flag(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.data.data_dir") as e:
-    datasets.load_dataset(_cfg("tiny_imagenet", ""))
+    sources.load_dataset(_cfg("tiny_imagenet", ""))
   with pytest.raises(FileNotFoundError, match="no wnids.txt") as e:
-    datasets.load_dataset(_cfg("tiny_imagenet", tmp_path))
+    sources.load_dataset(_cfg("tiny_imagenet", tmp_path))
   message = str(e.value)
   assert "train/<wnid>/images/*.JPEG" in message and "val/val_annotations.txt" in message
   assert "--config.data.data_dir=" in message and str(tmp_path / "tiny-imagenet-200") in message
   root = make_tiny_imagenet(tmp_path)
   os.remove(os.path.join(root, "val", "images", "val_3.JPEG"))
   with pytest.raises(FileNotFoundError, match="1 of the 6 images listed.*val_3.JPEG"):
-    datasets.load_dataset(_cfg("tiny_imagenet", tmp_path))
+    sources.load_dataset(_cfg("tiny_imagenet", tmp_path))
 
 
 # ---- ImageNet-100.
 
 def test_imagenet100_list_files_and_lazy_images(tmp_path):
   make_imagenet100(tmp_path, labels=(5, 7, 99))
-  data = datasets.load_dataset(_cfg("imagenet100", tmp_path, cache_gb=1e-6))
+  data = sources.load_dataset(_cfg("imagenet100", tmp_path, cache_gb=1e-6))
   images = data.train_images
   assert isinstance(images, image_decode.LazyImages)
   assert len(images) == 9 and images.shape == (9, 16, 16, 3) and images.dtype == np.uint8
@@ -93,18 +93,18 @@ def test_imagenet100_list_files_and_lazy_images(tmp_path):
 
 def test_imagenet100_missing_files(tmp_path):
   with pytest.raises(FileNotFoundError, match="train_100.txt") as e:
-    datasets.load_dataset(_cfg("imagenet100", tmp_path))
+    sources.load_dataset(_cfg("imagenet100", tmp_path))
   assert "imagenet100/" in str(e.value) and "--config.data.data_dir=" in str(e.value)
   root = make_imagenet100(tmp_path)
   os.remove(os.path.join(root, "train", "n00000001", "n00000001_2.JPEG"))
   with pytest.raises(FileNotFoundError, match="1 of the 9 images listed in .*train_100.txt"):
-    datasets.load_dataset(_cfg("imagenet100", tmp_path))
+    sources.load_dataset(_cfg("imagenet100", tmp_path))
 
 
 def test_imagenet100_label_out_of_range(tmp_path):
   make_imagenet100(tmp_path, labels=(0, 100))
   with pytest.raises(ValueError, match=r"class ids must be in \[0, 100\)"):
-    datasets.load_dataset(_cfg("imagenet100", tmp_path))
+    sources.load_dataset(_cfg("imagenet100", tmp_path))
 
 
 def test_resize_256_center_crop_224_geometry(tmp_path):
@@ -128,7 +128,7 @@ def test_resize_256_center_crop_224_geometry(tmp_path):
 
 def test_imagenet_r_writes_a_deterministic_split(tmp_path):
   make_imagenet_r(tmp_path, per_class=5)
-  data = datasets.load_dataset(_cfg("imagenet_r", tmp_path))
+  data = sources.load_dataset(_cfg("imagenet_r", tmp_path))
   assert len(data.train_images) == 12 and len(data.test_images) == 3  # floor(0.8·5) = 4 per class
   np.testing.assert_array_equal(data.train_labels, np.repeat([0, 1, 2], 4))  # sorted wnids
   np.testing.assert_array_equal(data.test_labels, [0, 1, 2])
@@ -142,7 +142,7 @@ def test_imagenet_r_writes_a_deterministic_split(tmp_path):
     perm = np.random.default_rng([0, c]).permutation(5)
     assert test_split["data"][c] == f"imagenet-r/{wnid}/art_{perm[4]}.jpg"
   # a second load reads the files and sees the same images
-  again = datasets.load_dataset(_cfg("imagenet_r", tmp_path))
+  again = sources.load_dataset(_cfg("imagenet_r", tmp_path))
   assert again.train_images.paths == data.train_images.paths
   np.testing.assert_array_equal(again.test_images[np.arange(3)], data.test_images[np.arange(3)])
 
@@ -157,7 +157,7 @@ def test_imagenet_r_reads_coda_prompt_split_files(tmp_path):
   for name, content in (("train", train), ("test", test)):
     with open(tmp_path / f"imagenet-r_{name}.yaml", "w") as f:
       yaml.safe_dump(content, f)
-  data = datasets.load_dataset(_cfg("imagenet_r", tmp_path))
+  data = sources.load_dataset(_cfg("imagenet_r", tmp_path))
   np.testing.assert_array_equal(data.train_labels, [2, 0])
   assert data.train_images.paths[0] == os.path.join(tmp_path, "imagenet-r", "n03", "art_1.jpg")
   np.testing.assert_allclose(mean_color(data.train_images[0]), color(2, 1), atol=3)
@@ -166,13 +166,13 @@ def test_imagenet_r_reads_coda_prompt_split_files(tmp_path):
 
 def test_imagenet_r_missing_files(tmp_path):
   with pytest.raises(FileNotFoundError, match="imagenet-r_train.yaml") as e:
-    datasets.load_dataset(_cfg("imagenet_r", tmp_path))
+    sources.load_dataset(_cfg("imagenet_r", tmp_path))
   assert "imagenet-r/<wnid>/*.jpg" in str(e.value)
   with open(tmp_path / "imagenet-r_train.yaml", "w") as f:
     yaml.safe_dump({"data": [], "targets": []}, f)
   with pytest.raises(FileNotFoundError, match="Only one ImageNet-R split file"):
-    datasets.load_dataset(_cfg("imagenet_r", tmp_path))
+    sources.load_dataset(_cfg("imagenet_r", tmp_path))
   with open(tmp_path / "imagenet-r_test.yaml", "w") as f:
     yaml.safe_dump({"data": ["imagenet-r/n01/art_9.jpg"], "targets": [0]}, f)
   with pytest.raises(FileNotFoundError, match="1 of the 1 images listed"):
-    datasets.load_dataset(_cfg("imagenet_r", tmp_path))
+    sources.load_dataset(_cfg("imagenet_r", tmp_path))

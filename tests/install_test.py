@@ -10,7 +10,7 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
-from rfd_jax import cli
+from rfd_jax.cli import usage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +30,7 @@ def _parse(*args):
   argv = ["prog", *args]
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
-  cli.parse_flags(argv, flag_values=flag_values)
+  usage.parse_flags(argv, flag_values=flag_values)
   return flag_values.config
 
 
@@ -39,7 +39,7 @@ def test_shipped_config_by_name_from_another_directory(tmp_path, monkeypatch, sp
   monkeypatch.chdir(tmp_path)
   config = _parse("--config", spec, "--config.optim.lr=0.2")
   assert config.data.dataset == "digits" and config.optim.lr == 0.2
-  assert cli.resolve_config_path(spec) == os.path.join(REPO, "configs", "digits.py")
+  assert usage.resolve_config_path(spec) == os.path.join(REPO, "configs", "digits.py")
 
 
 def test_an_existing_path_wins_over_a_shipped_name(tmp_path, monkeypatch):
@@ -48,7 +48,7 @@ def test_an_existing_path_wins_over_a_shipped_name(tmp_path, monkeypatch):
   (tmp_path / "configs" / "digits.py").write_text(
       "import ml_collections\n\ndef get_config():\n  return ml_collections.ConfigDict({'a': 1})\n")
   assert _parse("--config", "configs/digits.py").a == 1
-  assert cli.resolve_config_path("elsewhere/digits.py") == "elsewhere/digits.py"  # not a guess
+  assert usage.resolve_config_path("elsewhere/digits.py") == "elsewhere/digits.py"  # not a guess
 
 
 def test_unknown_name_lists_the_shipped_configs(tmp_path, monkeypatch, capsys):

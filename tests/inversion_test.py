@@ -1,4 +1,4 @@
-"""Tests for rfd_jax.inversion: BN-input statistics, and that inversion against a small teacher
+"""Tests for rfd_jax.methods.inversion: BN-input statistics, and that inversion against a small teacher
 trained on digits lowers the loss and makes the teacher see all of its classes."""
 
 import functools
@@ -10,11 +10,13 @@ import numpy as np
 import optax
 import pytest
 
-from rfd_jax import inversion, optim, steps
+from rfd_jax.methods import inversion
+from rfd_jax.engine import evaluation, optim
+from rfd_jax.jobs import steps
 from rfd_jax.data import sklearn_digits
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import CifarResNet
-from rfd_jax.state import create_train_state, trainable_mask
+from rfd_jax.engine.state import create_train_state, trainable_mask
 
 SIZE, NUM_OLD = 16, 4
 WEIGHTS = {"ce": 1.0, "balance": 1.0, "smoothness": 1e-3, "bn": 50.0, "ce_temperature": 1000.0}
@@ -41,7 +43,7 @@ def _teacher():
     state, _ = step(state, {"images": data.train_images[sel],
                             "labels": data.train_labels[sel].astype(np.int32)},
                     jax.random.key(i), hparams)
-  preds = steps.eval_step(state.variables, data.test_images, jnp.int32(NUM_OLD), model=model,
+  preds = evaluation.eval_step(state.variables, data.test_images, jnp.int32(NUM_OLD), model=model,
                           mean=data.mean, std=data.std)
   mask = data.test_labels < NUM_OLD
   accuracy = float(np.mean(np.asarray(preds)[mask] == data.test_labels[mask]))

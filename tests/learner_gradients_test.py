@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from configs import digits
-from rfd_jax import config_validation, learners, optim
+from rfd_jax.cli import config_validation
+from rfd_jax.methods import learners
+from rfd_jax.engine import optim
 from rfd_jax.models.resnet import CifarResNet, mask_unseen
 
 from gradient_checks import (FAST_COMPILE, assert_differences_match, directions_for, flatten,

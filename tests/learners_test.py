@@ -1,4 +1,4 @@
-"""Tests for rfd_jax.learners and the distillation step: loss weights, one step per learner, head
+"""Tests for rfd_jax.methods.learners and the distillation step: loss weights, one step per learner, head
 fine-tuning semantics, and compilations per run (independent of the number of tasks)."""
 
 import functools
@@ -15,10 +15,13 @@ from PIL import Image
 import pytest
 
 from configs import digits, imagenet100
-from rfd_jax import config_validation, dfcil_run, learners, optim, rgal_losses, steps, train
+from rfd_jax.cli import config_validation
+from rfd_jax.jobs import dfcil_run, steps, dfcil
+from rfd_jax.methods import learners, rgal_losses
+from rfd_jax.engine import errors, optim
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import CifarResNet
-from rfd_jax.state import trainable_mask
+from rfd_jax.engine.state import trainable_mask
 
 from random_states import random_train_state
 import train_test
@@ -67,7 +70,7 @@ def test_rfd_dist_inter_min_old_drops_the_inter_term_below_it():
   for field, value in (("dist_inter_min_old", 0), ("dist_intra_weight", -1.0)):
     bad = digits.get_config()
     bad.distill[field] = value
-    with pytest.raises(config_validation.ConfigError, match=f"config.distill.{field}="):
+    with pytest.raises(errors.ConfigError, match=f"config.distill.{field}="):
       config_validation.validate(bad)
 
 
@@ -215,7 +218,7 @@ def test_each_step_compiles_once_per_run_whatever_the_number_of_tasks(monkeypatc
   config.inversion.chunk_steps = 2
   config.log.every_steps = 1  # every step's losses in metrics.jsonl
   config.log.images = True  # and check the replay grids of an inverting run here
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = dfcil.train_and_evaluate(config, str(tmp_path))
   assert len(results["acc_matrix"]) == 3
   fns = captured[-1]
   counts = {name: fn._cache_size() for name, fn in (  # pylint: disable=protected-access

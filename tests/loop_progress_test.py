@@ -3,7 +3,7 @@
 import jax
 import pytest
 
-from rfd_jax import loop, plan as plan_lib, writers
+from rfd_jax.engine import loop, plan as plan_lib, timing, writers
 
 
 class _Clock:
@@ -70,6 +70,6 @@ def test_compile_kind_tells_the_first_task_from_the_later_ones():
                              has_finetune_phase=True, inversion_iterations=2, inversion_block=1,
                              uses_inversion=True, lr=0.1, lr_decay=0.1, milestones=(),
                              ft_lr=0.0)
-  kinds = [loop.compile_kind(s) for s in plan.segments]
+  kinds = [timing.compile_kind(s) for s in plan.segments]
   assert kinds == [("main", False), ("eval", False), ("inversion", True), ("main", True),
                    ("finetune", True), ("eval", True)]

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rfd_jax import losses
+from rfd_jax.methods import losses
 from rfd_jax.models.resnet import mask_unseen
 
 from gradient_checks import FAST_COMPILE, check_gradient

@@ -1,7 +1,7 @@
 """The command line of rfd_jax.main: every mistake is one `error:` line on stderr, exit status 2,
 no traceback, and nothing written; --help exits 0; help piped into a closed reader stays quiet.
 
-Most cases run in-process (cli.parse_flags on a fresh FlagValues, main.run_job, whose checks run
+Most cases run in-process (usage.parse_flags on a fresh FlagValues, main.run_job, whose checks run
 before anything is created); three subprocess tests check the real command line end to end (each
 process costs a JAX import, a few seconds).
 """
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from configs import cifar10, dfkd_digits, digits, teacher_digits, tiny_imagenet
-from rfd_jax import cli, main, preflight
+from rfd_jax.cli import usage, preflight
+from rfd_jax import main
 from rfd_jax.data import sklearn_digits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +44,7 @@ def _parse(*args):
   config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv)
   flags.DEFINE_string("workdir", None, "", flag_values=flag_values)
   flags.mark_flag_as_required("config", flag_values=flag_values)
-  return cli.parse_flags(argv, flag_values=flag_values), flag_values
+  return usage.parse_flags(argv, flag_values=flag_values), flag_values
 
 
 @pytest.fixture(autouse=True)
@@ -104,7 +105,7 @@ def test_good_overrides_parse(capsys):
   config = flag_values.config
   assert config.optim.lr == 0.2 and config.log.progress is False
   assert config.optim.milestones == (3, 5)
-  assert "config.optim.lr = 0.2\n" in cli.format_config(config)
+  assert "config.optim.lr = 0.2\n" in usage.format_config(config)
   assert not capsys.readouterr().err
 
 
@@ -134,10 +135,10 @@ def test_missing_config_flag_and_unknown_flag(capsys):
 
 
 def test_help_requests():
-  assert cli.help_request(["p", "--help"]) == cli.help_request(["p", "-?"]) == "short"
-  assert cli.help_request(["p", "--config", "c.py", "--helpfull"]) == "full"
-  assert cli.help_request(["p", "--help=false"]) is None
-  assert cli.help_request(["p", "--", "--help"]) is None
+  assert usage.help_request(["p", "--help"]) == usage.help_request(["p", "-?"]) == "short"
+  assert usage.help_request(["p", "--config", "c.py", "--helpfull"]) == "full"
+  assert usage.help_request(["p", "--help=false"]) is None
+  assert usage.help_request(["p", "--", "--help"]) is None
 
 
 # ---- Checks before anything is written (main.run_job → preflight) ----------------------------

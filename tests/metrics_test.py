@@ -1,9 +1,9 @@
-"""Tests for rfd_jax.metrics against hand-computed values."""
+"""Tests for rfd_jax.methods.metrics against hand-computed values."""
 
 import numpy as np
 import pytest
 
-from rfd_jax import metrics
+from rfd_jax.methods import metrics
 
 # Labels 0..5, two classes per task: task_of_label = [0, 0, 1, 1, 2, 2].
 TASK_OF_LABEL = np.array([0, 0, 1, 1, 2, 2])

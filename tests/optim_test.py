@@ -1,11 +1,11 @@
-"""Tests for rfd_jax.optim: SGD equals optax's reference; masks freeze (the LR schedules: plan_test)."""
+"""Tests for rfd_jax.engine.optim: SGD equals optax's reference; masks freeze (the LR schedules: plan_test)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rfd_jax import optim
+from rfd_jax.engine import optim
 
 
 def _grads(params, i):

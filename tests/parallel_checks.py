@@ -2,7 +2,7 @@
 
 XLA_FLAGS=--xla_force_host_platform_device_count=8 only works if set before jax is imported, and
 pytest imports jax early, so parallel_test.py runs this file as a script with that flag set; or as
-several processes of one jax.distributed cluster (RFD_JAX_* variables, see rfd_jax/parallel.py).
+several processes of one jax.distributed cluster (RFD_JAX_* variables, see rfd_jax/engine/parallel.py).
 Each process prints one line "RESULTS <json>" that the tests assert on.
 
 To add a check: write `check_<name>() -> dict` below and list it in CHECKS (run by the 8-device
@@ -23,10 +23,12 @@ import numpy as np
 from configs import digits
 import optax
 
-from rfd_jax import config_validation, inversion, optim, parallel, steps, train
+from rfd_jax.methods import inversion
+from rfd_jax.engine import errors, optim, parallel
+from rfd_jax.jobs import steps, dfcil
 from rfd_jax.models import resnet
 from rfd_jax.models.generator import generator_for
-from rfd_jax.state import trainable_mask
+from rfd_jax.engine.state import trainable_mask
 
 import distill_reference
 import random_states
@@ -42,7 +44,7 @@ def _max_abs_diff(a, b) -> float:
 
 
 def run_step_on_mesh(step_fn, mesh, replicated_args, batch, num_steps=2):
-  """Runs `step_fn(state, batch, *rest)` `num_steps` times on `mesh`, the way train.py does.
+  """Runs `step_fn(state, batch, *rest)` `num_steps` times on `mesh`, the way dfcil.py does.
 
   replicated_args: (state, *rest), on the host; the state is placed replicated, donated and carried.
   batch: host numpy arrays of the global batch; every process keeps only its rows.
@@ -69,7 +71,7 @@ def random_train_state(model, tx, seed=0):
 
 
 def check_train_step() -> dict:
-  """rfd_jax.steps.train_step: one local device vs every device of every process, same global
+  """rfd_jax.jobs.steps.train_step: one local device vs every device of every process, same global
   batch of 16, two steps."""
   # one block per stage: every layer kind of ResNet-32, a fraction of its compile time
   model = resnet.CifarResNet(task_sizes=(2,) * 5, stage_blocks=(1, 1, 1, 1))
@@ -103,7 +105,7 @@ def check_train_step() -> dict:
 
 
 def check_inversion_step() -> dict:
-  """rfd_jax.inversion.generator_step with the latent batch split over every device vs one device:
+  """rfd_jax.methods.inversion.generator_step with the latent batch split over every device vs one device:
   two steps, same loss and generator parameters. SGD instead of Adam: gradients of float-noise size
   (biases feeding a BN) would be normalised by Adam into ±lr steps and hide the comparison."""
   teacher = resnet.CifarResNet(task_sizes=(2,) * 5, stage_blocks=(1, 1, 1, 1))
@@ -162,8 +164,8 @@ def check_rejects_indivisible_batches() -> dict:
     config = digits.get_config()
     config.data[field] = value
     try:
-      train.train_and_evaluate(config, os.path.join(tempfile.mkdtemp(), "never_created"))
-    except config_validation.ConfigError as e:
+      dfcil.train_and_evaluate(config, os.path.join(tempfile.mkdtemp(), "never_created"))
+    except errors.ConfigError as e:
       messages[field] = str(e)
   return messages
 

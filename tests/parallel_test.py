@@ -1,4 +1,4 @@
-"""Tests for rfd_jax.parallel: sharded steps on 8 simulated CPU devices, 2-process runs through
+"""Tests for rfd_jax.engine.parallel: sharded steps on 8 simulated CPU devices, 2-process runs through
 jax.distributed (gloo on localhost), batch slicing per process, and the distributed-init switch.
 
 Multi-device and multi-process checks run in subprocesses (tests/parallel_checks.py, the CLI), since
@@ -15,7 +15,7 @@ import types
 import numpy as np
 import pytest
 
-from rfd_jax import parallel
+from rfd_jax.engine import parallel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKS = os.path.join(REPO, "tests", "parallel_checks.py")
@@ -197,8 +197,8 @@ def test_two_processes_train_step_matches_one_device():
 def test_two_process_cli_run_matches_one_process(tmp_path):
   """launch/local_multiprocess.sh 2 -- <tiny digits config>: same results.json as one process."""
   from train_test import TINY_OVERRIDES, tiny_config  # pylint: disable=g-import-not-at-top
-  from rfd_jax import train  # pylint: disable=g-import-not-at-top
-  reference = train.train_and_evaluate(tiny_config(), str(tmp_path / "one"))
+  from rfd_jax.jobs import dfcil  # pylint: disable=g-import-not-at-top
+  reference = dfcil.train_and_evaluate(tiny_config(), str(tmp_path / "one"))
   proc = subprocess.run(
       ["bash", os.path.join(REPO, "launch", "local_multiprocess.sh"), "2", "--",
        "--config", "configs/digits.py", "--workdir", str(tmp_path / "two"), *TINY_OVERRIDES],

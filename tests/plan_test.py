@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from rfd_jax import plan
+from rfd_jax.engine import plan
 
 
 def _dfcil(**overrides):

@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from rfd_jax import plots
+from rfd_jax.jobs import plots
 
 
 @pytest.mark.parametrize("num, size", [(64, (800, 840)), (5, (500, 140)), (10, (800, 240))])

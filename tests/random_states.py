@@ -9,7 +9,7 @@ import functools
 import jax
 import numpy as np
 
-from rfd_jax.state import create_train_state
+from rfd_jax.engine.state import create_train_state
 
 
 def random_train_state(model, tx, *, image_size: int, num_classes: int, seed: int = 0,

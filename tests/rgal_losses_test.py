@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfd_jax import rgal_losses
+from rfd_jax.methods import rgal_losses
 
 from gradient_checks import check_gradient
 

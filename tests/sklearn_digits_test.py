@@ -3,7 +3,7 @@
 import chex
 import numpy as np
 
-from rfd_jax.data import sklearn_digits
+from rfd_jax.data import datasets, sklearn_digits
 
 
 def test_digits_fixed_stratified_split():

@@ -1,4 +1,4 @@
-"""Tests for rfd_jax.steps: one train step on mock CIFAR data, masking of unseen heads, eval, the
+"""Tests for rfd_jax.jobs.steps: one train step on mock CIFAR data, masking of unseen heads, eval, the
 distillation inputs."""
 
 import functools
@@ -10,10 +10,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rfd_jax import optim, steps, tasks
-from rfd_jax.data import augment, datasets
+from rfd_jax.engine import evaluation, optim
+from rfd_jax.jobs import steps
+from rfd_jax.methods import tasks
+from rfd_jax.data import augment, sources
 from rfd_jax.models import resnet
-from rfd_jax.state import create_train_state, trainable_mask
+from rfd_jax.engine.state import create_train_state, trainable_mask
 
 import distill_reference
 from fake_tfds import mock_cifar, write_placeholder_prepared_dir
@@ -27,7 +29,7 @@ def _cifar_batch(tmp_path_factory):
   cfg = ml_collections.ConfigDict({"dataset": "cifar10", "data_dir": str(data_dir),
                                    "image_size": 32})
   with mock_cifar(64):
-    data = datasets.load_dataset(cfg)
+    data = sources.load_dataset(cfg)
   spec = tasks.make_task_spec(num_classes=10, num_tasks=5, order="seed0")
   labels = spec.to_model_labels(data.train_labels).astype(np.int32)
   keep = np.flatnonzero(labels < spec.num_seen(1))[:16]
@@ -92,7 +94,7 @@ def test_eval_step_predicts_only_seen_classes(cifar_batch):
   # bias the unseen head strongly: masking must still keep predictions among the seen classes
   params = jax.tree_util.tree_map_with_path(
       lambda p, v: v + 1.0 if "task4" in jax.tree_util.keystr(p) else v, state.params)
-  eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, mean=data.mean, std=data.std))
+  eval_fn = jax.jit(functools.partial(evaluation.eval_step, model=model, mean=data.mean, std=data.std))
   preds = eval_fn({"params": params, "batch_stats": state.batch_stats}, batch["images"],
                   jnp.int32(4))
   chex.assert_shape(preds, (16,))

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from rfd_jax import tasks
+from rfd_jax.methods import tasks
 from rfd_jax.tools import sweep, sweep_checks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

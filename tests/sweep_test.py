@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from rfd_jax import tasks
+from rfd_jax.methods import tasks
 from rfd_jax.tools import summaries, sweep, sweep_devices, sweep_runs
 
 

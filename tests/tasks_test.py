@@ -1,11 +1,11 @@
-"""Tests for rfd_jax.tasks: pinned class orders, task splits, label remapping."""
+"""Tests for rfd_jax.methods.tasks: pinned class orders, task splits, label remapping."""
 
 import random
 
 import numpy as np
 import pytest
 
-from rfd_jax import tasks
+from rfd_jax.methods import tasks
 
 
 @pytest.mark.parametrize("name, num_classes, first", [

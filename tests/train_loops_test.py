@@ -12,8 +12,10 @@ import numpy as np
 
 import pytest
 
-from rfd_jax import (checkpointing, config_validation, dfcil_run, inversion, loop, parallel,
-                     plan as plan_lib, train, writers)
+from rfd_jax.engine import checkpointing, errors, loop, parallel, plan as plan_lib, writers
+from rfd_jax.cli import config_validation
+from rfd_jax.jobs import dfcil_run, dfcil
+from rfd_jax.methods import inversion
 from tests.train_test import tiny_config
 
 
@@ -28,7 +30,7 @@ def _config(**overrides):
 
 
 def _run(workdir, config):
-  results = train.train_and_evaluate(config, str(workdir))
+  results = dfcil.train_and_evaluate(config, str(workdir))
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
   return {k: v for k, v in results.items() if "seconds" not in k}, records
@@ -53,7 +55,7 @@ def test_a_scanned_run_stopped_at_an_epoch_end_resumes_exactly(tmp_path, monkeyp
   stop_at = steps[3]  # task 2's first epoch end (task 1's evaluation is one step)
   monkeypatch.setenv(loop.ENV_TEST_KILL_AT, f"{stop_at}:TERM")
   with pytest.raises(checkpointing.Preempted):
-    train.train_and_evaluate(config, str(tmp_path / "stopped"))
+    dfcil.train_and_evaluate(config, str(tmp_path / "stopped"))
   monkeypatch.delenv(loop.ENV_TEST_KILL_AT)
   assert _run(tmp_path / "stopped", config) == reference
 
@@ -109,7 +111,7 @@ def _job(method="rfd"):
   rs.teacher_vars = jax.tree.map(jnp.copy, rs.state.variables)
   rs.gen_state = inversion.create_generator_state(generator=run.generator,
                                                   rng=jax.random.key(3), tx=run.gen_tx)
-  return run, rs, train.DfcilJob(run, rs, writer=None)
+  return run, rs, dfcil.DfcilJob(run, rs, writer=None)
 
 
 def _max_diff(a, b):
@@ -163,7 +165,7 @@ def test_auto_loop_is_the_host_loop_on_cpu_and_scan_needs_resident_data():
   assert dfcil_run.train_loop(config, resident=True) == "scan"
   try:
     dfcil_run.train_loop(config, resident=False)
-  except config_validation.ConfigError as e:
+  except errors.ConfigError as e:
     assert "config.optim.loop='host'" in str(e)
   else:
     raise AssertionError("scan without device-resident data was accepted")

@@ -11,7 +11,8 @@ import pytest
 from writers_test import read_events, scalars
 
 from configs import digits
-from rfd_jax import learners, tasks, train
+from rfd_jax.methods import learners, tasks
+from rfd_jax.jobs import dfcil
 
 TINY_OVERRIDES = ["--config.method=finetune", "--config.model.name=resnet_tiny",
                   "--config.data.image_size=8", "--config.data.batch_size=64",
@@ -46,7 +47,7 @@ def _tiny_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("digits"))
   config = tiny_config()
   config.log.images = True
-  return workdir, train.train_and_evaluate(config, workdir)
+  return workdir, dfcil.train_and_evaluate(config, workdir)
 
 
 def test_results_json_has_the_documented_keys(tiny_run):
@@ -104,7 +105,7 @@ def test_cli_run_reproduces_in_process_results(tiny_run, tmp_path):
   """Same config + seed → same metrics, through a separate process."""
   _, results = tiny_run
   # The same XLA settings as this process: main.py would otherwise set its faster CPU flag,
-  # which changes float rounding (rfd_jax/xla_env.py).
+  # which changes float rounding (rfd_jax/cli/xla_env.py).
   env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
   proc = subprocess.run(
       [sys.executable, "-m", "rfd_jax.main", "--config", "configs/digits.py",

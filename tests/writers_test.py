@@ -8,7 +8,7 @@ import struct
 import numpy as np
 from tensorboardX.proto import event_pb2
 
-from rfd_jax import writers
+from rfd_jax.engine import writers
 
 
 def read_events(workdir):

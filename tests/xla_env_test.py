@@ -2,7 +2,7 @@
 
 import pytest
 
-from rfd_jax import xla_env
+from rfd_jax.cli import xla_env
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 

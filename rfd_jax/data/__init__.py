@@ -1,6 +1,8 @@
 """Data: datasets as host uint8 arrays, one module per source, and on-device augmentation.
+Imports nothing from the rest of the package.
 
-  datasets       Dataset / DatasetInfo, load_dataset(config.data) by name, epoch_batches
+  datasets       Dataset / DatasetInfo, the dataset registry, epoch_batches
+  sources        load_dataset(config.data): a dataset by name from its source
   sklearn_digits sklearn's 8×8 digits (no download)
   tfds_source    prepared TFDS array_record splits (CIFAR-10/100, Fashion-MNIST), no TensorFlow
   image_folders  Tiny-ImageNet / ImageNet-100 / ImageNet-R file lists and class ids

@@ -3,7 +3,7 @@ finished runs.
 
 A WORKDIR is a run (it holds results.json: its accuracy matrix with A_t per row, the final and
 average incremental accuracy, forgetting and wall time are printed), or a sweep or group of runs
-(it holds `<label>/<run>/results.json`, the layout of rfd_jax.tools.sweep and rfd_jax.group).
+(it holds `<label>/<run>/results.json`, the layout of rfd_jax.tools.sweep and rfd_jax.jobs.group).
 With two runs or more, the summary of rfd_jax.tools.sweep follows: per label mean ± sample std and
 the 95% Student-t interval, and with `--reference LABEL` each other label's per-order differences
 to LABEL (mean ± sd, 95% interval, on how many orders it is higher / equal / lower). A run's label
@@ -22,7 +22,7 @@ import sys
 
 from absl import app, flags
 
-from rfd_jax import metrics, tasks
+from rfd_jax.methods import metrics, tasks
 from rfd_jax.tools import summaries, sweep_runs
 
 _REFERENCE = flags.DEFINE_string(

@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from rfd_jax import tasks
+from rfd_jax.methods import tasks
 from rfd_jax.tools import comparisons, sweep_runs
 
 
@@ -294,7 +294,7 @@ def save_per_order(path: str, finals: Mapping[str, Mapping[str, float]],
   finals: label → {run key → final accuracy}.
   """
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  from rfd_jax import plots  # pylint: disable=g-import-not-at-top
+  from rfd_jax.jobs import plots  # pylint: disable=g-import-not-at-top
   labels = list(finals)
   if reference in finals:
     labels = [reference] + [label for label in labels if label != reference]
@@ -327,7 +327,7 @@ def save_comparison(path: str, curves: Mapping[str, Sequence[Sequence[float]]],
   """
   # matplotlib only when a figure is drawn: dfkd_summary uses the tables alone.
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  from rfd_jax import plots  # pylint: disable=g-import-not-at-top
+  from rfd_jax.jobs import plots  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(12.8, 4.8), layout="constrained")
   left, right = fig.subplots(1, 2)
   labels = list(curves)

@@ -60,7 +60,7 @@ import subprocess
 import sys
 import time
 
-from rfd_jax import tasks
+from rfd_jax.methods import tasks
 from rfd_jax.tools import summaries, sweep_checks, sweep_devices, sweep_runs
 
 
@@ -68,7 +68,7 @@ def check_methods(entries: Sequence[sweep_runs.MethodEntry]) -> None:
   """SweepError naming the first entry whose method rfd_jax.main does not know (a dry run would
   print its commands and every run would fail)."""
   # Imported here: config_validation imports JAX, which the summaries do not need.
-  from rfd_jax import config_validation  # pylint: disable=g-import-not-at-top
+  from rfd_jax.cli import config_validation  # pylint: disable=g-import-not-at-top
   for entry in entries:
     if entry.method not in config_validation.METHODS:
       raise sweep_runs.SweepError(

@@ -13,6 +13,7 @@ import re
 import shlex
 
 from rfd_jax.tools import sweep_runs
+from rfd_jax.engine import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA_DIR = "DATA_DIR"  # what a command shows instead of the machine's data folder
@@ -26,7 +27,7 @@ def run_error(argv: Sequence[str]) -> str | None:
   # Imported here: these import JAX, which the summaries do not need.
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from rfd_jax import cli, config_validation, main, preflight  # pylint: disable=g-import-not-at-top
+  from rfd_jax.cli import preflight, usage  # pylint: disable=g-import-not-at-top
   argv = ["rfd_jax.main", *argv]
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, flag_values=flag_values, sys_argv=argv,
@@ -35,13 +36,13 @@ def run_error(argv: Sequence[str]) -> str | None:
   stderr = io.StringIO()
   try:
     with contextlib.redirect_stderr(stderr):
-      cli.parse_flags(argv, flag_values=flag_values)
+      usage.parse_flags(argv, flag_values=flag_values)
     config = flag_values["config"].value
-    workdir = flag_values["workdir"].value or main.default_workdir(config)
+    workdir = flag_values["workdir"].value or usage.default_workdir(config)
     preflight.check(config, workdir)
-  except SystemExit:  # cli.fail: its `error:` line is in `stderr`
+  except SystemExit:  # usage.fail: its `error:` line is in `stderr`
     return stderr.getvalue().strip().splitlines()[0]
-  except (config_validation.ConfigError, FileNotFoundError) as e:
+  except (errors.ConfigError, FileNotFoundError) as e:
     return f"error: {str(e).strip().splitlines()[0]}"
   return None
 

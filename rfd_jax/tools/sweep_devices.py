@@ -12,7 +12,7 @@ chips. A slot is the documented set for one process per chip of a TPU VM: `TPU_V
 `TPU_CHIPS_PER_PROCESS_BOUNDS=1,1,1`, `TPU_PROCESS_BOUNDS=1,1,1`, and its own
 `TPU_MESH_CONTROLLER_ADDRESS`/`TPU_MESH_CONTROLLER_PORT` and `TPU_PROCESS_PORT` (libtpu's ports
 must differ between the processes), plus `RFD_JAX_DISTRIBUTED=0`: on a TPU VM rfd_jax.main would
-otherwise join every process into one jax.distributed cluster (rfd_jax/parallel.py).
+otherwise join every process into one jax.distributed cluster (rfd_jax/engine/parallel.py).
 """
 
 from __future__ import annotations

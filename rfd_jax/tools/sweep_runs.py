@@ -14,7 +14,7 @@ import os
 import re
 import sys
 
-from rfd_jax import tasks
+from rfd_jax.methods import tasks
 
 RESERVED = {"data.class_order": "--orders", "seed": "--seeds"}
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
