@@ -8,7 +8,7 @@ For each workload (bench/step.py's RFD main step, bench/inversion.py's iteration
 each `batch_norm.ONE_PASS` setting it lowers the jitted step and compiles it for:
   cpu   XLA:CPU on one device: GFLOP and GB accessed per step (cost_analysis). These are the
         figures `rfd_jax.tools.aot` uses for GPU targets (XLA's GPU compiler reports no costs).
-  h100  the CUDA plugin's compiler for one H100 (rfd_jax.tools.aot_targets, deviceless): kernels
+  h100  the CUDA plugin's compiler for one H100 (rfd_jax.tools.aot.targets, deviceless): kernels
         per step, counted as the tool counts them (fusions + custom calls outside fusions).
 Needs the compile venv (requirements-gpu-compile.txt) for h100. Not run by the test suite.
 """
@@ -71,7 +71,7 @@ def main():
   gpu = None
   if "h100" in targets:
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-    from rfd_jax.tools import aot_compile, aot_targets  # pylint: disable=g-import-not-at-top
+    from rfd_jax.tools.aot import compiler as aot_compile, targets as aot_targets  # pylint: disable=g-import-not-at-top
     gpu = aot_targets.load("h100")
   for workload in args.workloads.split(","):
     for one_pass in (False, True):

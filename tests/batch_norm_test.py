@@ -10,10 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rfd_jax import learners, optim, steps
+from rfd_jax.engine import optim
+from rfd_jax.engine.state import trainable_mask
+from rfd_jax.jobs import steps
+from rfd_jax.methods import learners
 from rfd_jax.models import batch_norm, resnet
 from rfd_jax.models.generator import generator_for
-from rfd_jax.state import trainable_mask
 
 import distill_reference
 from gradient_checks import to_float64
