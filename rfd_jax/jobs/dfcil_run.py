@@ -303,9 +303,11 @@ def _check_group_batches(members, indices, batch_size: int) -> None:
           f"{m.name}; lower it.")
 
 
-def abstract_arrays(config, spec, sharding, num_runs: int) -> dict[str, Any]:
+def abstract_arrays(config, spec, sharding, num_runs: int, *,
+                    step_form: bool = False) -> dict[str, Any]:
   """The restore targets of every array a checkpoint may hold (shapes only, nothing computed),
-  with the leading run axis of `num_runs` runs placed with `sharding` (`run_sharding`)."""
+  with the leading run axis of `num_runs` runs placed with `sharding` (`run_sharding`); with
+  `step_form`, the arrays' shapes as the steps take them (no run axis for one run)."""
   model = build_model(config.model, spec.sizes, dtype=config.dtype)
   learner = learners.get_learner(config)
   tx = optim.momentum_transform(config.optim.momentum)
@@ -320,8 +322,9 @@ def abstract_arrays(config, spec, sharding, num_runs: int) -> dict[str, Any]:
                                            rng=rng, tx=optax.adam(config.inversion.lr))
     return {"state": state, "class_weights": jnp.ones((spec.num_classes,), jnp.float32),
             "teacher": state.variables, "generator": gen}
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct((num_runs,) + a.shape, a.dtype,
-                                                     sharding=sharding), jax.eval_shape(init))
+  lead = () if step_form and num_runs == 1 else (num_runs,)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(lead + a.shape, a.dtype, sharding=sharding),
+                      jax.eval_shape(init))
 
 
 def check_layout(meta: dict[str, Any], source: str) -> None:
