@@ -52,8 +52,12 @@ def test_the_tool_compiles_the_calls_a_run_makes(tmp_path, monkeypatch):
 
   def recording(*args, **kwargs):
     fns = build(*args, **kwargs)
-    return steps.StepFns(**{name: None if fn is None else _Recorder(name, fn, log)
-                            for name, fn in vars(fns).items()})
+    wrap = lambda name, fn: None if fn is None else _Recorder(name, fn, log)
+    return steps.StepFns(
+        train={k: wrap(steps.StepFns.train_name(*k), fn) for k, fn in fns.train.items()},
+        eval_step=wrap("eval_step", fns.eval_step),
+        inversion_chunk=wrap("inversion_chunk", fns.inversion_chunk),
+        class_weights=wrap("class_weights", fns.class_weights))
   monkeypatch.setattr(steps, "build_step_fns", recording)
   config = _scan_config()
   dfcil.train_and_evaluate(config, str(tmp_path))
@@ -86,7 +90,7 @@ def test_a_group_builds_its_vmapped_calls():
   block = calls["distill_main_block"]
   assert block.args[1].step.shape == (2,)  # the state's leading run axis
   assert block.args[3].shape[0] == 2  # each run's batch rows
-  lowered = block.lower()  # the group's jitted function for these hparams, vmapped
+  lowered = block.lower()  # the group's jitted function, vmapped
   assert "while" in lowered.as_text()
 
 
@@ -98,7 +102,7 @@ def test_xla_counts_a_scan_body_once():
   block = next(c for c in run_calls.calls(run, arrays) if c.name.startswith("ce_block"))
   k = block.args[0]
   assert k > 1
-  one = compiler.cost(run.fns.ce_block.lower(1, *block.args[1:]).compile())
+  one = compiler.cost(run.fns.train_fn("ce", True).lower(1, *block.args[1:]).compile())
   many = compiler.cost(block.lower().compile())
   assert 0.9 < many["flops"] / one["flops"] < 1.5
 

@@ -48,7 +48,7 @@ def _without_timing(results):
 @pytest.fixture(scope="module", name="grouped")
 def _grouped(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("group"))
-  results = group.train_and_evaluate(
+  results = dfcil.train_and_evaluate(
       tiny_config(**{"runs.class_orders": ",".join(ORDERS), "ckpt.keep": 100}), workdir)
   return workdir, results
 
@@ -118,7 +118,7 @@ def test_a_group_resumes_exactly_from_its_stacked_checkpoint(grouped, tmp_path):
   shutil.copytree(os.path.join(reference_dir, "checkpoints", "14"),
                   workdir / "checkpoints" / "14")
   config = tiny_config(**{"runs.class_orders": ",".join(ORDERS), "ckpt.keep": 100})
-  resumed = group.train_and_evaluate(config, str(workdir))
+  resumed = dfcil.train_and_evaluate(config, str(workdir))
   for order in ORDERS:
     assert _without_timing(resumed[order]) == _without_timing(reference[order])
     # the records after the checkpoint (the copy has no metrics.jsonl of its own before them)
@@ -139,7 +139,7 @@ def test_a_group_resumes_exactly_from_its_stacked_checkpoint(grouped, tmp_path):
 def test_bad_groups_are_refused_naming_the_field(overrides, message, tmp_path):
   with pytest.raises(errors.ConfigError, match=message.replace("(", r"\(")
                      .replace(")", r"\)")):
-    group.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "bad"))
+    dfcil.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "bad"))
   assert not os.path.exists(tmp_path / "bad")  # refused before anything was written
 
 

@@ -71,11 +71,6 @@ def is_finite(value) -> bool:
   return bool(np.all(np.isfinite(value)))
 
 
-def _shown(value):
-  """A metric in a message: a float, or the (R,) values of several runs."""
-  return float(np.asarray(value).reshape(-1)[0]) if np.size(value) == 1 else value
-
-
 def display(value) -> float:
   """A metric as one number for a progress line: itself, or the mean over a group's runs."""
   return float(np.mean(value))
@@ -261,7 +256,7 @@ class Loop:
     if bad:
       raise checkpointing.NonFiniteError(
           f"non-finite loss in {self._where(segment, first)}: "
-          + ", ".join(f"{k}={_shown(v)}" for k, v in bad.items()) + self._last_good_checkpoint())
+          + ", ".join(f"{k}={v}" for k, v in bad.items()) + self._last_good_checkpoint())
 
   def _write(self, segment: Segment, interval: _Sums, lr: float | None) -> None:
     first = interval.first
@@ -381,8 +376,7 @@ def run_plan(plan: Plan, job: Job, *, settings: LoopSettings, workdir: str,
              resumed: checkpointing.Resume, writer, invocation_start: float,
              keep_steps=()) -> Loop:
   """Runs `plan` from the resumed step to its end with checkpoints in WORKDIR/checkpoints (the
-  last settings.keep, and `keep_steps` for good) and SIGTERM/SIGINT handling; returns the loop
-  (its invocation times)."""
+  last settings.keep, `keep_steps` for good), SIGTERM/SIGINT handling; returns the loop."""
   checkpoints = None
   if settings.ckpt_enabled:
     checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"),
@@ -393,8 +387,8 @@ def run_plan(plan: Plan, job: Job, *, settings: LoopSettings, workdir: str,
       runner = Loop(plan, checkpoints=checkpoints, writer=writer, signals=stop,
                     config_dict=settings.config_dict, log_every_steps=settings.log_every_steps,
                     ckpt_every_steps=settings.ckpt_every_steps, progress=settings.progress,
-                    invocation_start=invocation_start,
-                    meta=resumed.meta, saved_step=resumed.step if resumed.from_workdir else None,
+                    invocation_start=invocation_start, meta=resumed.meta,
+                    saved_step=resumed.step if resumed.from_workdir else None,
                     wall_record=(timing.read_wall_record(workdir) if resumed.from_workdir
                                  else None),
                     wall_path=(os.path.join(workdir, timing.WALL_TIME_FILE)

@@ -32,7 +32,7 @@ import optax
 from rfd_jax.engine import errors, optim, parallel, plan as plan_lib
 from rfd_jax.methods import inversion, learners, metrics, tasks
 from rfd_jax.jobs import group as group_lib, steps
-from rfd_jax.data import augment, datasets
+from rfd_jax.data import augment, datasets, sources
 from rfd_jax.models.generator import generator_for
 from rfd_jax.models.resnet import build_model
 from rfd_jax.engine.state import TrainState, create_train_state
@@ -215,6 +215,12 @@ def run_sharding(mesh, grouped: bool):
   """The sharding of the arrays with the run axis: a group's runs split over the devices, a plain
   run's one run replicated (its batches are split instead)."""
   return NamedSharding(mesh, P(parallel.DATA_AXIS)) if grouped else parallel.replicated(mesh)
+
+
+def load_run(config, workdir: str, mesh) -> Run:
+  """Loads the data and builds the job of the config's runs (`build_run`)."""
+  return build_run(config, workdir, group_lib.members(config), mesh,
+                   sources.load_dataset(config.data))
 
 
 def build_run(config, workdir: str, members: list[group_lib.Member], mesh,

@@ -21,9 +21,9 @@ import numpy as np
 
 from rfd_jax.engine import checkpointing, evaluation, parallel
 from rfd_jax.cli import config_validation
-from rfd_jax.jobs import dfcil_run, group, steps
+from rfd_jax.jobs import dfcil_run, steps
 from rfd_jax.methods import tasks
-from rfd_jax.data import augment, datasets, sources
+from rfd_jax.data import augment, datasets
 from rfd_jax.engine.state import trainable_mask
 
 NOT_TERMS = ("dist_inter", "dist_intra")  # weights inside DIST, not loss terms of their own
@@ -42,8 +42,7 @@ class RunReader:
     config = self.config
     self.spec: tasks.TaskSpec = config_validation.validate(config)
     mesh = parallel.make_mesh()
-    self.run = dfcil_run.build_run(config, workdir, group.members(config), mesh,
-                                   sources.load_dataset(config.data))
+    self.run = dfcil_run.load_run(config, workdir, mesh)
     self.learner, self.model, self.data = self.run.learner, self.run.model, self.run.data
     self.plan = self.run.plan
     self.test_labels = self.run.test_labels[0]
