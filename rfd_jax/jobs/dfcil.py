@@ -25,7 +25,7 @@ import numpy as np
 from rfd_jax.engine import checkpointing, errors, evaluation, loop, parallel, plan as plan_lib, timing, writers
 from rfd_jax.jobs import dfcil_run, group, plots, settings
 from rfd_jax.methods import metrics
-from rfd_jax.data import datasets, image_decode
+from rfd_jax.data import datasets, image_decode, sources
 from rfd_jax.engine.state import trainable_mask
 
 
@@ -315,8 +315,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mesh = parallel.job_mesh(config.data)
   group.check(config, members, mesh.devices.size, num_processes=jax.process_count())
   os.makedirs(workdir, exist_ok=True)
-  abstract = dfcil_run.abstract_arrays(config, members[0].spec,
-                                       dfcil_run.run_sharding(mesh, grouped), len(members))
+  parts = dfcil_run.parts_of(config, mesh, members)  # the job's setup: built once from the config
+  abstract = dfcil_run.abstract_arrays(parts)
   resumed = checkpointing.resume(
       settings.resume_settings(config), workdir,
       lambda meta: {k: abstract[k] for k in meta["arrays"]}, check_meta=dfcil_run.check_layout)
@@ -327,7 +327,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       for m, directory in zip(members, dirs):
         os.makedirs(directory, exist_ok=True)
         writers.write_json(os.path.join(directory, "config.json"), m.config.to_dict())
-  run = dfcil_run.load_run(config, workdir, mesh)
+  run = dfcil_run.build_run(parts, workdir, sources.load_dataset(config.data))
   if resumed.restored is not None:
     rs = dfcil_run.RunState.restored(run, resumed.restored.arrays, resumed.meta)
     logging.info("resumed %sat %s", "the group " if grouped else "",

@@ -217,24 +217,51 @@ def run_sharding(mesh, grouped: bool):
   return NamedSharding(mesh, P(parallel.DATA_AXIS)) if grouped else parallel.replicated(mesh)
 
 
+@dataclasses.dataclass(frozen=True)
+class Parts:
+  """What a job builds once from its config, before the data is loaded (`parts_of`): its runs,
+  the mesh and the run axis' sharding, the learner, model, generator and optimizers."""
+  config: Any
+  members: list[group_lib.Member]
+  grouped: bool
+  mesh: Any
+  run_sharding: Any
+  learner: learners.Learner
+  model: Any
+  generator: Any
+  tx: Any
+  gen_tx: Any
+
+
+def parts_of(config, mesh, members: list[group_lib.Member] | None = None) -> Parts:
+  """The job's parts (members: group.members(config) unless given)."""
+  members = group_lib.members(config) if members is None else members
+  grouped = group_lib.is_group(config)
+  return Parts(config=config, members=members, grouped=grouped, mesh=mesh,
+               run_sharding=run_sharding(mesh, grouped), learner=learners.get_learner(config),
+               model=build_model(config.model, members[0].spec.sizes, dtype=config.dtype),
+               generator=generator_for(config.data.image_size, config.dtype),
+               tx=optim.momentum_transform(config.optim.momentum),
+               gen_tx=optax.adam(config.inversion.lr))
+
+
 def load_run(config, workdir: str, mesh) -> Run:
   """Loads the data and builds the job of the config's runs (`build_run`)."""
-  return build_run(config, workdir, group_lib.members(config), mesh,
-                   sources.load_dataset(config.data))
+  return build_run(parts_of(config, mesh), workdir, sources.load_dataset(config.data))
 
 
-def build_run(config, workdir: str, members: list[group_lib.Member], mesh,
-              data: datasets.Dataset, *, abstract: bool = False) -> Run:
-  """The job of `config`'s runs (`members`) on `data`: each run's labels (remapped by its class
-  order) and task data, the shared plan, the model and the jitted steps for the mesh's platform.
-  Raises ConfigError if a task has fewer images than a batch, or (a group) the data is decoded
-  lazily or the runs' tasks have different numbers of batches.
+def build_run(parts: Parts, workdir: str, data: datasets.Dataset, *,
+              abstract: bool = False) -> Run:
+  """The job of `parts` on `data`: each run's labels (remapped by its class order) and task data,
+  the shared plan and the jitted steps for the mesh's platform. Raises ConfigError if a task has
+  fewer images than a batch, or (a group) the data is decoded lazily or the runs' tasks have
+  different numbers of batches.
 
   abstract: the data's images are shapes only (rfd_jax.tools.aot, compiling for a target without
   its devices): nothing is placed on a device; `train_data` holds jax.ShapeDtypeStructs.
   """
-  learner = learners.get_learner(config)
-  grouped = group_lib.is_group(config)
+  config, members, mesh, learner = parts.config, parts.members, parts.mesh, parts.learner
+  grouped = parts.grouped
   if grouped and not isinstance(data.train_images, np.ndarray):
     raise errors.ConfigError(
         f"config.runs: {data.name} is decoded lazily from image files; a group of runs needs an "
@@ -264,10 +291,6 @@ def build_run(config, workdir: str, members: list[group_lib.Member], mesh,
                                                                        np.ndarray)
   loop = train_loop(config, resident, mesh_platform(mesh))
   plan = make_plan(config, learner, [len(idx) // batch_size for idx in indices[0]], loop)
-  model = build_model(config.model, spec.sizes, dtype=config.dtype)
-  generator = generator_for(config.data.image_size, config.dtype)
-  tx = optim.momentum_transform(config.optim.momentum)
-  sharding = run_sharding(mesh, grouped)
   root_key = jax.random.key(members[0].config.seed)
   if len(members) > 1:
     root_key = jax.random.wrap_key_data(np.stack(
@@ -276,22 +299,23 @@ def build_run(config, workdir: str, members: list[group_lib.Member], mesh,
   if resident:
     train_data = {"images": placed(data.train_images, parallel.replicated(mesh), abstract),
                   "labels": placed(train_labels if len(members) > 1 else train_labels[0],
-                                   sharding, abstract)}
+                                   parts.run_sharding, abstract)}
   inv = config.inversion
   fns = steps.build_step_fns(
       steps.StepParts(
-          learner=learner, model=model, generator=generator, tx=tx, mean=data.mean, std=data.std,
-          weight_decay=config.optim.weight_decay,
+          learner=learner, model=parts.model, generator=parts.generator, tx=parts.tx,
+          mean=data.mean, std=data.std, weight_decay=config.optim.weight_decay,
           augmentation=augment.Augmentation.from_config(config.data), inversion_lr=inv.lr,
           inversion_batch_size=inv.batch_size, inversion_chunk_steps=inv.chunk_steps,
           inversion_weights=inversion.weights_from_config(config),
           inversion_loop=inversion.resolve_loop(inv.loop, mesh_platform(mesh))),
       mesh, num_runs=len(members))
-  return Run(config=config, workdir=workdir, spec=spec, mesh=mesh, learner=learner, model=model,
-             generator=generator, tx=tx, gen_tx=optax.adam(inv.lr), root_key=root_key, data=data,
-             members=members, dirs=group_lib.run_dirs(workdir, config, members), grouped=grouped,
+  return Run(config=config, workdir=workdir, spec=spec, mesh=mesh, learner=learner,
+             model=parts.model, generator=parts.generator, tx=parts.tx, gen_tx=parts.gen_tx,
+             root_key=root_key, data=data, members=members,
+             dirs=group_lib.run_dirs(workdir, config, members), grouped=grouped,
              train_labels=train_labels, test_labels=test_labels, task_indices=indices, plan=plan,
-             fns=fns, run_sharding=sharding, train_data=train_data, abstract=abstract)
+             fns=fns, run_sharding=parts.run_sharding, train_data=train_data, abstract=abstract)
 
 
 def _check_group_batches(members, indices, batch_size: int) -> None:
@@ -309,27 +333,24 @@ def _check_group_batches(members, indices, batch_size: int) -> None:
           f"{m.name}; lower it.")
 
 
-def abstract_arrays(config, spec, sharding, num_runs: int, *,
-                    step_form: bool = False) -> dict[str, Any]:
+def abstract_arrays(parts: Parts, *, step_form: bool = False) -> dict[str, Any]:
   """The restore targets of every array a checkpoint may hold (shapes only, nothing computed),
-  with the leading run axis of `num_runs` runs placed with `sharding` (`run_sharding`); with
-  `step_form`, the arrays' shapes as the steps take them (no run axis for one run)."""
-  model = build_model(config.model, spec.sizes, dtype=config.dtype)
-  learner = learners.get_learner(config)
-  tx = optim.momentum_transform(config.optim.momentum)
+  with the leading run axis placed with parts.run_sharding; with `step_form`, the arrays' shapes
+  as the steps take them (no run axis for one run)."""
+  config, learner, model, num_runs = parts.config, parts.learner, parts.model, len(parts.members)
+  num_classes = parts.members[0].spec.num_classes
 
   def init():
     rng = jax.random.key(0)
     aux = {} if learner.init_aux is None else learner.init_aux(rng, model.num_features)
     state = create_train_state(model=model, rng=rng, image_size=config.data.image_size,
-                               num_classes=spec.num_classes, tx=tx, aux_params=aux)
-    gen = inversion.create_generator_state(generator=generator_for(config.data.image_size,
-                                                                   config.dtype),
-                                           rng=rng, tx=optax.adam(config.inversion.lr))
-    return {"state": state, "class_weights": jnp.ones((spec.num_classes,), jnp.float32),
+                               num_classes=num_classes, tx=parts.tx, aux_params=aux)
+    gen = inversion.create_generator_state(generator=parts.generator, rng=rng, tx=parts.gen_tx)
+    return {"state": state, "class_weights": jnp.ones((num_classes,), jnp.float32),
             "teacher": state.variables, "generator": gen}
   lead = () if step_form and num_runs == 1 else (num_runs,)
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(lead + a.shape, a.dtype, sharding=sharding),
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(lead + a.shape, a.dtype,
+                                                     sharding=parts.run_sharding),
                       jax.eval_shape(init))
 
 

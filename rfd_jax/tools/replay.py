@@ -23,7 +23,7 @@ from rfd_jax.engine import checkpointing, evaluation, parallel
 from rfd_jax.cli import config_validation
 from rfd_jax.jobs import dfcil_run, steps
 from rfd_jax.methods import tasks
-from rfd_jax.data import augment, datasets
+from rfd_jax.data import augment, datasets, sources
 from rfd_jax.engine.state import trainable_mask
 
 NOT_TERMS = ("dist_inter", "dist_intra")  # weights inside DIST, not loss terms of their own
@@ -42,14 +42,14 @@ class RunReader:
     config = self.config
     self.spec: tasks.TaskSpec = config_validation.validate(config)
     mesh = parallel.make_mesh()
-    self.run = dfcil_run.load_run(config, workdir, mesh)
+    parts = dfcil_run.parts_of(config, mesh)
+    self.run = dfcil_run.build_run(parts, workdir, sources.load_dataset(config.data))
     self.learner, self.model, self.data = self.run.learner, self.run.model, self.run.data
     self.plan = self.run.plan
     self.test_labels = self.run.test_labels[0]
     self.checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"), keep=10**6,
                                                  read_only=True)
-    self._abstract = dfcil_run.abstract_arrays(
-        config, self.spec, dfcil_run.run_sharding(mesh, grouped=False), num_runs=1)
+    self._abstract = dfcil_run.abstract_arrays(parts)
 
   def close(self) -> None:
     self.checkpoints.close()

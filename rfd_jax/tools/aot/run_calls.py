@@ -102,7 +102,7 @@ def build(config, mesh) -> tuple[dfcil_run.Run, dict[str, Any]]:
   """The job of `config` over `mesh` (abstract), and the abstract arrays its state is made of
   (state, class_weights, teacher, generator) in the step form (a leading run axis for a group of
   several runs). Raises ConfigError as the job would."""
-  spec = config_validation.validate(config)
+  config_validation.validate(config)
   data = abstract_dataset(config.data)
   members = group.members(config)
   if group.is_group(config):
@@ -110,9 +110,9 @@ def build(config, mesh) -> tuple[dfcil_run.Run, dict[str, Any]]:
       raise errors.ConfigError(
           "config.runs: a group of runs runs in one process; this target has several hosts.")
     group_check(config, members, mesh)
-  run = dfcil_run.build_run(config, "", members, mesh, data, abstract=True)
-  return run, dfcil_run.abstract_arrays(config, spec, run.run_sharding, run.num_runs,
-                                        step_form=True)
+  parts = dfcil_run.parts_of(config, mesh, members)
+  return (dfcil_run.build_run(parts, "", data, abstract=True),
+          dfcil_run.abstract_arrays(parts, step_form=True))
 
 
 def group_check(config, members, mesh) -> None:
