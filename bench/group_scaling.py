@@ -1,4 +1,4 @@
-r"""Images/s of a group of N runs stepped together (rfd_jax.jobs.group, jax.vmap over runs) against N.
+r"""Images/s of a group of N runs stepped together (rfd_jax.jobs.dfcil, vmapped) against N.
 
   python bench/group_scaling.py [--config configs/digits.py] [--sizes 1,2,4,8] [--steps 20]
                                 [--loop host|scan] [--kinds ce,distill] [--set field=value ...]
@@ -10,7 +10,8 @@ model, generator = a fresh one: the same work as in a run). `--loop host` calls 
 (the CPU default), `--loop scan` a block of --steps steps. After one warm-up call (compilation),
 --steps steps are timed with a wait at the end. Prints one line per (N, step):
 `group N=<n> step=<ce|distill> img/s=<all runs> per_run_img/s=<...> ms/step=<...> speedup=<img/s
-over N=1's>`; "speedup N" means N runs cost as much as one.
+over N=1's>`; "speedup N" means N runs cost as much as one. N=1 runs the plain run's functions
+(no vmap), as the job does for one run.
 """
 
 from __future__ import annotations

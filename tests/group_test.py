@@ -1,5 +1,6 @@
-"""A group of runs in one process (rfd_jax.jobs.group, config.runs): a 3-order digits group against the
-three single runs, its layout and summary, an exact resume, and its config errors."""
+"""A group of runs in one process (config.runs; the class-incremental job over R runs,
+rfd_jax.jobs.dfcil): a 3-order digits group against the three single runs, a group of one against
+its single run, its layout and summary, an exact resume, and its config errors."""
 
 import json
 import os
@@ -87,6 +88,17 @@ def test_each_run_of_a_group_gives_its_single_runs_results(grouped, singles):
           assert g[k] == pytest.approx(v, rel=1e-2), (order, w["step"], k)
   # the orders are really different runs
   assert len({json.dumps(results[o]["acc_matrix"]) for o in ORDERS}) > 1
+
+
+def test_a_group_of_one_run_is_the_single_run_bit_for_bit(singles, tmp_path):
+  """The same job steps one run the same way whether it is a plain run or a group of one (its
+  files in the group's layout): the same results and every metrics.jsonl value."""
+  workdir = tmp_path / "one"
+  results = dfcil.train_and_evaluate(tiny_config(**{"runs.class_orders": "seed1"}), str(workdir))
+  single_dir, single = singles["seed1"]
+  assert _without_timing(results["seed1"]) == _without_timing(single)
+  strip = lambda records: [{k: v for k, v in r.items() if "seconds" not in k} for r in records]
+  assert strip(_records(workdir / "rfd" / "seed1")) == strip(_records(single_dir))
 
 
 def test_a_group_writes_the_sweep_layout_and_summary(grouped):

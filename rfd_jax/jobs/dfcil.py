@@ -1,5 +1,10 @@
 """The class-incremental job: per task, invert the previous model, train, fine-tune, evaluate.
 
+One job for a plain run and for a group of runs (config.runs, rfd_jax.jobs.group): it steps R
+runs at once (R = 1 for a plain run), its host data, checkpoints and records with a leading run
+axis, its device arrays in the step form (rfd_jax.jobs.dfcil_run). A plain run writes its files in
+the workdir, a group's runs each in WORKDIR/<method>/<run>/.
+
 The run is a plan over one global step (rfd_jax.engine.plan.dfcil_plan): per task t the inversion (t >= 1,
 learners that invert), the main phase, the head fine-tuning (rdfcil, rfd) and the evaluation, each
 step counted once. rfd_jax.engine.loop runs it; this module says what each segment does (`DfcilJob`).

@@ -278,9 +278,9 @@ def build_step_fns(parts: StepParts, mesh, *, num_runs: int = 1) -> StepFns:
   """Binds the static arguments and jits every step of the job over `num_runs` runs (the state
   is donated).
 
-  One run (R = 1), no run axis: state, keys, hparams, teacher and generator replicated; real batches split on
-  the mesh's "data" axis, so BatchNorm sees the global batch; device-resident data and its batch
-  rows replicated, each device gathering its own rows of a batch. Several runs: vmapped over the
+  One run (R = 1), no run axis: state, keys, hparams, teacher and generator replicated; real
+  batches split on the mesh's "data" axis, so BatchNorm sees the global batch; device-resident
+  data and its batch rows replicated, each device gathering its own rows of a batch. Several runs: vmapped over the
   run axis, device-resident data only; the arrays' own shardings (the run axis split over the
   mesh) place the computation, and batches are not split.
   """
@@ -296,12 +296,9 @@ def build_step_fns(parts: StepParts, mesh, *, num_runs: int = 1) -> StepFns:
         distill_train_step, loss_fn=loss_fn, generator=parts.generator,
         batch_sharding=batch_sharding, **common)
 
-  def host_fed(step_fn):  # (state, batch, task_keys, step, hparams, ...): key derived on device
-    def keyed(state, b, keys, step, hparams, *extra):
-      shared, per = _split_hparams(hparams)
-      one = lambda p, _: step_fn(p[0], b, jax.random.fold_in(p[1], step), {**shared, **p[2]},
-                                 *p[3])
-      return one((state, keys, per, extra), None)
+  def host_fed(step_fn):  # (state, batch, task_key, step, ...), one run: key derived on device
+    keyed = lambda state, b, key, step, *args: step_fn(state, b, jax.random.fold_in(key, step),
+                                                       *args)
     num_extra = 0 if step_fn is step_fns["ce"] else 2
     return jax.jit(keyed, donate_argnums=(0,), in_shardings=(rep, batch, rep, rep, rep)
                    + (rep,) * num_extra, out_shardings=rep)
