@@ -63,7 +63,8 @@ def main() -> None:
           value == "True")
     config.runs.seeds = ",".join(str(s) for s in range(n))
     config_validation.validate(config)
-    mesh = parallel.job_mesh(config.data)
+    mesh = parallel.job_mesh(batch_size=config.data.batch_size,
+                         eval_batch_size=config.data.eval_batch_size)
     run = dfcil_run.load_run(config, "/nonexistent", mesh)
     rs = dfcil_run.RunState.fresh(run)
     job = dfcil.DfcilJob(run, rs, writer=None)

@@ -105,7 +105,8 @@ def _job(method="rfd"):
   config.data.num_tasks = 2
   config.optim.loop = "host"
   config_validation.validate(config)
-  mesh = parallel.job_mesh(config.data)
+  mesh = parallel.job_mesh(batch_size=config.data.batch_size,
+                         eval_batch_size=config.data.eval_batch_size)
   run = dfcil_run.load_run(config, "/nonexistent", mesh)
   rs = dfcil_run.RunState.fresh(run)
   rs.teacher_vars = jax.tree.map(jnp.copy, rs.state.variables)

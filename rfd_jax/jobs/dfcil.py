@@ -317,7 +317,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   invocation_start = time.time()
   members = group.members(config)
   grouped = group.is_group(config)
-  mesh = parallel.job_mesh(config.data)
+  mesh = parallel.job_mesh(batch_size=config.data.batch_size,
+                         eval_batch_size=config.data.eval_batch_size)
   group.check(config, members, mesh.devices.size, num_processes=jax.process_count())
   os.makedirs(workdir, exist_ok=True)
   parts = dfcil_run.parts_of(config, mesh, members)  # the job's setup: built once from the config

@@ -317,7 +317,8 @@ def train_dfkd(config, workdir: str) -> dict:
   """
   invocation_start = time.time()
   validate(config)
-  mesh = parallel.job_mesh(config.data)
+  mesh = parallel.job_mesh(batch_size=config.data.batch_size,
+                         eval_batch_size=config.data.eval_batch_size)
   parallel.check_batch_size(config.synthesis.batch_size, mesh, field="config.synthesis.batch_size")
   os.makedirs(workdir, exist_ok=True)
   size = config.data.image_size

@@ -197,7 +197,8 @@ def train_teacher(config, workdir: str) -> dict:
   """
   invocation_start = time.time()
   info = validate(config)
-  mesh = parallel.job_mesh(config.data)
+  mesh = parallel.job_mesh(batch_size=config.data.batch_size,
+                         eval_batch_size=config.data.eval_batch_size)
   os.makedirs(workdir, exist_ok=True)
   model = dfkd_nets.build_classifier(config.model.name, info.num_classes, dtype=config.dtype)
   tx = optim.momentum_transform(config.optim.momentum)
