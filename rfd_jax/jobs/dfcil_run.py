@@ -43,6 +43,11 @@ from rfd_jax.engine.state import TrainState, create_train_state
 LAYOUT = 2
 
 
+# One jitted call per tree (not an eager op, i.e. a compiled executable, per leaf shape).
+_with_axis = jax.jit(lambda tree: jax.tree.map(lambda x: x[None], tree))
+_without_axis = jax.jit(lambda tree: jax.tree.map(lambda x: x[0], tree))
+
+
 @dataclasses.dataclass
 class Run:
   """What a job builds once and never changes. Per run r of `members`: root_key[r],
@@ -107,11 +112,11 @@ class Run:
 
   def with_run_axis(self, tree: Any) -> Any:
     """The step form → arrays with the leading run axis (what a checkpoint stores)."""
-    return jax.tree.map(lambda x: x[None], tree) if self.num_runs == 1 else tree
+    return _with_axis(tree) if self.num_runs == 1 else tree
 
   def step_form(self, tree: Any) -> Any:
     """Arrays with the leading run axis (a checkpoint's) → the step form."""
-    return jax.tree.map(lambda x: x[0], tree) if self.num_runs == 1 else tree
+    return _without_axis(tree) if self.num_runs == 1 else tree
 
   def aux(self, task: int) -> Any:
     """The learner's extra per-task params (R-DFCIL's RKD projections); {} if it has none."""
