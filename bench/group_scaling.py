@@ -1,4 +1,4 @@
-r"""Images/s of a group of N runs stepped together (rfd_jax.jobs.group, jax.vmap over runs) against N.
+r"""Images/s of a group of N runs stepped together (rfd_jax.jobs.dfcil, vmapped) against N.
 
   python bench/group_scaling.py [--config configs/digits.py] [--sizes 1,2,4,8] [--steps 20]
                                 [--loop host|scan] [--kinds ce,distill] [--set field=value ...]
@@ -10,7 +10,8 @@ model, generator = a fresh one: the same work as in a run). `--loop host` calls 
 (the CPU default), `--loop scan` a block of --steps steps. After one warm-up call (compilation),
 --steps steps are timed with a wait at the end. Prints one line per (N, step):
 `group N=<n> step=<ce|distill> img/s=<all runs> per_run_img/s=<...> ms/step=<...> speedup=<img/s
-over N=1's>`; "speedup N" means N runs cost as much as one.
+over N=1's>`; "speedup N" means N runs cost as much as one. N=1 runs the plain run's functions
+(no vmap), as the job does for one run.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def main() -> None:
   import jax.numpy as jnp
   import numpy as np
   from rfd_jax.cli import config_validation
-  from rfd_jax.jobs import group
+  from rfd_jax.jobs import dfcil, dfcil_run
   from rfd_jax.engine import parallel
 
   spec_ = importlib.util.spec_from_file_location("bench_config", args.config)
@@ -62,11 +63,11 @@ def main() -> None:
           value == "True")
     config.runs.seeds = ",".join(str(s) for s in range(n))
     config_validation.validate(config)
-    members = group.members(config)
-    mesh = parallel.job_mesh(config.data)
-    run = group.load_group_run(config, "/nonexistent", members, mesh)
-    rs = group._fresh_state(run)  # pylint: disable=protected-access
-    job = group.GroupJob(run, rs, writer=None)
+    mesh = parallel.job_mesh(batch_size=config.data.batch_size,
+                         eval_batch_size=config.data.eval_batch_size)
+    run = dfcil_run.load_run(config, "/nonexistent", mesh)
+    rs = dfcil_run.RunState.fresh(run)
+    job = dfcil.DfcilJob(run, rs, writer=None)
     for name, task in (("ce", 0), ("distill", 1)):
       if name not in args.kinds.split(",") or (task and not run.learner.uses_inversion):
         continue
@@ -75,22 +76,23 @@ def main() -> None:
       extra = ()
       if distilling:
         rs.teacher_vars = jax.tree.map(jnp.copy, rs.state.variables)
-        rs.gen_state = job._new_generator(task)  # pylint: disable=protected-access
-        hparams["class_weights"] = job._ones_class_weights()  # pylint: disable=protected-access
+        rs.gen_state = run.new_generator(task)
+        hparams["class_weights"] = run.ones_class_weights()
         extra = (rs.teacher_vars, rs.gen_state.variables)
       rows = job._epoch_rows(task, 0)  # pylint: disable=protected-access
       key = job._task_key(task)  # pylint: disable=protected-access
-      per_call = min(args.steps, rows.shape[1]) if args.loop == "scan" else 1
+      epoch_steps = rows.shape[-2]  # rows: ([N,] steps, B), the run axis for N > 1
+      per_call = min(args.steps, epoch_steps) if args.loop == "scan" else 1
       state = jax.tree.map(jnp.copy, rs.state)
 
       def call(state, j):
-        return step_fn(per_call, state, run.train_data, rows, np.int32(j % rows.shape[1]), key,
+        return step_fn(per_call, state, run.train_data, rows, np.int32(j % epoch_steps), key,
                        np.int32(0), hparams, *extra)[0]
       state = jax.block_until_ready(call(state, 0))  # compile
       calls = max(args.steps // per_call, 1)
       start = time.perf_counter()
       for j in range(calls):
-        state = call(state, (j * per_call) % max(rows.shape[1] - per_call + 1, 1))
+        state = call(state, (j * per_call) % max(epoch_steps - per_call + 1, 1))
       jax.block_until_ready(state)
       seconds = (time.perf_counter() - start) / (calls * per_call)
       images = n * config.data.batch_size / seconds

@@ -21,6 +21,7 @@ of a loop change. Output: one line, `overhead method=M loop_us=… host_us=… b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -70,21 +71,24 @@ def main() -> None:
     if hasattr(module, "build_step_fns"):
       original = module.build_step_fns
 
+      def timed_fn(fn, name):
+        def timed(*call_args):
+          steps = call_args[0] if name.endswith("_block") else 1
+          calls.append((time.perf_counter(), time.thread_time(), name, steps))
+          out = fn(*call_args)
+          if name not in captured:  # one copy (later outputs get donated to the next call)
+            captured[name] = (fn, call_args, jax.tree.map(jnp.copy, out))
+          return out
+        return timed
+
       def build(*a, _original=original, **kw):
         fns = _original(*a, **kw)
-        wrapped = {}
-        for name in train_fns:
-          fn = getattr(fns, name, None)
-          if fn is None:
-            continue
-          def timed(*call_args, _fn=fn, _name=name):
-            steps = call_args[0] if _name.endswith("_block") else 1
-            calls.append((time.perf_counter(), time.thread_time(), _name, steps))
-            out = _fn(*call_args)
-            if _name not in captured:  # one copy (later outputs get donated to the next call)
-              captured[_name] = (_fn, call_args, jax.tree.map(jnp.copy, out))
-            return out
-          wrapped[name] = timed
+        if isinstance(getattr(fns, "train", None), dict):  # StepFns.train_fn(kind, resident)
+          train = {key: None if fn is None else timed_fn(fn, fns.train_name(*key))
+                   for key, fn in fns.train.items()}
+          return dataclasses.replace(fns, train=train)
+        wrapped = {name: timed_fn(getattr(fns, name), name) for name in train_fns
+                   if getattr(fns, name, None) is not None}  # before: one field per function
         return fns.__class__(**{**{f: getattr(fns, f) for f in fns.__dataclass_fields__},
                                 **wrapped})
       module.build_step_fns = build

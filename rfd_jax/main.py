@@ -72,9 +72,7 @@ def run_job(config, workdir: str, job: str | None = None) -> tuple[str, dict]:
     if job == "dfkd":
       from rfd_jax.jobs import dfkd  # pylint: disable=g-import-not-at-top
       return job, dfkd.train_dfkd(config, workdir)
-    if group.is_group(config):
-      return "group", group.train_and_evaluate(config, workdir)
-    return job, dfcil.train_and_evaluate(config, workdir)
+    return ("group" if group.is_group(config) else job), dfcil.train_and_evaluate(config, workdir)
   except (errors.ConfigError, FileNotFoundError) as e:
     usage.fail(str(e))
 

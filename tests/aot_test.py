@@ -17,6 +17,11 @@ from rfd_jax.tools.aot import run_calls, compiler, targets
 from tests.train_test import tiny_config
 
 
+def _mesh(config):
+  return parallel.job_mesh(batch_size=config.data.batch_size,
+                           eval_batch_size=config.data.eval_batch_size)
+
+
 def _scan_config():
   """The tiny rfd run with the loops an accelerator resolves: scanned epochs and inversion
   chunks."""
@@ -52,14 +57,18 @@ def test_the_tool_compiles_the_calls_a_run_makes(tmp_path, monkeypatch):
 
   def recording(*args, **kwargs):
     fns = build(*args, **kwargs)
-    return steps.StepFns(**{name: None if fn is None else _Recorder(name, fn, log)
-                            for name, fn in vars(fns).items()})
+    wrap = lambda name, fn: None if fn is None else _Recorder(name, fn, log)
+    return steps.StepFns(
+        train={k: wrap(steps.StepFns.train_name(*k), fn) for k, fn in fns.train.items()},
+        eval_step=wrap("eval_step", fns.eval_step),
+        inversion_chunk=wrap("inversion_chunk", fns.inversion_chunk),
+        class_weights=wrap("class_weights", fns.class_weights))
   monkeypatch.setattr(steps, "build_step_fns", recording)
   config = _scan_config()
   dfcil.train_and_evaluate(config, str(tmp_path))
   monkeypatch.setattr(steps, "build_step_fns", build)
 
-  run, arrays = run_calls.build(config, parallel.job_mesh(config.data))
+  run, arrays = run_calls.build(config, _mesh(config))
   calls = run_calls.calls(run, arrays)
   static = lambda c: c.args[:1] if ":" in c.name else ()
   compiled = {(c.name.split(":")[0], static(c), _signature(c.args[len(static(c)):]))
@@ -81,12 +90,12 @@ def test_the_tool_compiles_the_calls_a_run_makes(tmp_path, monkeypatch):
 def test_a_group_builds_its_vmapped_calls():
   config = _scan_config()
   config.runs.class_orders = "seed0,seed1"
-  run, arrays = run_calls.build(config, parallel.job_mesh(config.data))
+  run, arrays = run_calls.build(config, _mesh(config))
   calls = {c.name.split(":")[0]: c for c in run_calls.calls(run, arrays)}
   block = calls["distill_main_block"]
   assert block.args[1].step.shape == (2,)  # the state's leading run axis
   assert block.args[3].shape[0] == 2  # each run's batch rows
-  lowered = block.lower()  # the group's jitted function for these hparams, vmapped
+  lowered = block.lower()  # the group's jitted function, vmapped
   assert "while" in lowered.as_text()
 
 
@@ -94,11 +103,11 @@ def test_xla_counts_a_scan_body_once():
   """The projection takes a scanned block's cost analysis as one step's: check that XLA reports
   about the same flops for a block of K steps as for one step."""
   config = _scan_config()
-  run, arrays = run_calls.build(config, parallel.job_mesh(config.data))
+  run, arrays = run_calls.build(config, _mesh(config))
   block = next(c for c in run_calls.calls(run, arrays) if c.name.startswith("ce_block"))
   k = block.args[0]
   assert k > 1
-  one = compiler.cost(run.fns.ce_block.lower(1, *block.args[1:]).compile())
+  one = compiler.cost(run.fns.train_fn("ce", True).lower(1, *block.args[1:]).compile())
   many = compiler.cost(block.lower().compile())
   assert 0.9 < many["flops"] / one["flops"] < 1.5
 
@@ -198,7 +207,7 @@ def test_teacher_and_dfkd_jobs_lower_their_calls(name):
   from rfd_jax.tools.aot import job_calls  # pylint: disable=g-import-not-at-top
   config = {"teacher_digits": teacher_digits, "dfkd_digits": dfkd_digits}[name].get_config()
   config.model.name = "wrn16_1"
-  plan, calls = job_calls.job_calls(config, parallel.job_mesh(config.data))
+  plan, calls = job_calls.job_calls(config, _mesh(config))
   expected = ({"train_step", "eval_step"} if name == "teacher_digits" else
               {"synth_init", "draw_targets", "synthesis_step", "quantize", "student_step",
                "eval_step"})  # CPU resolves synthesis.loop=auto to the host loop

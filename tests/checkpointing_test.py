@@ -177,7 +177,8 @@ def test_a_resumed_run_has_each_metrics_record_once(killed, reference):
   # the killed invocation had written step 30's train record past its newest complete checkpoint
   # (28, or 24 when the kill came before the asynchronous save of 28 was done)
   newest = killed["metas_at_kill"][max(killed["metas_at_kill"])]
-  assert newest["step"] in (24, 28) and newest["metrics_records"] < len(killed["metrics_at_kill"])
+  assert newest["step"] in (24, 28) and len(newest["metrics_records"]) == 1  # per run
+  assert newest["metrics_records"][0] < len(killed["metrics_at_kill"])
   assert killed["metrics_at_kill"][-1]["step"] == 30 and "train/loss" in killed["metrics_at_kill"][-1]
   assert _metrics(killed["workdir"]) == _metrics(reference)
 
@@ -367,6 +368,30 @@ def test_a_resume_with_a_different_config_is_refused(reference, cache_dir, tmp_p
   proc = _run(tmp_path, cache_dir, "--config.log.every_steps=3", "--config.ckpt.keep=2")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert _results(tmp_path) == _results(reference)
+
+
+@pytest.mark.parametrize("where", ["workdir", "init_from"])
+def test_a_checkpoint_of_the_layout_before_the_run_axis_is_refused_and_kept(
+    reference, cache_dir, tmp_path, where):
+  """A checkpoint whose record has no "layout" (what a single run or a group wrote before every
+  array carried the run axis) is refused in one `error:` line, exit 2, nothing written or
+  deleted; as the workdir's own checkpoint and as config.init_from."""
+  old = tmp_path / "old"
+  _copy_checkpoint(reference, TASK0_END, old)
+  path = old / "checkpoints" / str(TASK0_END) / "meta" / "metadata"
+  meta = json.loads(path.read_text())
+  assert meta["layout"] == 2 and meta["runs"] == ["seed0"]
+  del meta["layout"], meta["runs"]
+  path.write_text(json.dumps(meta))
+  workdir = old if where == "workdir" else tmp_path / "new"
+  extra = () if where == "workdir" else (f"--config.init_from={old}",)
+  before = _tree_digest(tmp_path)
+  proc = _run(workdir, cache_dir, *extra)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+  assert "before every array of the class-incremental job carried a run axis" in proc.stderr
+  assert "Nothing was deleted" in proc.stderr
+  assert _tree_digest(tmp_path) == before
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(

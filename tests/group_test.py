@@ -1,5 +1,6 @@
-"""A group of runs in one process (rfd_jax.jobs.group, config.runs): a 3-order digits group against the
-three single runs, its layout and summary, an exact resume, and its config errors."""
+"""A group of runs in one process (config.runs; the class-incremental job over R runs,
+rfd_jax.jobs.dfcil): a 3-order digits group against the three single runs, a group of one against
+its single run, its layout and summary, an exact resume, and its config errors."""
 
 import json
 import os
@@ -48,7 +49,7 @@ def _without_timing(results):
 @pytest.fixture(scope="module", name="grouped")
 def _grouped(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("group"))
-  results = group.train_and_evaluate(
+  results = dfcil.train_and_evaluate(
       tiny_config(**{"runs.class_orders": ",".join(ORDERS), "ckpt.keep": 100}), workdir)
   return workdir, results
 
@@ -89,6 +90,17 @@ def test_each_run_of_a_group_gives_its_single_runs_results(grouped, singles):
   assert len({json.dumps(results[o]["acc_matrix"]) for o in ORDERS}) > 1
 
 
+def test_a_group_of_one_run_is_the_single_run_bit_for_bit(singles, tmp_path):
+  """The same job steps one run the same way whether it is a plain run or a group of one (its
+  files in the group's layout): the same results and every metrics.jsonl value."""
+  workdir = tmp_path / "one"
+  results = dfcil.train_and_evaluate(tiny_config(**{"runs.class_orders": "seed1"}), str(workdir))
+  single_dir, single = singles["seed1"]
+  assert _without_timing(results["seed1"]) == _without_timing(single)
+  strip = lambda records: [{k: v for k, v in r.items() if "seconds" not in k} for r in records]
+  assert strip(_records(workdir / "rfd" / "seed1")) == strip(_records(single_dir))
+
+
 def test_a_group_writes_the_sweep_layout_and_summary(grouped):
   workdir, results = grouped
   for order in ORDERS:
@@ -118,7 +130,7 @@ def test_a_group_resumes_exactly_from_its_stacked_checkpoint(grouped, tmp_path):
   shutil.copytree(os.path.join(reference_dir, "checkpoints", "14"),
                   workdir / "checkpoints" / "14")
   config = tiny_config(**{"runs.class_orders": ",".join(ORDERS), "ckpt.keep": 100})
-  resumed = group.train_and_evaluate(config, str(workdir))
+  resumed = dfcil.train_and_evaluate(config, str(workdir))
   for order in ORDERS:
     assert _without_timing(resumed[order]) == _without_timing(reference[order])
     # the records after the checkpoint (the copy has no metrics.jsonl of its own before them)
@@ -139,7 +151,7 @@ def test_a_group_resumes_exactly_from_its_stacked_checkpoint(grouped, tmp_path):
 def test_bad_groups_are_refused_naming_the_field(overrides, message, tmp_path):
   with pytest.raises(errors.ConfigError, match=message.replace("(", r"\(")
                      .replace(")", r"\)")):
-    group.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "bad"))
+    dfcil.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "bad"))
   assert not os.path.exists(tmp_path / "bad")  # refused before anything was written
 
 

@@ -222,8 +222,9 @@ def test_each_step_compiles_once_per_run_whatever_the_number_of_tasks(monkeypatc
   assert len(results["acc_matrix"]) == 3
   fns = captured[-1]
   counts = {name: fn._cache_size() for name, fn in (  # pylint: disable=protected-access
-      ("ce", fns.ce_block), ("main", fns.distill_main_block),  # device-resident, host loop
-      ("finetune", fns.distill_finetune_block), ("eval", fns.eval_step),
+      ("ce", fns.train_fn("ce", True)), ("main", fns.train_fn("distill_main", True)),
+      ("finetune", fns.train_fn("distill_finetune", True)),  # device-resident, host loop
+      ("eval", fns.eval_step),
       ("inversion", fns.inversion_chunk.step), ("class_weights", fns.class_weights))}
   assert counts == {"ce": 1, "main": 1, "finetune": 1, "eval": 1, "inversion": 1,
                     "class_weights": 1}, counts

@@ -104,9 +104,10 @@ def _job(method="rfd"):
   config = tiny_config(method)
   config.data.num_tasks = 2
   config.optim.loop = "host"
-  spec = config_validation.validate(config)
-  mesh = parallel.job_mesh(config.data)
-  run = dfcil_run.load_run(config, "/nonexistent", spec, mesh)
+  config_validation.validate(config)
+  mesh = parallel.job_mesh(batch_size=config.data.batch_size,
+                         eval_batch_size=config.data.eval_batch_size)
+  run = dfcil_run.load_run(config, "/nonexistent", mesh)
   rs = dfcil_run.RunState.fresh(run)
   rs.teacher_vars = jax.tree.map(jnp.copy, rs.state.variables)
   rs.gen_state = inversion.create_generator_state(generator=run.generator,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rfd_jax.methods import tasks
 from rfd_jax.data import datasets, image_folders
 from rfd_jax.engine import errors, saved_config
-from rfd_jax.jobs import dfcil_run
+from rfd_jax.jobs import group
 
 METHODS = ("rfd", "rdfcil", "abd", "deepinversion", "finetune", "joint")
 GENERATOR_POLICIES = ("auto", "fresh", "reuse")
@@ -43,7 +43,7 @@ def validate(config) -> tasks.TaskSpec:
   check_removed_fields(config)
   _require(config.method in METHODS,
            f"config.method={config.method!r} is unknown; expected one of {METHODS}.")
-  spec = dfcil_run.task_spec(config.data)
+  spec = group.task_spec(config.data)
   info = datasets.dataset_info(config.data.dataset)
   _require(config.dtype in DTYPES,
            f"config.dtype={config.dtype!r} is unknown; expected one of {DTYPES}.")

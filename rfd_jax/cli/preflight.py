@@ -39,7 +39,7 @@ def check(config, workdir: str) -> str:
     dfkd.validate(config)
   check_workdir(workdir)
   counts = train_class_counts(config.data)
-  check_resume(config, workdir)
+  check_resume(config, workdir, job)
   if job == "dfcil":
     check_batch_fits_tasks(config, spec, counts)
     check_init_from(config, workdir)
@@ -179,7 +179,14 @@ def _newest_readable_meta(directory: str, only_id: int | None = None) -> dict | 
   return None
 
 
-def check_resume(config, workdir: str) -> None:
+def _check_layout(job: str, meta: dict, source: str) -> None:
+  """The class-incremental job's refusal of a checkpoint of an earlier layout."""
+  if job == "dfcil":
+    from rfd_jax.jobs import dfcil_run  # pylint: disable=g-import-not-at-top  (JAX; only here)
+    dfcil_run.check_layout(meta, source)
+
+
+def check_resume(config, workdir: str, job: str = "dfcil") -> None:
   """When the run will resume from the workdir's newest readable checkpoint: ConfigError
   (ConfigMismatchError) if its config may not be continued with this one, as the resume would
   refuse it, but before anything is logged. (No readable checkpoint: the resume decides.)"""
@@ -189,6 +196,8 @@ def check_resume(config, workdir: str) -> None:
   meta = _newest_readable_meta(directory)
   if meta is None or "config" not in meta:
     return
+  if "step" in meta:  # (older ones are refused by the resume, with their own message)
+    _check_layout(job, meta, os.path.abspath(directory))
   saved_config.check_config(meta["config"], saved_config.config_dict(config),
                              allow_change=config.ckpt.allow_config_change,
                              source=os.path.abspath(directory))
@@ -205,6 +214,8 @@ def check_init_from(config, workdir: str) -> None:
   if meta is None:
     raise ConfigError(f"config.init_from={config.init_from!r} holds no readable checkpoint; "
                       "expected a run's workdir, its checkpoints directory or one checkpoint.")
+  if "step" in meta:
+    _check_layout("dfcil", meta, config.init_from)
   current = saved_config.config_dict(config)
   saved_config.check_config(meta["config"], current,
                              allow_change=config.ckpt.allow_config_change, source=config.init_from)

@@ -275,17 +275,28 @@ class Resume:
     return 0 if self.enabled else None
 
 
-def resume(config, workdir: str, abstract_arrays) -> Resume:
-  """The latest readable checkpoint in WORKDIR/checkpoints, else config.init_from's (if set), else
-  none. abstract_arrays(meta) → the restore targets of the arrays listed in meta["arrays"].
+@dataclasses.dataclass(frozen=True)
+class ResumeSettings:
+  """What the resume policy reads of a config (a job builds it: rfd_jax.jobs.settings)."""
+  enabled: bool  # config.ckpt.enabled
+  init_from: str  # config.init_from ("" none)
+  allow_config_change: bool  # config.ckpt.allow_config_change
+  config_dict: dict  # saved_config.config_dict(config): compared with a checkpoint's
+
+
+def resume(settings: ResumeSettings, workdir: str, abstract_arrays, *,
+           check_meta=None) -> Resume:
+  """The latest readable checkpoint in WORKDIR/checkpoints, else settings.init_from's (if set),
+  else none. abstract_arrays(meta) → the restore targets of the arrays listed in meta["arrays"].
+  check_meta(meta, source) may refuse a checkpoint the job cannot continue (ConfigError).
 
   Raises:
     ConfigMismatchError: the checkpoint's config differs in fields that change the result (unless
-      config.ckpt.allow_config_change).
+      settings.allow_config_change).
     UnreadableCheckpointsError: the workdir's checkpoints are all unreadable.
-    errors.ConfigError: config.init_from holds no readable checkpoint.
+    errors.ConfigError: settings.init_from holds no readable checkpoint; check_meta's refusal.
   """
-  current = saved_config.config_dict(config)
+  current = settings.config_dict
 
   def checker(source):
     def check(meta):
@@ -294,11 +305,13 @@ def resume(config, workdir: str, abstract_arrays) -> Resume:
             f"{source} holds checkpoints of an older rfd_jax (before checkpoints were keyed by the "
             "run's global step), which this version cannot continue. Nothing was deleted; pass a "
             "new --workdir to start afresh.")
-      saved_config.check_config(meta["config"], current, allow_change=config.ckpt.allow_config_change,
-                   source=source)
+      if check_meta is not None:
+        check_meta(meta, source)
+      saved_config.check_config(meta["config"], current,
+                                allow_change=settings.allow_config_change, source=source)
     return check
 
-  enabled = bool(config.ckpt.enabled)
+  enabled = settings.enabled
   directory = os.path.join(workdir, "checkpoints")
   if enabled and os.path.isdir(directory):
     own = Checkpoints(directory, keep=1, read_only=True)
@@ -310,7 +323,7 @@ def resume(config, workdir: str, abstract_arrays) -> Resume:
     if restored is not None:
       logging.info("resuming from checkpoint %s", restored.directory)
       return Resume(restored, True, enabled)
-  init_from = config.get("init_from", "")
+  init_from = settings.init_from
   if init_from:
     directory, only_id = locate(init_from)
     source = Checkpoints(directory, keep=1, read_only=True)

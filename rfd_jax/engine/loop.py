@@ -20,6 +20,7 @@ inside it), `run_block` (the next steps; returns their mean metrics, on device),
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -30,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rfd_jax.engine import checkpointing, preemption, saved_config, timing, writers
+from rfd_jax.engine import checkpointing, preemption, timing, writers
 from rfd_jax.engine.plan import Plan, Position, Segment
 
 # Test-only hook: "<global step>[:<KILL|TERM|INT>]" makes the run send itself the signal (default
@@ -77,7 +78,7 @@ def display(value) -> float:
 
 class _Sums:
   """Step-weighted sums of block metrics, kept on device until read (one sync per read). A metric
-  is a scalar, or (R,) with one value per run of a group (rfd_jax.jobs.group)."""
+  is a scalar, or (R,) with one value per run (rfd_jax.jobs.dfcil)."""
 
   def __init__(self, saved: dict | None = None):
     self.total, self.steps, self.first = None, 0, None
@@ -360,24 +361,34 @@ class Loop:
     logging.info("checkpoint %d: %s", self.step, self.plan.describe(self.step))
 
 
-def run_plan(plan: Plan, job: Job, *, config, workdir: str, resumed: checkpointing.Resume,
-             writer, invocation_start: float, keep_steps=()) -> Loop:
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+  """What the loop reads of a config (a job builds it: rfd_jax.jobs.settings)."""
+  ckpt_enabled: bool  # config.ckpt.enabled
+  keep: int  # config.ckpt.keep: the last checkpoints kept
+  ckpt_every_steps: int  # config.ckpt.every_steps (0: only where the plan says)
+  log_every_steps: int  # config.log.every_steps (0: at segment ends only)
+  progress: bool  # config.log.progress
+  config_dict: dict  # saved_config.config_dict(config), stored in every checkpoint
+
+
+def run_plan(plan: Plan, job: Job, *, settings: LoopSettings, workdir: str,
+             resumed: checkpointing.Resume, writer, invocation_start: float,
+             keep_steps=()) -> Loop:
   """Runs `plan` from the resumed step to its end with checkpoints in WORKDIR/checkpoints (the
-  last config.ckpt.keep, and `keep_steps` for good) and SIGTERM/SIGINT handling; returns the loop
-  (its invocation times)."""
+  last settings.keep, `keep_steps` for good), SIGTERM/SIGINT handling; returns the loop."""
   checkpoints = None
-  if config.ckpt.enabled:
+  if settings.ckpt_enabled:
     checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"),
-                                            keep=config.ckpt.keep, keep_steps=keep_steps)
+                                            keep=settings.keep, keep_steps=keep_steps)
   signals = preemption.StopSignals() if checkpoints else preemption.no_stop_signals()
   try:
     with signals as stop:
       runner = Loop(plan, checkpoints=checkpoints, writer=writer, signals=stop,
-                    config_dict=saved_config.config_dict(config),
-                    log_every_steps=config.log.get("every_steps", 0),
-                    ckpt_every_steps=config.ckpt.get("every_steps", 0),
-                    progress=config.log.progress, invocation_start=invocation_start,
-                    meta=resumed.meta, saved_step=resumed.step if resumed.from_workdir else None,
+                    config_dict=settings.config_dict, log_every_steps=settings.log_every_steps,
+                    ckpt_every_steps=settings.ckpt_every_steps, progress=settings.progress,
+                    invocation_start=invocation_start, meta=resumed.meta,
+                    saved_step=resumed.step if resumed.from_workdir else None,
                     wall_record=(timing.read_wall_record(workdir) if resumed.from_workdir
                                  else None),
                     wall_path=(os.path.join(workdir, timing.WALL_TIME_FILE)

@@ -139,12 +139,12 @@ def check_batch_size(batch_size: int, mesh: Mesh, *, field: str = "config.data.b
         f"device takes an equal share of every global batch; use a multiple of {num_devices}.")
 
 
-def job_mesh(data_config, devices: Any = None) -> Mesh:
+def job_mesh(*, batch_size: int, eval_batch_size: int, devices: Any = None) -> Mesh:
   """The mesh of a job (every device, or `devices`; batches split on "data") after checking that
-  the device count divides config.data.batch_size and eval_batch_size."""
+  the device count divides its batch size and eval batch size (config.data's)."""
   mesh = make_mesh(devices)
-  check_batch_size(data_config.batch_size, mesh)
-  check_batch_size(data_config.eval_batch_size, mesh, field="config.data.eval_batch_size")
+  check_batch_size(batch_size, mesh)
+  check_batch_size(eval_batch_size, mesh, field="config.data.eval_batch_size")
   return mesh
 
 

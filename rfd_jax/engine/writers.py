@@ -151,3 +151,25 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+
+class RunWriters:
+  """One MetricWriter per run of a job with a run axis (its records' (R,) values split by run,
+  the other values written to every run), in the order of the run axis."""
+
+  def __init__(self, runs: list[MetricWriter]):
+    self.runs = runs
+
+  @property
+  def records(self) -> list[int]:
+    """Each run's metrics.jsonl lines so far (what a checkpoint keeps)."""
+    return [w.records for w in self.runs]
+
+  def write(self, step: int, record: dict[str, Any]) -> None:
+    for r, w in enumerate(self.runs):
+      w.write(step, {k: (float(v[r]) if isinstance(v, np.ndarray) else v)
+                     for k, v in record.items()})
+
+  def close(self) -> None:
+    for w in self.runs:
+      w.close()

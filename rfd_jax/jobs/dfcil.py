@@ -1,5 +1,10 @@
 """The class-incremental job: per task, invert the previous model, train, fine-tune, evaluate.
 
+One job for a plain run and for a group of runs (config.runs, rfd_jax.jobs.group): it steps R
+runs at once (R = 1 for a plain run), its host data, checkpoints and records with a leading run
+axis, its device arrays in the step form (rfd_jax.jobs.dfcil_run). A plain run writes its files in
+the workdir, a group's runs each in WORKDIR/<method>/<run>/.
+
 The run is a plan over one global step (rfd_jax.engine.plan.dfcil_plan): per task t the inversion (t >= 1,
 learners that invert), the main phase, the head fine-tuning (rdfcil, rfd) and the evaluation, each
 step counted once. rfd_jax.engine.loop runs it; this module says what each segment does (`DfcilJob`).
@@ -12,7 +17,6 @@ trainable mask enter the steps as data, so nothing recompiles between tasks.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import time
@@ -24,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rfd_jax.engine import checkpointing, errors, evaluation, loop, parallel, plan as plan_lib, timing, writers
-from rfd_jax.jobs import dfcil_run, plots
-from rfd_jax.methods import inversion, metrics
-from rfd_jax.data import datasets, image_decode
+from rfd_jax.jobs import dfcil_run, group, plots, settings
+from rfd_jax.methods import metrics
+from rfd_jax.data import datasets, image_decode, sources
 from rfd_jax.engine.state import trainable_mask
 
 
@@ -35,10 +39,10 @@ PREFETCH_STEPS = 4
 
 
 class DfcilJob:
-  """What each segment of the class-incremental plan does (rfd_jax.engine.loop.Job)."""
+  """What each segment of the class-incremental plan does (rfd_jax.engine.loop.Job), for the R
+  runs of `run` at once (arrays in the step form, rfd_jax.jobs.dfcil_run)."""
 
-  def __init__(self, run: dfcil_run.Run, rs: dfcil_run.RunState,
-               writer: writers.MetricWriter):
+  def __init__(self, run: dfcil_run.Run, rs: dfcil_run.RunState, writer: writers.RunWriters):
     self.run, self.rs, self.writer = run, rs, writer
     self._epoch_start = self._inversion_start = time.time()
     self._epoch_steps = 0  # train steps of the current epoch run by this process
@@ -52,41 +56,19 @@ class DfcilJob:
   @functools.lru_cache(maxsize=None)
   def _hparams(self, name: str, task: int) -> tuple[Any, dict, bool]:
     """(step fn, hparams, distilling) of a train segment; the lr is added per epoch."""
-    fn_name, hparams, distilling = segment_hparams(self.run, self.rs.state, name, task)
-    return getattr(self.run.fns, fn_name), hparams, distilling
+    kind, hparams, distilling = segment_hparams(self.run, self.rs.state, name, task)
+    return self.run.fns.train_fn(kind, self.run.train_data is not None), hparams, distilling
 
   @functools.lru_cache(maxsize=4)
   def _epoch_batches(self, task: int, epoch: int) -> np.ndarray:
-    return datasets.epoch_batches(len(self.run.task_indices[task]),
-                                  self.run.config.data.batch_size, seed=self.run.config.seed,
-                                  task=task, epoch=epoch)
+    """Each run's batches of the epoch as positions in its task data: (R, steps, B)."""
+    return np.stack([datasets.epoch_batches(len(idx[task]), self.run.config.data.batch_size,
+                                            seed=m.config.seed, task=task, epoch=epoch)
+                     for m, idx in zip(self.run.members, self.run.task_indices)])
 
   @functools.lru_cache(maxsize=2)
   def _task_key(self, task: int) -> jax.Array:
-    return self._key(task + 1)
-
-  # ---- What a group of runs (rfd_jax.jobs.group) does per run: these take a leading run axis there. --
-
-  def _key(self, data: int) -> jax.Array:
-    """fold_in(the run's root key, data)."""
-    return jax.random.fold_in(self.run.root_key, data)
-
-  def _place(self, tree: Any) -> Any:
-    """Host arrays onto the mesh like the state."""
-    return parallel.replicate(tree, self.run.mesh)
-
-  def _new_generator(self, task: int) -> inversion.GeneratorState:
-    return self._place(inversion.create_generator_state(
-        generator=self.run.generator, rng=self._key(20_000 + task), tx=self.run.gen_tx))
-
-  def _aux(self, task: int) -> Any:
-    return dfcil_run.aux_init(self.run, task)
-
-  def _init_opt(self, trainable: Any) -> Any:
-    return self.run.tx.init(trainable)
-
-  def _ones_class_weights(self) -> jax.Array:
-    return self._place(np.ones((self.run.spec.num_classes,), np.float32))
+    return self.run.keys(task + 1)
 
   @functools.lru_cache(maxsize=2)
   def _lr(self, lr: float) -> jax.Array:
@@ -101,16 +83,16 @@ class DfcilJob:
     if segment.name == "inversion":
       rs.teacher_vars = jax.tree.map(jnp.copy, rs.state.variables)  # the state gets donated
       if rs.gen_state is None or not run.learner.reuse_generator:
-        rs.gen_state = self._new_generator(task)
+        rs.gen_state = run.new_generator(task)
       self._inversion_start = time.time()
     elif segment.name == "main":
       # A fresh optimizer per task (spec §3.1); momentum carries over into the fine-tuning. Class
       # counts (for the fine-tuning class weights) restart every task, as the RKD projections.
-      state = rs.state.replace(aux_params=self._aux(task))
-      rs.state = state.replace(opt_state=self._init_opt(state.trainable),
+      state = rs.state.replace(aux_params=run.aux(task))
+      rs.state = state.replace(opt_state=run.map_runs(run.tx.init, state.trainable),
                                class_counts=jnp.zeros_like(state.class_counts))
-      # replicated like the later fns.class_weights outputs: one compile of the steps
-      rs.class_weights = self._ones_class_weights()
+      # placed like the later fns.class_weights outputs: one compile of the steps
+      rs.class_weights = run.ones_class_weights()
     self._epoch_start, self._epoch_steps = time.time(), 0
 
   def run_block(self, position: plan_lib.Position, num_steps: int):
@@ -130,7 +112,7 @@ class DfcilJob:
   def _invert(self, position: plan_lib.Position):
     run, rs, task = self.run, self.rs, position.segment.task
     rs.gen_state, chunk_metrics = run.fns.inversion_chunk(
-        rs.gen_state, rs.teacher_vars, self._key(30_000 + task),
+        rs.gen_state, rs.teacher_vars, run.keys(30_000 + task),
         jnp.int32(run.spec.offsets[task]), jnp.int32(position.offset))
     return chunk_metrics
 
@@ -161,20 +143,23 @@ class DfcilJob:
 
   @functools.lru_cache(maxsize=2)
   def _epoch_rows(self, task: int, epoch: int) -> jax.Array:
-    """The epoch's batches as rows of the device-resident train set: int32 (steps, B)."""
-    rows = self.run.task_indices[task][self._epoch_batches(task, epoch)].astype(np.int32)
-    return parallel.replicate(rows, self.run.mesh)
+    """Each run's batches of the epoch as rows of its device-resident train set: int32
+    (R, steps, B)."""
+    batches = self._epoch_batches(task, epoch)
+    return self.run.place(np.stack([idx[task][b] for idx, b in
+                                    zip(self.run.task_indices, batches)]).astype(np.int32))
 
   def _host_batch(self, task: int, epoch: int, step_in_epoch: int) -> dict[str, jax.Array]:
-    """This step's batch gathered on the host and placed on the mesh; lazily decoded images
-    (ImageNet folders) decode the next `PREFETCH_STEPS` batches of the epoch in the background."""
+    """This step's batch (one run) gathered on the host and placed on the mesh; lazily decoded
+    images (ImageNet folders) decode the next `PREFETCH_STEPS` batches of the epoch in the
+    background."""
     run = self.run
-    idx, batches = run.task_indices[task], self._epoch_batches(task, epoch)
+    idx, batches = run.task_indices[0][task], self._epoch_batches(task, epoch)[0]
     local = lambda i: idx[parallel.process_batch_indices(batches[i], run.mesh)]
     images = run.data.train_images
     image_decode.decode_ahead(images, local, step_in_epoch, len(batches), depth=PREFETCH_STEPS)
     sel = local(step_in_epoch)  # this process's rows
-    return parallel.global_batch({"images": images[sel], "labels": run.train_labels[sel]},
+    return parallel.global_batch({"images": images[sel], "labels": run.train_labels[0][sel]},
                                  run.mesh)
 
   def end_epoch(self, segment: plan_lib.Segment, epoch: int, means: dict[str, float],
@@ -202,39 +187,55 @@ class DfcilJob:
     run, rs, task = self.run, self.rs, segment.task
     if segment.name != "inversion":
       return
-    logging.info("task %d/%d: inverted the previous model (%d old classes) in %.0fs", task + 1,
-                 run.spec.num_tasks, run.spec.offsets[task], time.time() - self._inversion_start)
+    if run.grouped:
+      logging.info("task %d/%d: inverted the previous models of %d runs in %.0fs", task + 1,
+                   run.spec.num_tasks, run.num_runs, time.time() - self._inversion_start)
+    else:
+      logging.info("task %d/%d: inverted the previous model (%d old classes) in %.0fs", task + 1,
+                   run.spec.num_tasks, run.spec.offsets[task], time.time() - self._inversion_start)
     if run.config.log.images:
-      plots.save_synthetic_grid(
-          os.path.join(run.workdir, f"synthetic_task{task + 1}.png"), rs.gen_state.variables,
-          rs.teacher_vars, self._key(40_000 + task),
-          generator=run.generator, teacher=run.model, spec=run.spec, task=task,
-          mean=run.data.mean, std=run.data.std, write=parallel.is_main_process())
+      keys = run.keys(40_000 + task)
+      for r, (m, directory) in enumerate(zip(run.members, run.dirs)):
+        plots.save_synthetic_grid(
+            os.path.join(directory, f"synthetic_task{task + 1}.png"),
+            run.take(rs.gen_state.variables, r), run.take(rs.teacher_vars, r), run.take(keys, r),
+            generator=run.generator, teacher=run.model, spec=m.spec, task=task,
+            mean=run.data.mean, std=run.data.std, write=parallel.is_main_process())
 
   def _evaluate(self, position: plan_lib.Position) -> None:
-    """Accuracy on the union of the seen classes' test sets; appends the row, logs it."""
+    """Each run's accuracy on its seen classes' test images: every run predicts the images any
+    run has seen (one pass; a plain run: its own seen classes); appends the rows, logs them."""
     run, rs, task = self.run, self.rs, position.segment.task
     num_seen = run.spec.num_seen(task)
-    seen = run.test_labels < num_seen
+    seen_any = np.any(run.test_labels < num_seen, axis=0)
     preds = evaluation.predict(run.fns.eval_step, rs.state.variables,
-                               run.data.test_images[seen], num_seen,
+                               run.data.test_images[seen_any], num_seen,
                                run.config.data.eval_batch_size, run.mesh)
-    row = metrics.evaluate_predictions(predictions=preds, labels=run.test_labels[seen],
-                                       task_of_label=run.spec.task_of_label(), task=task)
-    rs.rows.append(row)
+    preds = preds.reshape(run.num_runs, -1)  # (R, N) also for one run
+    rows = []
+    for r, (m, labels) in enumerate(zip(run.members, run.test_labels[:, seen_any])):
+      seen = labels < num_seen
+      row = metrics.evaluate_predictions(predictions=preds[r][seen], labels=labels[seen],
+                                         task_of_label=m.spec.task_of_label(), task=task)
+      rows.append(row)
+      record = {"task": task, "eval/acc_seen": row.acc_seen, "eval/new_acc": row.new_acc,
+                **{f"eval/acc_task{j}": a for j, a in enumerate(row.per_task)}}
+      if row.old_acc is not None:
+        record["eval/old_acc"] = row.old_acc
+      self.writer.runs[r].write(position.step + 1, record)
+    rs.rows.append(rows)
     rs.task_seconds.append(time.time() - rs.task_start)
-    eval_metrics = {"task": task, "eval/acc_seen": row.acc_seen, "eval/new_acc": row.new_acc,
-                    **{f"eval/acc_task{j}": a for j, a in enumerate(row.per_task)}}
-    if row.old_acc is not None:
-      eval_metrics["eval/old_acc"] = row.old_acc
-    self.writer.write(position.step + 1, eval_metrics)
+    if run.grouped:
+      accs = [row.acc_seen for row in rows]
+      logging.info("task %d/%d done in %.0fs: A_t %s (mean %.2f%%)", task + 1, run.spec.num_tasks,
+                   rs.task_seconds[-1], " ".join(f"{m.name} {a:.2f}%" for m, a in
+                                                  zip(run.members, accs)), np.mean(accs))
+      return
+    row = rows[0]
     logging.info("task %d/%d done in %.0fs: A_t %.2f%%  old %s  new %.2f%%  per task %s",
                  task + 1, run.spec.num_tasks, rs.task_seconds[-1], row.acc_seen,
                  "n/a" if row.old_acc is None else f"{row.old_acc:.2f}%", row.new_acc,
                  " ".join(f"{a:.1f}" for a in row.per_task))
-
-  def _rows_json(self) -> list:
-    return [dataclasses.asdict(r) for r in self.rs.rows]
 
   def checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]]:
     """The arrays and record of a checkpoint at the current step. Nothing the rest of the run
@@ -258,9 +259,11 @@ class DfcilJob:
       if not reuse and segment.name != "inversion":
         generator = generator.replace(opt_state=_zeros_like(generator.opt_state))
       arrays["generator"] = generator
-    meta = {"task": segment.task if segment else len(rs.rows),
+    arrays = self.run.with_run_axis(arrays)
+    meta = {"layout": dfcil_run.LAYOUT, "runs": [m.name for m in self.run.members],
+            "task": segment.task if segment else len(rs.rows),
             "segment": segment.name if segment else "done",
-            "rows": self._rows_json(), "task_seconds": rs.task_seconds,
+            "rows": rs.rows_json(), "task_seconds": rs.task_seconds,
             "task_elapsed": time.time() - rs.task_start}
     return arrays, meta
 
@@ -271,9 +274,9 @@ def _zeros_like(tree: Any) -> Any:
 
 
 def segment_hparams(run: dfcil_run.Run, state, name: str, task: int) -> tuple[str, dict, bool]:
-  """What a train segment ("main" or "finetune" of `task`) calls: (the name of its run.fns
-  function, its hparams without "lr" and "class_weights", whether it distills). Shared by the run
-  (DfcilJob) and rfd_jax.tools.aot, which compiles the same calls."""
+  """What a train segment ("main" or "finetune" of `task`) calls: (its kind, steps.TRAIN_KINDS,
+  for run.fns.train_fn; its hparams without "lr" and "class_weights"; whether it distills).
+  Shared by the job and rfd_jax.tools.aot, which compiles the same calls."""
   config = run.config
   num_seen, num_old = run.spec.num_seen(task), int(run.spec.offsets[task])
   distilling = run.learner.uses_inversion and task > 0
@@ -291,47 +294,67 @@ def segment_hparams(run: dfcil_run.Run, state, name: str, task: int) -> tuple[st
                                        num_new=num_seen - num_old)
     hparams.update(num_old=jnp.int32(num_old),
                    weights={k: jnp.float32(v) for k, v in weights.items()})
-  return f"{kind}_{'block' if run.train_data is not None else 'step'}", hparams, distilling
+  return kind, hparams, distilling
 
 
-# ---- The whole run. -----------------------------------------------------------------------------
+# ---- The whole job. -----------------------------------------------------------------------------
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Runs (or resumes) the whole class-incremental experiment of `config`; returns results.json.
+  """Runs (or resumes) the class-incremental experiment of `config`: its run, or every run of a
+  group (config.runs, rfd_jax.jobs.group). Returns results.json, or for a group {run name: its
+  results.json}.
 
   A checkpoint is read (and a resume refused) before the data is loaded, so that a refused resume
   fails fast.
 
   Raises:
-    errors.ConfigError: a bad config, or a refused resume (ConfigMismatchError).
+    errors.ConfigError: a bad config, or a refused resume (ConfigMismatchError, an earlier
+      checkpoint layout).
     checkpointing.Preempted: stopped on SIGTERM/SIGINT after saving a checkpoint.
     checkpointing.NonFiniteError: a loss became NaN/inf; nothing saved after the last check.
   """
   invocation_start = time.time()
-  spec = dfcil_run.task_spec(config.data)
-  mesh = parallel.job_mesh(config.data)
+  members = group.members(config)
+  grouped = group.is_group(config)
+  mesh = parallel.job_mesh(batch_size=config.data.batch_size,
+                         eval_batch_size=config.data.eval_batch_size)
+  group.check(config, members, mesh.devices.size, num_processes=jax.process_count())
   os.makedirs(workdir, exist_ok=True)
-  abstract = dfcil_run.abstract_arrays(config, spec, mesh)
-  resumed = checkpointing.resume(config, workdir,
-                                 lambda meta: {k: abstract[k] for k in meta["arrays"]})
+  parts = dfcil_run.parts_of(config, mesh, members)  # the job's setup: built once from the config
+  abstract = dfcil_run.abstract_arrays(parts)
+  resumed = checkpointing.resume(
+      settings.resume_settings(config), workdir,
+      lambda meta: {k: abstract[k] for k in meta["arrays"]}, check_meta=dfcil_run.check_layout)
+  dirs = group.run_dirs(workdir, config, members)
   if parallel.is_main_process():  # only process 0 writes files
     writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  run = dfcil_run.load_run(config, workdir, spec, mesh)
+    if grouped:
+      for m, directory in zip(members, dirs):
+        os.makedirs(directory, exist_ok=True)
+        writers.write_json(os.path.join(directory, "config.json"), m.config.to_dict())
+  run = dfcil_run.build_run(parts, workdir, sources.load_dataset(config.data))
   if resumed.restored is not None:
-    rs = dfcil_run.RunState.restored(resumed.restored.arrays, resumed.meta)
-    logging.info("resumed at %s", run.plan.describe(resumed.step))
+    rs = dfcil_run.RunState.restored(run, resumed.restored.arrays, resumed.meta)
+    logging.info("resumed %sat %s", "the group " if grouped else "",
+                 run.plan.describe(resumed.step))
   else:
     rs = dfcil_run.RunState.fresh(run)
-  writer = writers.MetricWriter(workdir, enabled=parallel.is_main_process(),
-                                hparams=config.to_dict(), keep_records=resumed.metrics_records)
+  kept = resumed.metrics_records
+  kept = kept if isinstance(kept, list) else [kept] * len(members)
+  writer = writers.RunWriters([
+      writers.MetricWriter(d, enabled=parallel.is_main_process(), hparams=m.config.to_dict(),
+                           keep_records=k) for m, d, k in zip(members, dirs, kept)])
   wall = run_job(DfcilJob(run, rs, writer), config, workdir, resumed, invocation_start)
-  results = results_record(config, spec, rs.rows, rs.task_seconds, run.plan, wall)
-  if parallel.is_main_process():
-    writers.write_json(os.path.join(workdir, "results.json"), results)
-    if config.log.images:
-      plots.save_run_plots(workdir, results)
-  return results
+  results = {}
+  for r, (m, directory) in enumerate(zip(members, dirs)):
+    results[m.name] = results_record(m.config, m.spec, [rows[r] for rows in rs.rows],
+                                     rs.task_seconds, run.plan, wall)
+    if parallel.is_main_process():
+      writers.write_json(os.path.join(directory, "results.json"), results[m.name])
+      if config.log.images:
+        plots.save_run_plots(directory, results[m.name])
+  return results if grouped else results[members[0].name]
 
 
 def run_job(job: DfcilJob, config, workdir: str, resumed: checkpointing.Resume,
@@ -340,8 +363,9 @@ def run_job(job: DfcilJob, config, workdir: str, resumed: checkpointing.Resume,
   writer; returns the wall times of results.json."""
   job.step = resumed.step
   try:
-    runner = loop.run_plan(job.run.plan, job, config=config, workdir=workdir, resumed=resumed,
-                           writer=job.writer, invocation_start=invocation_start,
+    runner = loop.run_plan(job.run.plan, job, settings=settings.loop_settings(config),
+                           workdir=workdir, resumed=resumed, writer=job.writer,
+                           invocation_start=invocation_start,
                            keep_steps=job.run.plan.task_end_steps())
   finally:
     job.writer.close()

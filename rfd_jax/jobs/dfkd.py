@@ -42,7 +42,7 @@ import numpy as np
 import optax
 
 from rfd_jax.engine import checkpointing, errors, evaluation, loop, optim, parallel, plan as plan_lib, timing, writers
-from rfd_jax.jobs import dfkd_steps, teacher as teacher_lib
+from rfd_jax.jobs import dfkd_steps, settings, teacher as teacher_lib
 from rfd_jax.data import augment, datasets, sources
 from rfd_jax.models import dfkd_nets
 from rfd_jax.models.cmi_generator import CmiGenerator
@@ -317,7 +317,8 @@ def train_dfkd(config, workdir: str) -> dict:
   """
   invocation_start = time.time()
   validate(config)
-  mesh = parallel.job_mesh(config.data)
+  mesh = parallel.job_mesh(batch_size=config.data.batch_size,
+                         eval_batch_size=config.data.eval_batch_size)
   parallel.check_batch_size(config.synthesis.batch_size, mesh, field="config.synthesis.batch_size")
   os.makedirs(workdir, exist_ok=True)
   size = config.data.image_size
@@ -338,7 +339,7 @@ def train_dfkd(config, workdir: str) -> dict:
     pool = jax.ShapeDtypeStruct((meta["pool_size"], size, size, 3), np.uint8, sharding=rep)
     return {k: pool if k == "pool" else abstract[k] for k in meta["arrays"]}
 
-  resumed = checkpointing.resume(config, workdir, abstract_arrays)
+  resumed = checkpointing.resume(settings.resume_settings(config), workdir, abstract_arrays)
   arrays = resumed.restored.arrays if resumed.restored is not None else {}
   state = arrays["state"] if arrays else parallel.replicate(fresh_student(config, nets), mesh)
   pool = (np.asarray(arrays["pool"]) if "pool" in arrays else
@@ -368,7 +369,8 @@ def train_dfkd(config, workdir: str) -> dict:
                 synthesis=arrays.get("synthesis"),
                 accuracies=list(resumed.meta.get("accuracies", [])), writer=writer)
   try:
-    runner = loop.run_plan(plan, job, config=config, workdir=workdir, resumed=resumed,
+    runner = loop.run_plan(plan, job, settings=settings.loop_settings(config), workdir=workdir,
+                           resumed=resumed,
                            writer=writer, invocation_start=invocation_start)
   finally:
     writer.close()

@@ -204,139 +204,139 @@ def resident_block(num_steps: int, state: TrainState, data: dict[str, jax.Array]
   return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), history)
 
 
-# ---- The run's jitted steps. ------------------------------------------------------------------
+# ---- The job's jitted steps, over the run axis. --------------------------------------------------
+
+# hparams that differ between the runs (a leading run axis); the others are shared
+PER_RUN_HPARAMS = ("class_weights",)
+TRAIN_KINDS = ("ce", "distill_main", "distill_finetune")
+
+
+def _split_hparams(hparams: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(the shared hparams, the per-run ones)."""
+  return ({k: v for k, v in hparams.items() if k not in PER_RUN_HPARAMS},
+          {k: v for k, v in hparams.items() if k in PER_RUN_HPARAMS})
+
+
+def over_runs(fn: Callable, num_runs: int) -> Callable:
+  """`fn(per_run, shared)` over the runs of the step form (see rfd_jax.jobs.dfcil_run): vmapped
+  over the leading run axis of per_run's leaves for R > 1; fn itself for R = 1, whose arrays have
+  no run axis while they are stepped (XLA:CPU rounds a jitted step differently when its outputs
+  are reshaped or vmapped, even over an axis of 1, and RFD amplifies rounding)."""
+  if num_runs == 1:
+    return fn
+  return jax.vmap(fn, in_axes=(0, None))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepParts:
+  """What the steps are built of (the job's setup builds them once from the config)."""
+  learner: learners.Learner
+  model: nn.Module
+  generator: nn.Module
+  tx: optax.GradientTransformation
+  mean: np.ndarray
+  std: np.ndarray
+  weight_decay: float
+  augmentation: augment.Augmentation | None
+  inversion_lr: float
+  inversion_batch_size: int
+  inversion_chunk_steps: int
+  inversion_weights: dict[str, Any]
+  inversion_loop: str  # "scan" or "host" (inversion.resolve_loop)
 
 
 @dataclasses.dataclass(frozen=True)
 class StepFns:
-  """The run's jitted functions, each compiled once per run whatever the number of tasks.
+  """The job's jitted functions over its runs, each compiled once per job whatever the number of
+  tasks. Arguments and results in the step form (rfd_jax.jobs.dfcil_run): for R > 1 every per-run
+  array (state, keys, rows, the labels of the device-resident data, class weights, teacher,
+  generator, the metrics) carries the leading run axis; images, steps and the other hparams are
+  shared. For R = 1 the same functions take and return the one run's arrays.
 
-  The `*_step` train steps take a host-fed batch: (state, batch, task_key, step_in_task,
-  hparams[, teacher, generator]) and use fold_in(task_key, step_in_task) as the step's key. The
-  `*_block` ones run the same steps on device-resident data (`resident_block`): (K, state, data,
-  rows, first, task_key, epoch_start, hparams[, teacher, generator]), compiled once per distinct
-  number of steps K (1 for the host loop; the epoch lengths for the scanned loop).
+  `train_fn(kind, resident)`, kind one of TRAIN_KINDS: resident=False, a host-fed batch (R = 1
+  only): (state, batch, task_keys, step_in_task, hparams[, teacher, generator]), the step's key
+  fold_in(task_key, step_in_task). resident=True, the same steps on device-resident data
+  (`resident_block`): (K, state, data, rows, first, task_keys, epoch_start, hparams[, teacher,
+  generator]), compiled once per distinct number of steps K (1 for the host loop; the epoch
+  lengths for the scanned loop). None where the learner has no such step.
   """
-  ce_step: Any
-  distill_main_step: Any
-  distill_finetune_step: Any
-  ce_block: Any
-  distill_main_block: Any
-  distill_finetune_block: Any
+  train: dict[tuple[str, bool], Any]
   eval_step: Any
   inversion_chunk: Any
   class_weights: Any
 
+  def train_fn(self, kind: str, resident: bool) -> Any:
+    return self.train[kind, resident]
 
-# hparams that differ between the runs of a group (the rest are shared)
-PER_RUN_HPARAMS = ("class_weights",)
-
-
-class _GroupBlock:
-  """`resident_block` vmapped over a group's runs (rfd_jax.jobs.group), jitted once per set of hparams
-  names and number of steps. Per run (axis 0): the state, the labels of the resident data, the
-  batch rows, the task key, PER_RUN_HPARAMS, the teacher and generator; shared: the images, the
-  first step, the epoch start and the other hparams."""
-
-  def __init__(self, block: Callable):
-    self._block, self._jitted = block, {}
-
-  def jitted(self, hparams: dict[str, Any], num_extra: int = 2) -> Callable:
-    """The jitted function for hparams with these names (num_extra: teacher and generator)."""
-    names = tuple(sorted(hparams)) + (num_extra,)
-    if names not in self._jitted:
-      in_axes = (0, {"images": None, "labels": 0}, 0, None, 0, None,
-                 {k: 0 if k in PER_RUN_HPARAMS else None for k in hparams}) + (0,) * num_extra
-      self._jitted[names] = jax.jit(
-          lambda n, *args: jax.vmap(functools.partial(self._block, n), in_axes=in_axes)(*args),
-          static_argnums=(0,), donate_argnums=(1,))
-    return self._jitted[names]
-
-  def __call__(self, num_steps, state, data, rows, first, task_key, epoch_start, hparams, *extra):
-    return self.jitted(hparams, len(extra))(num_steps, state, data, rows, first, task_key,
-                                            epoch_start, hparams, *extra)
-
-  def _cache_size(self) -> int:
-    return sum(f._cache_size() for f in self._jitted.values())  # pylint: disable=protected-access
+  @staticmethod
+  def train_name(kind: str, resident: bool) -> str:
+    """The name a train function goes by in compile reports: e.g. "distill_main_block"."""
+    return f"{kind}_{'block' if resident else 'step'}"
 
 
-def build_step_fns(config, learner: learners.Learner, model, generator, tx, data,
-                   mesh, *, group: bool = False) -> StepFns:
-  """Binds the static arguments and jits every step of the run (the state is donated).
+def build_step_fns(parts: StepParts, mesh, *, num_runs: int = 1) -> StepFns:
+  """Binds the static arguments and jits every step of the job over `num_runs` runs (the state
+  is donated).
 
-  State, keys, hparams, teacher and generator are replicated; real batches are split on the mesh's
-  "data" axis, so BatchNorm sees the global batch. Device-resident data and its batch rows are
-  replicated; each device gathers its own rows of a batch.
-
-  group: the functions of a group of runs (rfd_jax.jobs.group): vmapped over a leading run axis of the
-  state (and everything per run), device-resident data only; the arrays' own shardings (the run
-  axis split over the mesh) place the computation, and batches are not split.
+  One run (R = 1), no run axis: state, keys, hparams, teacher and generator replicated; real
+  batches split on the mesh's "data" axis, so BatchNorm sees the global batch; device-resident
+  data and its batch rows replicated, each device gathering its own rows of a batch. Several runs: vmapped over the
+  run axis, device-resident data only; the arrays' own shardings (the run axis split over the
+  mesh) place the computation, and batches are not split.
   """
-  if group:
-    return _group_step_fns(config, learner, model, generator, tx, data, mesh)
+  learner, single = parts.learner, num_runs == 1
   rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  common = dict(model=model, tx=tx, weight_decay=config.optim.weight_decay, mean=data.mean,
-                std=data.std, augmentation=augment.Augmentation.from_config(config.data))
-  ce = functools.partial(train_step, **common, ce_over_all_outputs=learner.ce_over_all_outputs)
-  distill = {phase: None if loss_fn is None else functools.partial(
-      distill_train_step, loss_fn=loss_fn, generator=generator, batch_sharding=batch, **common)
-             for phase, loss_fn in (("main", learner.main_loss),
-                                    ("finetune", learner.finetune_loss))}
+  batch_sharding = batch if single else None
+  common = dict(model=parts.model, tx=parts.tx, weight_decay=parts.weight_decay, mean=parts.mean,
+                std=parts.std, augmentation=parts.augmentation)
+  step_fns = {"ce": functools.partial(train_step, **common,
+                                      ce_over_all_outputs=learner.ce_over_all_outputs)}
+  for phase, loss_fn in (("main", learner.main_loss), ("finetune", learner.finetune_loss)):
+    step_fns[f"distill_{phase}"] = None if loss_fn is None else functools.partial(
+        distill_train_step, loss_fn=loss_fn, generator=parts.generator,
+        batch_sharding=batch_sharding, **common)
 
-  def host_fed(step_fn, num_extra):  # (state, batch, task_key, step, ...): key derived on device
-    if step_fn is None:
-      return None
+  def host_fed(step_fn):  # (state, batch, task_key, step, ...), one run: key derived on device
     keyed = lambda state, b, key, step, *args: step_fn(state, b, jax.random.fold_in(key, step),
                                                        *args)
+    num_extra = 0 if step_fn is step_fns["ce"] else 2
     return jax.jit(keyed, donate_argnums=(0,), in_shardings=(rep, batch, rep, rep, rep)
                    + (rep,) * num_extra, out_shardings=rep)
 
-  def resident(step_fn, num_extra):
-    if step_fn is None:
-      return None
-    return jax.jit(functools.partial(resident_block, step_fn=step_fn, batch_sharding=batch),
-                   static_argnums=(0,), donate_argnums=(1,),
+  def resident(step_fn):
+    def block(num_steps, state, data, rows, first, keys, epoch_start, hparams, *extra):
+      shared_hp, per_hp = _split_hparams(hparams)
+      def one(p, s):
+        images, first, epoch_start, shared_hp = s
+        return resident_block(num_steps, p[0], {"images": images, "labels": p[1]}, p[2], first,
+                              p[3], epoch_start, {**shared_hp, **p[4]}, *p[5], step_fn=step_fn,
+                              batch_sharding=batch_sharding)
+      return over_runs(one, num_runs)((state, data["labels"], rows, keys, per_hp, extra),
+                                      (data["images"], first, epoch_start, shared_hp))
+    if not single:
+      return jax.jit(block, static_argnums=(0,), donate_argnums=(1,))
+    num_extra = 0 if step_fn is step_fns["ce"] else 2
+    return jax.jit(block, static_argnums=(0,), donate_argnums=(1,),
                    in_shardings=(rep,) * (7 + num_extra), out_shardings=rep)
 
-  inv = config.inversion
-  inv_loop = inversion.resolve_loop(inv.loop, mesh.devices.flat[0].platform)
+  train = {}
+  for kind, step_fn in step_fns.items():
+    train[kind, True] = None if step_fn is None else resident(step_fn)
+    train[kind, False] = None if step_fn is None or not single else host_fed(step_fn)
+  evaluate = functools.partial(evaluation.eval_step, model=parts.model, mean=parts.mean,
+                               std=parts.std)
+  eval_fn = lambda variables, images, num_seen: over_runs(
+      lambda v, s: evaluate(v, *s), num_runs)(variables, (images, num_seen))
+  weights_fn = lambda counts, num_seen: over_runs(
+      losses.class_balance_weights, num_runs)(counts, num_seen)
+  placed = dict(in_shardings=(rep, batch, rep), out_shardings=rep) if single else {}
   return StepFns(
-      ce_step=host_fed(ce, 0),
-      distill_main_step=host_fed(distill["main"], 2),
-      distill_finetune_step=host_fed(distill["finetune"], 2),
-      ce_block=resident(ce, 0),
-      distill_main_block=resident(distill["main"], 2),
-      distill_finetune_block=resident(distill["finetune"], 2),
-      eval_step=jax.jit(functools.partial(evaluation.eval_step, model=model, mean=data.mean,
-                                          std=data.std),
-                        in_shardings=(rep, batch, rep), out_shardings=rep),
+      train=train,
+      eval_step=jax.jit(eval_fn, **placed),
       inversion_chunk=inversion.make_inversion_chunk_fn(
-          generator=generator, teacher=model, tx=optax.adam(inv.lr), batch_size=inv.batch_size,
-          chunk_steps=inv.chunk_steps, weights=inversion.weights_from_config(config), loop=inv_loop,
-          batch_sharding=batch),
-      class_weights=jax.jit(losses.class_balance_weights, in_shardings=(rep, rep),
-                            out_shardings=rep))
-
-
-def _group_step_fns(config, learner: learners.Learner, model, generator, tx, data,
-                    mesh) -> StepFns:
-  common = dict(model=model, tx=tx, weight_decay=config.optim.weight_decay, mean=data.mean,
-                std=data.std, augmentation=augment.Augmentation.from_config(config.data))
-  block = lambda step_fn: None if step_fn is None else _GroupBlock(
-      functools.partial(resident_block, step_fn=step_fn))
-  distill = lambda loss_fn: None if loss_fn is None else functools.partial(
-      distill_train_step, loss_fn=loss_fn, generator=generator, **common)
-  inv = config.inversion
-  return StepFns(
-      ce_step=None, distill_main_step=None, distill_finetune_step=None,
-      ce_block=block(functools.partial(train_step, **common,
-                                       ce_over_all_outputs=learner.ce_over_all_outputs)),
-      distill_main_block=block(distill(learner.main_loss)),
-      distill_finetune_block=block(distill(learner.finetune_loss)),
-      eval_step=jax.jit(jax.vmap(functools.partial(evaluation.eval_step, model=model, mean=data.mean,
-                                                   std=data.std), in_axes=(0, None, None))),
-      inversion_chunk=inversion.make_inversion_chunk_fn(
-          generator=generator, teacher=model, tx=optax.adam(inv.lr), batch_size=inv.batch_size,
-          chunk_steps=inv.chunk_steps, weights=inversion.weights_from_config(config),
-          loop=inversion.resolve_loop(inv.loop, mesh.devices.flat[0].platform), vmapped=True),
-      class_weights=jax.jit(jax.vmap(losses.class_balance_weights, in_axes=(0, None))))
+          generator=parts.generator, teacher=parts.model, tx=optax.adam(parts.inversion_lr),
+          batch_size=parts.inversion_batch_size, chunk_steps=parts.inversion_chunk_steps,
+          weights=parts.inversion_weights, loop=parts.inversion_loop,
+          batch_sharding=batch_sharding, vmapped=not single),
+      class_weights=jax.jit(weights_fn, **(dict(in_shardings=(rep, rep), out_shardings=rep)
+                                           if single else {})))

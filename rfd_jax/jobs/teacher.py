@@ -32,6 +32,7 @@ from rfd_jax.engine import checkpointing, errors, evaluation, loop, optim, paral
 from rfd_jax.methods import losses
 from rfd_jax.data import augment, datasets, sources
 from rfd_jax.models import dfkd_nets
+from rfd_jax.jobs import settings
 
 
 @flax.struct.dataclass
@@ -196,14 +197,16 @@ def train_teacher(config, workdir: str) -> dict:
   """
   invocation_start = time.time()
   info = validate(config)
-  mesh = parallel.job_mesh(config.data)
+  mesh = parallel.job_mesh(batch_size=config.data.batch_size,
+                         eval_batch_size=config.data.eval_batch_size)
   os.makedirs(workdir, exist_ok=True)
   model = dfkd_nets.build_classifier(config.model.name, info.num_classes, dtype=config.dtype)
   tx = optim.momentum_transform(config.optim.momentum)
   rep = parallel.replicated(mesh)
   abstract = checkpointing.abstract_like(jax.eval_shape(
       lambda: create_classifier_state(model, jax.random.key(0), config.data.image_size, tx)), rep)
-  resumed = checkpointing.resume(config, workdir, lambda meta: {"state": abstract})
+  resumed = checkpointing.resume(settings.resume_settings(config), workdir,
+                                 lambda meta: {"state": abstract})
   if resumed.restored is not None:
     state = resumed.restored.arrays["state"]
   else:
@@ -226,7 +229,8 @@ def train_teacher(config, workdir: str) -> dict:
   job = TeacherJob(config=config, model=model, data=data, mesh=mesh, state=state,
                    accuracies=list(resumed.meta.get("accuracies", [])), writer=writer)
   try:
-    runner = loop.run_plan(plan, job, config=config, workdir=workdir, resumed=resumed,
+    runner = loop.run_plan(plan, job, settings=settings.loop_settings(config), workdir=workdir,
+                           resumed=resumed,
                            writer=writer, invocation_start=invocation_start)
   finally:
     writer.close()

@@ -24,11 +24,11 @@ Dependencies on the run layout, kept small on purpose (adapt here when they chan
   WORKDIR/metrics.jsonl       train records at log steps and segment ends: "step" (global),
                               "task", "phase" (the segment), "train/*";
   WORKDIR/checkpoints/<step>  `checkpointing.Checkpoints` keyed by the global step; each meta's
-                              "step" and "arrays" are read, the arrays "state", "class_weights",
-                              "teacher" and "generator" restored against
-                              `dfcil_run.abstract_arrays`; where a step falls comes from the run's
-                              plan (`dfcil_run.load_run`).
-The replay mirrors train.DfcilJob (fresh optimizer and class counts at the main phase; the plan's
+                              "step", "layout" and "arrays" are read, the arrays "state",
+                              "class_weights", "teacher" and "generator" (with the run axis of
+                              one run) restored against `dfcil_run.abstract_arrays`; where a step
+                              falls comes from the run's plan (`dfcil_run.build_run`).
+The replay mirrors jobs.dfcil.DfcilJob (fresh optimizer and class counts at the main phase; the plan's
 epochs, learning rates and batches `datasets.epoch_batches(seed, task, epoch)`; the step key
 fold_in(fold_in(key(seed), task + 1), step_in_task); class weights refreshed at epoch ends) and
 calls the run's own jitted steps; when that job changes, `replay_task` must follow it, and the check
@@ -42,12 +42,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Any
 
 from absl import app, flags, logging
 import numpy as np
 
 from rfd_jax.cli import xla_env
+from rfd_jax.engine import errors
 from rfd_jax.tools import replay as replay_lib
 
 def diagnose(workdir: str, *, confusion_task: int = 2, grad_task: int = 2, grad_batches: int = 4,
@@ -153,9 +155,13 @@ def main(argv):
   xla_env.set_fast_cpu_flags(log=logging.info)  # as rfd_jax.main, so a replay rounds like the run
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
-  result = diagnose(FLAGS.workdir, confusion_task=FLAGS.confusion_task,
-                    grad_task=FLAGS.grad_task, grad_batches=FLAGS.grad_batches,
-                    replay=FLAGS.replay, replay_every=FLAGS.replay_every)
+  try:
+    result = diagnose(FLAGS.workdir, confusion_task=FLAGS.confusion_task,
+                      grad_task=FLAGS.grad_task, grad_batches=FLAGS.grad_batches,
+                      replay=FLAGS.replay, replay_every=FLAGS.replay_every)
+  except errors.ConfigError as e:  # e.g. checkpoints of an earlier layout
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   output = FLAGS.output or os.path.join(FLAGS.workdir, "diagnosis.json")
   with open(output, "w") as f:
     json.dump(result, f)

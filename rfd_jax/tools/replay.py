@@ -23,7 +23,7 @@ from rfd_jax.engine import checkpointing, evaluation, parallel
 from rfd_jax.cli import config_validation
 from rfd_jax.jobs import dfcil_run, steps
 from rfd_jax.methods import tasks
-from rfd_jax.data import augment, datasets
+from rfd_jax.data import augment, datasets, sources
 from rfd_jax.engine.state import trainable_mask
 
 NOT_TERMS = ("dist_inter", "dist_intra")  # weights inside DIST, not loss terms of their own
@@ -42,13 +42,14 @@ class RunReader:
     config = self.config
     self.spec: tasks.TaskSpec = config_validation.validate(config)
     mesh = parallel.make_mesh()
-    self.run = dfcil_run.load_run(config, workdir, self.spec, mesh)
+    parts = dfcil_run.parts_of(config, mesh)
+    self.run = dfcil_run.build_run(parts, workdir, sources.load_dataset(config.data))
     self.learner, self.model, self.data = self.run.learner, self.run.model, self.run.data
     self.plan = self.run.plan
-    self.test_labels = self.run.test_labels
+    self.test_labels = self.run.test_labels[0]
     self.checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"), keep=10**6,
                                                  read_only=True)
-    self._abstract = dfcil_run.abstract_arrays(config, self.spec, mesh)
+    self._abstract = dfcil_run.abstract_arrays(parts)
 
   def close(self) -> None:
     self.checkpoints.close()
@@ -57,7 +58,11 @@ class RunReader:
     return [(i, self.checkpoints.read_meta(i)) for i in self.checkpoints.all_ids()]
 
   def arrays(self, step: int, meta: dict) -> dict[str, Any]:
-    return self.checkpoints.read_arrays(step, {k: self._abstract[k] for k in meta["arrays"]})
+    """The arrays of checkpoint `step` (the run's own, without the run axis). ConfigError for a
+    checkpoint of an earlier layout."""
+    dfcil_run.check_layout(meta, os.path.join(self.checkpoints.directory, str(step)))
+    return self.run.step_form(self.checkpoints.read_arrays(
+        step, {k: self._abstract[k] for k in meta["arrays"]}))
 
   def where(self, step: int) -> tuple[int, str, int]:
     """(the last task the student of step `step` has trained on (-1: none), a label of the
@@ -185,7 +190,7 @@ def make_probe(reader: RunReader, phase: str, names: tuple[str, ...]):
 
 def task_hparams(reader: RunReader, state, task: int, phase: str, lr: float,
                  class_weights) -> dict[str, Any]:
-  """The hparams train.DfcilJob passes the distillation step of `task` in `phase`."""
+  """The hparams jobs.dfcil.DfcilJob passes the distillation step of `task` in `phase`."""
   spec, config = reader.spec, reader.config
   num_seen, num_old = spec.num_seen(task), int(spec.offsets[task])
   heads = spec.num_tasks if reader.learner.ce_over_all_outputs else task + 1
@@ -198,13 +203,13 @@ def task_hparams(reader: RunReader, state, task: int, phase: str, lr: float,
 
 def _epoch_rows(reader: RunReader, task: int, epoch: int) -> np.ndarray:
   """The run's batches of (task, epoch) as train-set rows: int (steps, B)."""
-  config, idx = reader.config, reader.run.task_indices[task]
+  config, idx = reader.config, reader.run.task_indices[0][task]
   return idx[datasets.epoch_batches(len(idx), config.data.batch_size, seed=config.seed,
                                     task=task, epoch=epoch)]
 
 
 def _task_batches(reader: RunReader, task: int, epoch: int) -> list[dict[str, np.ndarray]]:
-  return [{"images": reader.data.train_images[rows], "labels": reader.run.train_labels[rows]}
+  return [{"images": reader.data.train_images[rows], "labels": reader.run.train_labels[0][rows]}
           for rows in _epoch_rows(reader, task, epoch)]
 
 
@@ -259,7 +264,7 @@ def replay_task(reader: RunReader, task: int, *, every: int = 1) -> dict[str, An
   arrays = reader.arrays(start, metas[start])
   teacher, gen_vars = arrays["teacher"], arrays["generator"].variables
   state = arrays["state"]
-  state = state.replace(aux_params=dfcil_run.aux_init(run, task))
+  state = state.replace(aux_params=run.aux(task))
   state = state.replace(opt_state=run.tx.init(state.trainable),
                         class_counts=jnp.zeros_like(state.class_counts))
   class_weights = jnp.ones((reader.spec.num_classes,), jnp.float32)
@@ -269,10 +274,7 @@ def replay_task(reader: RunReader, task: int, *, every: int = 1) -> dict[str, An
     phase = segment.name
     # the run's own step: on its device-resident data when it had them (the same executable)
     resident = run.train_data is not None
-    step_fn = {("main", False): run.fns.distill_main_step,
-               ("finetune", False): run.fns.distill_finetune_step,
-               ("main", True): run.fns.distill_main_block,
-               ("finetune", True): run.fns.distill_finetune_block}[phase, resident]
+    step_fn = run.fns.train_fn(f"distill_{phase}", resident)
     probe, term_weights = None, None
     for e in range(segment.num_epochs):
       epoch, lr = segment.first_epoch + e, segment.lrs[e]

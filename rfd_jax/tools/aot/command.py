@@ -130,7 +130,8 @@ def run_tool(config, target_name: str, out: str | None, cache_dir: str | None) -
   from rfd_jax.tools.aot import compiler, reporting  # pylint: disable=g-import-not-at-top
   target = targets.load(target_name)
   job = config_validation.job_of(config)
-  mesh = parallel.job_mesh(config.data, devices=target.devices)
+  mesh = parallel.job_mesh(batch_size=config.data.batch_size,
+                           eval_batch_size=config.data.eval_batch_size, devices=target.devices)
   plan, calls, facts = job_calls(config, mesh)
   twins = {}
   if target.chip.kind == "gpu":

@@ -1,8 +1,7 @@
 """The jitted calls of a class-incremental run (single or group), as shapes, for compiling without
 data or devices (rfd_jax.tools.aot).
 
-The run is built by the code `rfd_jax.main` runs (dfcil_run.build_run / group.build_group_run, with
-`abstract=True`) on an abstract dataset: the dataset's known split sizes and image shape, no pixels.
+The run is built by the code `rfd_jax.main` runs (dfcil_run.build_run, with `abstract=True`) on an abstract dataset: the dataset's known split sizes and image shape, no pixels.
 Each `Call` is one jitted function of the run with the arguments the run passes it (shapes, dtypes,
 shardings) and how many units of work of it the whole plan runs (train steps, inversion iterations,
 evaluation batches): the projection multiplies the compiled per-unit cost by them.
@@ -100,25 +99,24 @@ def specs(tree: Any, sharding) -> Any:
 
 
 def build(config, mesh) -> tuple[dfcil_run.Run, dict[str, Any]]:
-  """The run of `config` over `mesh` (abstract), and the abstract arrays its state is made of
-  (state, class_weights, teacher, generator; with a leading run axis for a group). Raises
-  ConfigError as the run would."""
-  spec = config_validation.validate(config)
+  """The job of `config` over `mesh` (abstract), and the abstract arrays its state is made of
+  (state, class_weights, teacher, generator) in the step form (a leading run axis for a group of
+  several runs). Raises ConfigError as the job would."""
+  config_validation.validate(config)
   data = abstract_dataset(config.data)
+  members = group.members(config)
   if group.is_group(config):
-    members = group.members(config)
     if len({d.process_index for d in mesh.devices.flat}) > 1:
       raise errors.ConfigError(
           "config.runs: a group of runs runs in one process; this target has several hosts.")
     group_check(config, members, mesh)
-    run = group.build_group_run(config, "", members, mesh, data, abstract=True)
-    return run, group.abstract_arrays(config, members[0].spec, mesh, len(members))
-  return (dfcil_run.build_run(config, "", spec, mesh, data, abstract=True),
-          dfcil_run.abstract_arrays(config, spec, mesh))
+  parts = dfcil_run.parts_of(config, mesh, members)
+  return (dfcil_run.build_run(parts, "", data, abstract=True),
+          dfcil_run.abstract_arrays(parts, step_form=True))
 
 
 def group_check(config, members, mesh) -> None:
-  """group._check_group without its process-count check (the tool is one process)."""
+  """group.check without its process-count check (the tool is one process)."""
   if len(members) % mesh.devices.size:
     raise errors.ConfigError(
         f"config.runs: {len(members)} runs on {mesh.devices.size} devices: the runs are split over "
@@ -132,16 +130,14 @@ def calls(run: dfcil_run.Run, arrays: dict[str, Any]) -> list[Call]:
   """Every distinct jitted call of the run's plan with its arguments, and its units of work."""
   config, mesh, spec = run.config, run.mesh, run.spec
   rep, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  is_group = isinstance(run, group.GroupRun)
-  num_runs = len(run.members) if is_group else 0
-  lead = (num_runs,) if is_group else ()
-  run_sharding = run.run_sharding if is_group else rep
+  lead = (run.num_runs,) if run.num_runs > 1 else ()  # the step form's run axis
   scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=rep)
   key = jax.ShapeDtypeStruct(lead, jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=rep)
   state = arrays["state"]
   teacher, gen = arrays["teacher"], arrays["generator"]
   gen_vars = {"params": gen.params, "batch_stats": gen.batch_stats}
   size = config.data.image_size
+  resident = run.train_data is not None
   found: dict[str, Call] = {}
 
   def add(name, fn, args, units, unit, per_call=1):
@@ -155,29 +151,28 @@ def calls(run: dfcil_run.Run, arrays: dict[str, Any]) -> list[Call]:
       add("inversion_chunk", run.fns.inversion_chunk,
           (gen, teacher, key, scalar(jnp.int32), scalar(jnp.int32)), segment.num_steps,
           "inversion iteration", segment.block_steps)
-    elif segment.name == "eval":
-      num_test = (len(run.data.test_labels) if is_group else
-                  int(np.sum(run.test_labels < spec.num_seen(task))))
+    elif segment.name == "eval":  # the test images any run has seen (dfcil.DfcilJob._evaluate)
+      num_test = int(np.sum(np.any(run.test_labels < spec.num_seen(task), axis=0)))
       eval_bs = config.data.eval_batch_size
       images = jax.ShapeDtypeStruct((eval_bs, size, size, 3), jnp.uint8, sharding=batch_sharding)
       add("eval_step", run.fns.eval_step, (teacher, images, scalar(jnp.int32)),
           math.ceil(num_test / eval_bs), "eval batch")
     else:
-      fn_name, hparams, distilling = dfcil.segment_hparams(run, state, segment.name, task)
+      kind, hparams, distilling = dfcil.segment_hparams(run, state, segment.name, task)
       hparams = specs({**hparams, "lr": jnp.float32(0)}, rep)
       extra = ()
       if distilling:
         hparams["class_weights"] = arrays["class_weights"]
         extra = (teacher, gen_vars)
-      fn = getattr(run.fns, fn_name)
-      if run.train_data is not None:
+      fn, fn_name = run.fns.train_fn(kind, resident), run.fns.train_name(kind, resident)
+      if resident:
         k = segment.block_steps
         rows = jax.ShapeDtypeStruct(lead + (segment.epoch_steps, config.data.batch_size),
-                                    jnp.int32, sharding=run_sharding)
+                                    jnp.int32, sharding=run.run_sharding)
         args = (k, state, run.train_data, rows, scalar(jnp.int32), key, scalar(jnp.int32),
                 hparams) + extra
         name = f"{fn_name}:{k}" + ("" if k == segment.epoch_steps else f"/{segment.epoch_steps}")
-        add(name, _Lowerable(fn, hparams), args, segment.num_steps, "train step", k)
+        add(name, fn, args, segment.num_steps, "train step", k)
       else:
         b = config.data.batch_size
         host_batch = {"images": jax.ShapeDtypeStruct((b, size, size, 3), jnp.uint8,
@@ -186,19 +181,7 @@ def calls(run: dfcil_run.Run, arrays: dict[str, Any]) -> list[Call]:
         add(fn_name, fn, (state, host_batch, key, scalar(jnp.int32), hparams) + extra,
             segment.num_steps, "train step")
       add("class_weights", run.fns.class_weights,
-          (jax.ShapeDtypeStruct(lead + (spec.num_classes,), jnp.float32, sharding=run_sharding),
-           scalar(jnp.int32)), segment.num_epochs, "epoch end")
+          (jax.ShapeDtypeStruct(lead + (spec.num_classes,), jnp.float32,
+                                sharding=run.run_sharding), scalar(jnp.int32)),
+          segment.num_epochs, "epoch end")
   return list(found.values())
-
-
-class _Lowerable:
-  """A train function with `.lower`: a group's vmapped block is jitted per set of hparams names
-  (steps._GroupBlock), so its jitted function is looked up with the hparams."""
-
-  def __init__(self, fn, hparams):
-    self.fn, self.hparams = fn, hparams
-
-  def lower(self, *args):
-    if hasattr(self.fn, "jitted"):
-      return self.fn.jitted(self.hparams, len(args) - 8).lower(*args)
-    return self.fn.lower(*args)
