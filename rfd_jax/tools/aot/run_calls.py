@@ -109,21 +109,10 @@ def build(config, mesh) -> tuple[dfcil_run.Run, dict[str, Any]]:
     if len({d.process_index for d in mesh.devices.flat}) > 1:
       raise errors.ConfigError(
           "config.runs: a group of runs runs in one process; this target has several hosts.")
-    group_check(config, members, mesh)
+    group.check(config, members, mesh.devices.size)  # one process: its hosts are checked above
   parts = dfcil_run.parts_of(config, mesh, members)
   return (dfcil_run.build_run(parts, "", data, abstract=True),
           dfcil_run.abstract_arrays(parts, step_form=True))
-
-
-def group_check(config, members, mesh) -> None:
-  """group.check without its process-count check (the tool is one process)."""
-  if len(members) % mesh.devices.size:
-    raise errors.ConfigError(
-        f"config.runs: {len(members)} runs on {mesh.devices.size} devices: the runs are split over "
-        f"the devices; use a multiple of {mesh.devices.size} runs.")
-  if not config.data.get("device_resident", True):
-    raise errors.ConfigError(
-        "config.runs: a group of runs needs config.data.device_resident=True.")
 
 
 def calls(run: dfcil_run.Run, arrays: dict[str, Any]) -> list[Call]:
