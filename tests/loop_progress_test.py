@@ -4,6 +4,7 @@ import jax
 import pytest
 
 from rfd_jax.engine import loop, plan as plan_lib, timing, writers
+from tests import fake_jobs
 
 
 class _Clock:
@@ -14,15 +15,12 @@ class _Clock:
     return self.now
 
 
-class _Job:
+class _Job(fake_jobs.NullJob):
   """Each step takes 1 s on the fake clock; the first step of epoch 2 also "compiles" for 1.5 s
   (reported to jax.monitoring like a real compile)."""
 
   def __init__(self, clock):
     self.clock = clock
-
-  def enter(self, segment):
-    pass
 
   def run_block(self, position, num_steps):
     self.clock.now += num_steps
@@ -30,15 +28,6 @@ class _Job:
       self.clock.now += 1.5
       jax.monitoring.record_event_duration_secs("/jax/core/compile/backend_compile_duration", 1.5)
     return None
-
-  def end_epoch(self, segment, epoch, means, eta):
-    pass
-
-  def exit(self, segment):
-    pass
-
-  def checkpoint(self):
-    return {}, {}
 
 
 def test_compile_seconds_are_not_step_time(tmp_path, monkeypatch):

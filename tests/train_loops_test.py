@@ -16,6 +16,7 @@ from rfd_jax.engine import checkpointing, errors, loop, parallel, plan as plan_l
 from rfd_jax.cli import config_validation
 from rfd_jax.jobs import dfcil_run, dfcil
 from rfd_jax.methods import inversion
+from tests import fake_jobs
 from tests.train_test import tiny_config
 
 
@@ -60,27 +61,15 @@ def test_a_scanned_run_stopped_at_an_epoch_end_resumes_exactly(tmp_path, monkeyp
   assert _run(tmp_path / "stopped", config) == reference
 
 
-class _CountingJob:
+class _CountingJob(fake_jobs.NullJob):
   """A loop.Job that records the blocks it is asked to run."""
 
   def __init__(self):
     self.blocks = []
 
-  def enter(self, segment):
-    pass
-
   def run_block(self, position, num_steps):
     self.blocks.append((position.step, num_steps))
     return {"train/loss": jnp.float32(position.step)}
-
-  def end_epoch(self, segment, epoch, means, eta):
-    pass
-
-  def exit(self, segment):
-    pass
-
-  def checkpoint(self):
-    return {}, {}
 
 
 def test_a_resume_inside_a_block_first_completes_that_block(tmp_path):
