@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rfd_jax.models.layers import Conv, upsample2x
+from rfd_jax.models.layers import Conv, UpsampleConv
 
 _weight_init = nn.initializers.normal(0.02)
 
@@ -90,9 +90,12 @@ class CmiGenerator(nn.Module):
         dtype=self.conv_dtype, out_dtype=None if self.conv_dtype is None else jnp.float32,
         name=name)
     x = nn.Dense(c * s * s, kernel_init=_weight_init, name="linear")(z.reshape(z.shape[0], -1))
+    up_conv = lambda features, name: UpsampleConv(  # ×2 nearest → conv3×3, at the low resolution
+        features, use_bias=False, kernel_init=_weight_init, dtype=self.conv_dtype,
+        out_dtype=None if self.conv_dtype is None else jnp.float32, name=name)
     x = bn("bn0")(x.reshape(z.shape[0], s, s, c))
-    x = conv(c, "conv1")(upsample2x(x))
+    x = up_conv(c, "conv1")(x)
     x = nn.leaky_relu(bn("bn1")(x), negative_slope=0.2)
-    x = conv(self.ngf, "conv2")(upsample2x(x))
+    x = up_conv(self.ngf, "conv2")(x)
     x = nn.leaky_relu(bn("bn2")(x), negative_slope=0.2)
     return nn.sigmoid(conv(self.nc, "conv_out", use_bias=True)(x))

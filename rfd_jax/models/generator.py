@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rfd_jax.models import batch_norm
-from rfd_jax.models.layers import Conv, conv_compute_dtype, upsample2x
+from rfd_jax.models.layers import Conv, UpsampleConv, conv_compute_dtype
 
 Z_DIM = 1000
 
@@ -47,7 +47,7 @@ class Generator(nn.Module):
     z_dim: latent size (1000 in all papers).
     conv_dtype: what the convolutions run in (config.dtype via `generator_for`; None: float32;
       bfloat16: inputs and kernels cast to bf16, results cast back to float32, so BN, params and
-      the optimizer stay float32).
+      the optimizer stay float32; float64 for tests).
   """
   init_size: int
   init_channels: int
@@ -66,16 +66,18 @@ class Generator(nn.Module):
     x = x.reshape(z.shape[0], self.init_size, self.init_size, self.init_channels)
     x = bn(1e-5, "bn_linear")(x)
     cin = self.init_channels
+    compute = self.conv_dtype or jnp.float32
+    out = jnp.promote_types(compute, jnp.float32)  # bf16 convolutions hand float32 to BN
     for i, cout in enumerate(self.block_channels):
-      x = upsample2x(x)
       init = _torch_default(9 * cin)
-      x = Conv(cout, (3, 3), padding=((1, 1), (1, 1)), kernel_init=init, bias_init=init,
-               dtype=self.conv_dtype or jnp.float32, out_dtype=jnp.float32, name=f"conv{i}")(x)
+      # nearest ×2 upsample → conv3×3, computed at the low resolution
+      x = UpsampleConv(cout, kernel_init=init, bias_init=init, dtype=compute, out_dtype=out,
+                       name=f"conv{i}")(x)
       x = nn.leaky_relu(bn(0.8, f"bn{i}")(x), negative_slope=0.2)  # eps 0.8: the original's quirk
       cin = cout
     init = _torch_default(9 * cin)
     x = Conv(3, (3, 3), padding=((1, 1), (1, 1)), kernel_init=init, bias_init=init,
-             dtype=self.conv_dtype or jnp.float32, out_dtype=jnp.float32, name="conv_out")(x)
+             dtype=compute, out_dtype=out, name="conv_out")(x)
     return bn(1e-5, "bn_out", affine=False)(jnp.tanh(x))
 
 

@@ -1,5 +1,6 @@
-"""Layers shared by the models: the mixed-precision convolution, nearest ×2 upsampling, and the
-mapping from `config.dtype` to a convolution compute dtype."""
+"""Layers shared by the models: the mixed-precision convolution, the generators' nearest ×2
+upsample-then-convolve block computed at the low resolution, and the mapping from
+`config.dtype` to a convolution compute dtype."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def conv_compute_dtype(dtype: str) -> Any:
@@ -29,6 +31,66 @@ class Conv(nn.Conv):
     return y if self.out_dtype is None else y.astype(self.out_dtype)
 
 
-def upsample2x(x: jax.Array) -> jax.Array:
-  """Nearest-neighbour ×2 on (B, H, W, C)."""
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+# Nearest ×2 upsampling then a 3-tap "SAME" filter, per output phase: output row 2i + a reads the
+# upsampled rows 2i + a − 1, 2i + a, 2i + a + 1, i.e. the low-resolution rows i − 1, i, i (a = 0) or
+# i, i, i + 1 (a = 1). _PHASE_TAPS[a] maps the 3 taps to the 2 low-resolution taps;
+# _PHASE_PADDING[a] places those 2 taps at rows (i − 1, i) or (i, i + 1).
+_PHASE_TAPS = np.array([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], np.float32)
+_PHASE_PADDING = ((1, 0), (0, 1))
+
+
+def upsample2x_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A 3×3 convolution (zero padding 1) of x upsampled ×2 by nearest neighbour (every pixel
+  repeated in a 2×2 block), computed without the upsampled input.
+
+  x: (B, H, W, Ci); kernel: (3, 3, Ci, Co) HWIO. Returns (B, 2H, 2W, Co) in the dtype of the
+  convolution. Each of the four output phases (a, b) (rows 2i + a, columns 2j + b) is a 2×2
+  convolution of x with taps summed from the 3×3 kernel, so the layer does 4/9 of the multiply-adds
+  of the upsampled convolution and never stores the ×4 upsampled input (nor, in the backward
+  pass, its transposed copy). Same function; float sums are only regrouped (kernel taps added
+  before the products).
+  """
+  taps = jnp.asarray(_PHASE_TAPS, kernel.dtype)
+  rows = []
+  for a in range(2):
+    cols = []
+    for b in range(2):
+      phase_kernel = jnp.einsum("pu,qv,uvio->pqio", taps[a], taps[b], kernel)
+      cols.append(jax.lax.conv_general_dilated(
+          x, phase_kernel, window_strides=(1, 1),
+          padding=(_PHASE_PADDING[a], _PHASE_PADDING[b]),
+          dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    rows.append(jnp.stack(cols, axis=3))  # (B, H, W, 2, Co): columns 2j, 2j + 1
+  y = jnp.stack(rows, axis=2)  # (B, H, 2, W, 2, Co): rows 2i, 2i + 1
+  batch, height, _, width, _, features = y.shape
+  return y.reshape(batch, 2 * height, 2 * width, features)
+
+
+class UpsampleConv(nn.Module):
+  """Nearest ×2 upsampling followed by a 3×3 convolution with zero padding 1 (the generators'
+  `interpolate(scale_factor=2)` → `Conv2d(k=3, p=1)`), by `upsample2x_conv3x3`.
+
+  Parameters are those of the `Conv` it replaces, created in the same order with the same names
+  ("kernel" (3, 3, Ci, Co), "bias" (Co,)), so initialisation and checkpoints are unchanged.
+  `dtype`: what the convolution computes in (None: the input's); `out_dtype` as in `Conv`.
+  """
+  features: int
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+  use_bias: bool = True
+  dtype: Any = None
+  out_dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: (B, H, W, Ci) → (B, 2H, 2W, features)."""
+    kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    dtype = self.dtype or x.dtype
+    y = upsample2x_conv3x3(x.astype(dtype), kernel.astype(dtype))
+    if bias is not None:
+      y = y + bias.astype(dtype)
+    return y if self.out_dtype is None else y.astype(self.out_dtype)
