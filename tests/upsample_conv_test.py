@@ -74,11 +74,12 @@ def test_gradients_match_finite_differences():
                  x, kernel)
 
 
-def test_module_keeps_the_parameters_and_function_of_the_layer_it_replaces():
-  """Same parameter tree and initial values as upsample → Conv (same key), the same output in
-  float64, and with bfloat16 compute a float32 output within bf16 error of the float32 layer."""
+@pytest.mark.parametrize("phases", [True, False])
+def test_module_keeps_the_parameters_and_function_of_the_layer_it_replaces(phases):
+  """Either form: the parameter tree and initial values of upsample → Conv (same key), the same
+  output in float64, and with bfloat16 compute a float32 output within bf16 error of float32."""
   init = jax.nn.initializers.normal(0.5)
-  ours = layers.UpsampleConv(6, kernel_init=init, bias_init=init)
+  ours = layers.UpsampleConv(6, phases=phases, kernel_init=init, bias_init=init)
   reference = _reference_layer(6, kernel_init=init, bias_init=init)
   x = np.random.default_rng(2).normal(size=(2, 5, 4, 3)).astype(np.float32)
   variables = ours.init(jax.random.key(0), x)
@@ -86,15 +87,17 @@ def test_module_keeps_the_parameters_and_function_of_the_layer_it_replaces():
   chex.assert_shape(variables["params"]["kernel"], (3, 3, 3, 6))
   with jax.enable_x64(True):
     x64, vars64 = to_float64((x, variables))
-    assert_close(ours.apply(vars64, x64), reference.apply(vars64, x64), what="float64 output")
-  bf16 = layers.UpsampleConv(6, kernel_init=init, bias_init=init, dtype=jnp.bfloat16,
+    out = ours.apply(vars64, x64)
+    chex.assert_shape(out, (2, 10, 8, 6))
+    assert_close(out, reference.apply(vars64, x64), what="float64 output")
+  bf16 = layers.UpsampleConv(6, phases=phases, kernel_init=init, bias_init=init, dtype=jnp.bfloat16,
                              out_dtype=jnp.float32)
   out_bf16, out_f32 = bf16.apply(variables, x), ours.apply(variables, x)
   chex.assert_type(out_bf16, jnp.float32)
   np.testing.assert_allclose(out_bf16, out_f32, atol=0.05 * float(jnp.max(jnp.abs(out_f32))))
 
 
-def _float64_inversion_steps(num_steps: int):
+def _float64_inversion_steps(num_steps: int, phases: bool):
   """`num_steps` generator steps of inversion in float64: a 2×2 → 8 px generator against a random
   one-block-per-stage ResNet teacher. The generator variables and metrics after each.
 
@@ -102,7 +105,7 @@ def _float64_inversion_steps(num_steps: int):
   exact arithmetic, so its float value is rounding noise, and Adam divides it by its own size —
   any regrouping of sums then moves those biases by a learning-rate-sized step."""
   gen = generator.Generator(init_size=2, init_channels=8, block_channels=(8, 4),
-                            conv_dtype=jnp.float64)
+                            conv_dtype=jnp.float64, upsample_phases=phases)
   teacher = resnet.CifarResNet(task_sizes=(2,) * 5, stage_blocks=(1, 1, 1, 1), dtype=jnp.float64)
   teacher_state = random_states.random_train_state(teacher, optim.momentum_transform(0.9),
                                                    image_size=8, num_classes=10, seed=4)
@@ -122,23 +125,22 @@ def _float64_inversion_steps(num_steps: int):
   return history
 
 
-def test_inversion_steps_in_float64_agree_with_the_upsampled_convolution(monkeypatch):
+def test_inversion_steps_in_float64_agree_with_the_upsampled_convolution():
   """Three float64 inversion steps (generator in train mode, forward and backward through both
   upsampling blocks, SGD) agree to 1e-12 with the generator built from upsample → Conv."""
   with jax.enable_x64(True):
-    ours = _float64_inversion_steps(3)
-    monkeypatch.setattr(generator, "UpsampleConv", _reference_layer)
-    reference = _float64_inversion_steps(3)
+    ours = _float64_inversion_steps(3, phases=True)
+    reference = _float64_inversion_steps(3, phases=False)
   for i, (got, want) in enumerate(zip(ours, reference)):
     assert_close(got, want, what=f"step {i + 1}: ")
   first, last = jax.tree.leaves(reference[0][0]), jax.tree.leaves(reference[-1][0])
   assert any(not np.allclose(a, b) for a, b in zip(first, last))  # the steps trained
 
 
-def _float64_rfd_steps(num_steps: int):
+def _float64_rfd_steps(num_steps: int, phases: bool):
   """`num_steps` RFD main-phase steps with a float64 generator making the synthetic batch."""
   gen = generator.Generator(init_size=2, init_channels=8, block_channels=(8, 4),
-                            conv_dtype=jnp.float64)
+                            conv_dtype=jnp.float64, upsample_phases=phases)
   model = resnet.CifarResNet(task_sizes=(2,) * 5, stage_blocks=(1, 1, 1, 1), dtype=jnp.float64)
   tx = optim.momentum_transform(0.9)
   state = random_states.random_train_state(model, tx, image_size=8, num_classes=10, seed=3)
@@ -164,28 +166,36 @@ def _float64_rfd_steps(num_steps: int):
   return history
 
 
-def test_rfd_steps_in_float64_agree_with_the_upsampled_convolution(monkeypatch):
+def test_rfd_steps_in_float64_agree_with_the_upsampled_convolution():
   """Three float64 RFD main steps whose synthetic batch comes from the generator agree to 1e-12
   with the generator built from upsample → Conv."""
   with jax.enable_x64(True):
-    ours = _float64_rfd_steps(3)
-    monkeypatch.setattr(generator, "UpsampleConv", _reference_layer)
-    reference = _float64_rfd_steps(3)
+    ours = _float64_rfd_steps(3, phases=True)
+    reference = _float64_rfd_steps(3, phases=False)
   for i, (got, want) in enumerate(zip(ours, reference)):
     assert_close(got, want, what=f"step {i + 1}: ")
 
 
-def test_cmi_generator_matches_the_upsampled_convolution(monkeypatch):
+def test_cmi_generator_matches_the_upsampled_convolution():
   """The CMI / RGAL generator (two upsampling blocks, no conv bias) gives the same images in
-  float64 with either layer, from the same parameters."""
+  float64 in either form, from the same parameters."""
   gen = cmi_generator.CmiGenerator(nz=16, ngf=4, img_size=8, nc=3)
   z = np.random.default_rng(3).normal(size=(5, 16)).astype(np.float32)
   variables = gen.init(jax.random.key(0), z)
   with jax.enable_x64(True):
     z64, vars64 = to_float64((z, variables))
     ours = gen.apply(vars64, z64)
-    monkeypatch.setattr(cmi_generator, "UpsampleConv", _reference_layer)
-    reference = gen.apply(vars64, z64)
+    reference = gen.clone(upsample_phases=False).apply(vars64, z64)
   chex.assert_shape(ours, (5, 8, 8, 3))
   assert_close(ours, reference, what="images")
   assert float(jnp.std(ours)) > 1e-3
+
+
+def test_phases_on_cpu_only():
+  """The generators compute by phases on CPU and upsample on GPU / TPU (fewer kernels and bytes
+  there by the compiler's counts); the choice follows the devices' platform."""
+  assert layers.upsample_phases_for("cpu")
+  assert not layers.upsample_phases_for("gpu") and not layers.upsample_phases_for("tpu")
+  assert generator.generator_for(32, platform="cpu").upsample_phases
+  assert not generator.generator_for(32, platform="tpu").upsample_phases
+  assert generator.generator_for(32).upsample_phases == (jax.default_backend() == "cpu")

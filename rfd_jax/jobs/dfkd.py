@@ -46,7 +46,7 @@ from rfd_jax.jobs import dfkd_steps, settings, teacher as teacher_lib
 from rfd_jax.data import augment, datasets, sources
 from rfd_jax.models import dfkd_nets
 from rfd_jax.models.cmi_generator import CmiGenerator
-from rfd_jax.models.layers import conv_compute_dtype
+from rfd_jax.models.layers import conv_compute_dtype, upsample_phases_for
 
 DIRECTIONS = ("paper", "released_code")
 LOOPS = ("auto", "scan", "host")
@@ -138,8 +138,10 @@ def build_nets(config, teacher: nn.Module, teacher_vars, mesh) -> dict[str, Any]
         f"config.rgal.triplet_layers={tuple(config.rgal.triplet_layers)} selects none of the "
         f"student's stages {student.stage_names}.")
   nets = dict(student=student, teacher=teacher, teacher_vars=teacher_vars,
-              generator=CmiGenerator(nz=syn.nz, ngf=syn.ngf, img_size=size,
-                                     conv_dtype=conv_compute_dtype(config.dtype)),
+              generator=CmiGenerator(
+                  nz=syn.nz, ngf=syn.ngf, img_size=size,
+                  conv_dtype=conv_compute_dtype(config.dtype),
+                  upsample_phases=upsample_phases_for(mesh.devices.flat[0].platform)),
               gen_tx=optax.adam(syn.lr, b1=syn.beta1, b2=syn.beta2),
               tx=optim.momentum_transform(config.optim.momentum),
               pairs=dfkd_steps.stage_pairs(student, teacher), triplet_layers=triplet_layers)

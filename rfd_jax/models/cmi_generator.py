@@ -60,12 +60,14 @@ class CmiGenerator(nn.Module):
     nc: output channels.
     conv_dtype: what the convolutions run in (config.dtype; None: float32; bfloat16: inputs and
       kernels cast to bf16, results cast back to float32; BN, params and optimizer stay float32).
+    upsample_phases: each upsample → conv3×3 computed at the low resolution (`UpsampleConv`).
   """
   nz: int = 256
   ngf: int = 64
   img_size: int = 32
   nc: int = 3
   conv_dtype: Any = None
+  upsample_phases: bool = True
 
   def __post_init__(self):
     if self.img_size % 4 != 0 or self.img_size < 8:
@@ -90,8 +92,9 @@ class CmiGenerator(nn.Module):
         dtype=self.conv_dtype, out_dtype=None if self.conv_dtype is None else jnp.float32,
         name=name)
     x = nn.Dense(c * s * s, kernel_init=_weight_init, name="linear")(z.reshape(z.shape[0], -1))
-    up_conv = lambda features, name: UpsampleConv(  # ×2 nearest → conv3×3, at the low resolution
-        features, use_bias=False, kernel_init=_weight_init, dtype=self.conv_dtype,
+    up_conv = lambda features, name: UpsampleConv(  # nearest ×2 → conv3×3
+        features, phases=self.upsample_phases, use_bias=False, kernel_init=_weight_init,
+        dtype=self.conv_dtype,
         out_dtype=None if self.conv_dtype is None else jnp.float32, name=name)
     x = bn("bn0")(x.reshape(z.shape[0], s, s, c))
     x = up_conv(c, "conv1")(x)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rfd_jax.models import batch_norm
-from rfd_jax.models.layers import Conv, UpsampleConv, conv_compute_dtype
+from rfd_jax.models.layers import Conv, UpsampleConv, conv_compute_dtype, upsample_phases_for
 
 Z_DIM = 1000
 
@@ -48,12 +48,14 @@ class Generator(nn.Module):
     conv_dtype: what the convolutions run in (config.dtype via `generator_for`; None: float32;
       bfloat16: inputs and kernels cast to bf16, results cast back to float32, so BN, params and
       the optimizer stay float32; float64 for tests).
+    upsample_phases: each upsample → conv3×3 computed at the low resolution (`UpsampleConv`).
   """
   init_size: int
   init_channels: int
   block_channels: Sequence[int]
   z_dim: int = Z_DIM
   conv_dtype: Any = None
+  upsample_phases: bool = True
 
   @nn.compact
   def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:
@@ -70,9 +72,8 @@ class Generator(nn.Module):
     out = jnp.promote_types(compute, jnp.float32)  # bf16 convolutions hand float32 to BN
     for i, cout in enumerate(self.block_channels):
       init = _torch_default(9 * cin)
-      # nearest ×2 upsample → conv3×3, computed at the low resolution
-      x = UpsampleConv(cout, kernel_init=init, bias_init=init, dtype=compute, out_dtype=out,
-                       name=f"conv{i}")(x)
+      x = UpsampleConv(cout, phases=self.upsample_phases, kernel_init=init, bias_init=init,
+                       dtype=compute, out_dtype=out, name=f"conv{i}")(x)
       x = nn.leaky_relu(bn(0.8, f"bn{i}")(x), negative_slope=0.2)  # eps 0.8: the original's quirk
       cin = cout
     init = _torch_default(9 * cin)
@@ -81,10 +82,14 @@ class Generator(nn.Module):
     return bn(1e-5, "bn_out", affine=False)(jnp.tanh(x))
 
 
-def generator_for(image_size: int, dtype: str = "float32") -> Generator:
+def generator_for(image_size: int, dtype: str = "float32",
+                  platform: str | None = None) -> Generator:
   """The generator variant of spec §2.3 for square images of side `image_size`; its convolutions
-  run in `dtype` (config.dtype, "float32" or "bfloat16": see `Generator.conv_dtype`)."""
-  kw = {"conv_dtype": conv_compute_dtype(dtype)}
+  run in `dtype` (config.dtype, "float32" or "bfloat16": see `Generator.conv_dtype`), its
+  upsampling blocks as suits `platform` (the devices' "cpu", "gpu", "tpu"; default: JAX's default
+  backend; `layers.upsample_phases_for`)."""
+  platform = jax.default_backend() if platform is None else platform
+  kw = {"conv_dtype": conv_compute_dtype(dtype), "upsample_phases": upsample_phases_for(platform)}
   if image_size == 224:
     return Generator(init_size=7, init_channels=64, block_channels=(64,) * 5, **kw)
   if image_size == 64:
