@@ -61,6 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.inversion.iterations = 5000
   config.inversion.chunk_steps = 100  # iterations per chunk: progress line / checkpoint granularity
   config.inversion.loop = "auto"  # scan | host | auto (host loop on CPU, where XLA's scan is slow)
+  # The generator's upsample → conv3×3: phases (four 2×2 convolutions at the low resolution) |
+  # repeat (on the ×4 upsampled input) | auto (phases on CPU, repeat on GPU/TPU). Same function.
+  config.inversion.upsample = "auto"
   config.inversion.batch_size = 128
   config.inversion.lr = 1e-3  # Adam, default betas
   config.inversion.generator = "auto"  # auto (abd: one generator for all tasks; else fresh) | fresh | reuse

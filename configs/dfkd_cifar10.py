@@ -52,6 +52,8 @@ def get_config(pair: str = "wrn") -> ml_collections.ConfigDict:
                                       # chance between chunks); divides iterations
   config.synthesis.loop = "auto"  # scan (one lax.scan per chunk) | host (a loop over one jitted
                                   # step; faster on XLA:CPU) | auto: host on CPU, scan elsewhere
+  config.synthesis.upsample = "auto"  # phases | repeat | auto: the generator's upsample → conv3×3
+                                      # as 2×2 phase convolutions on CPU (configs/cifar100.py)
 
   config.student = ml_collections.ConfigDict()
   config.student.kd_steps = 400  # student steps per epoch

@@ -161,6 +161,7 @@ def test_pool_draws_at_once_equal_sequential_draws():
                                  r"config.synthesis.iterations=4"),
     ("synthesis.chunk_steps", 0, "synthesis.chunk_steps=0"),
     ("synthesis.loop", "while", "synthesis.loop='while'"),
+    ("synthesis.upsample", "nearest", "synthesis.upsample='nearest'"),
 ])
 def test_dfkd_config_errors_name_the_field(teacher_run, tmp_path, field, value, message):
   config = tiny_dfkd_config(teacher_run[0])

@@ -177,6 +177,8 @@ def _fails_without_writing(capsys, config, workdir, **kwargs) -> str:
                                 "16-epoch main phase (config.optim.epochs=20 − "
                                 "config.optim.ft_epochs=4 for rfd)"),
     ("optim.milestones", (10, 16), "16 is not an epoch of the 16-epoch main phase"),
+    ("inversion.upsample", "nearest", "config.inversion.upsample='nearest': expected 'auto', "
+                                      "'phases' or 'repeat'."),
 ])
 def test_config_errors_before_the_workdir_exists(capsys, tmp_path, field, value, expected):
   config = _tiny_digits()

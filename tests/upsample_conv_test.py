@@ -191,11 +191,15 @@ def test_cmi_generator_matches_the_upsampled_convolution():
   assert float(jnp.std(ours)) > 1e-3
 
 
-def test_phases_on_cpu_only():
-  """The generators compute by phases on CPU and upsample on GPU / TPU (fewer kernels and bytes
-  there by the compiler's counts); the choice follows the devices' platform."""
-  assert layers.upsample_phases_for("cpu")
-  assert not layers.upsample_phases_for("gpu") and not layers.upsample_phases_for("tpu")
+def test_phases_on_cpu_only_unless_the_config_says():
+  """"auto" computes by phases on CPU and upsamples on GPU / TPU (fewer kernels there by the
+  compiler's counts); "phases" / "repeat" force a form; anything else is refused."""
+  assert layers.resolve_upsample("auto", "cpu")
+  assert not layers.resolve_upsample("auto", "gpu") and not layers.resolve_upsample("auto", "tpu")
+  assert layers.resolve_upsample("phases", "tpu") and not layers.resolve_upsample("repeat", "cpu")
+  with pytest.raises(ValueError, match="upsample='nearest'"):
+    layers.resolve_upsample("nearest", "cpu")
   assert generator.generator_for(32, platform="cpu").upsample_phases
   assert not generator.generator_for(32, platform="tpu").upsample_phases
+  assert not generator.generator_for(32, upsample="repeat", platform="cpu").upsample_phases
   assert generator.generator_for(32).upsample_phases == (jax.default_backend() == "cpu")

@@ -108,6 +108,9 @@ def validate(config) -> tasks.TaskSpec:
   _require(inv.lr > 0, f"config.inversion.lr={inv.lr} must be > 0.")
   _require(inv.loop in ("auto", "scan", "host"),
            f"config.inversion.loop={inv.loop!r}: expected 'auto', 'scan' or 'host'.")
+  _require(inv.get("upsample", "auto") in ("auto", "phases", "repeat"),
+           f"config.inversion.upsample={inv.get('upsample')!r}: expected 'auto', 'phases' or "
+           "'repeat'.")
   _require(inv.generator in GENERATOR_POLICIES,
            f"config.inversion.generator={inv.generator!r}: expected one of {GENERATOR_POLICIES}.")
   for name in ("ce_weight", "balance_weight", "smoothness_weight", "bn_weight"):

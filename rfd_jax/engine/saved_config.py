@@ -22,12 +22,13 @@ RENAMED_FIELDS = {
 
 
 # Config fields a resume may change without the escape hatch: they do not change the result.
-# data.device_resident changes where batches are gathered, not their values; the *.loop fields
-# change only float rounding (tests/train_loops_test.py), and with "auto" a run resumed on another kind of
-# machine changes loop anyway.
+# data.device_resident changes where batches are gathered, not their values; the *.loop and
+# *.upsample fields change only float rounding (tests/train_loops_test.py,
+# tests/upsample_conv_test.py), and with "auto" a run resumed on another kind of machine changes
+# them anyway.
 HARMLESS_FIELDS = ("log.", "ckpt.", "init_from", "data.data_dir", "data.decode_threads",
                    "data.cache_gb", "data.device_resident", "optim.loop", "inversion.loop",
-                   "synthesis.loop")
+                   "synthesis.loop", "inversion.upsample", "synthesis.upsample")
 
 class ConfigMismatchError(errors.ConfigError):
   """A resume whose config differs from the checkpoint's in fields that change the result."""

@@ -246,6 +246,7 @@ def parts_of(config, mesh, members: list[group_lib.Member] | None = None) -> Par
                run_sharding=run_sharding(mesh, grouped), learner=learners.get_learner(config),
                model=build_model(config.model, members[0].spec.sizes, dtype=config.dtype),
                generator=generator_for(config.data.image_size, config.dtype,
+                                       upsample=config.inversion.get("upsample", "auto"),
                                        platform=mesh_platform(mesh)),
                tx=optim.momentum_transform(config.optim.momentum),
                gen_tx=optax.adam(config.inversion.lr))

@@ -46,7 +46,8 @@ from rfd_jax.jobs import dfkd_steps, settings, teacher as teacher_lib
 from rfd_jax.data import augment, datasets, sources
 from rfd_jax.models import dfkd_nets
 from rfd_jax.models.cmi_generator import CmiGenerator
-from rfd_jax.models.layers import conv_compute_dtype, upsample_phases_for
+from rfd_jax.models import layers
+from rfd_jax.models.layers import conv_compute_dtype
 
 DIRECTIONS = ("paper", "released_code")
 LOOPS = ("auto", "scan", "host")
@@ -77,6 +78,9 @@ def validate(config) -> None:
   if syn.loop not in LOOPS:
     raise errors.ConfigError(
         f"config.synthesis.loop={syn.loop!r}: expected one of {LOOPS}.")
+  if syn.get("upsample", "auto") not in layers.UPSAMPLE_CHOICES:
+    raise errors.ConfigError(f"config.synthesis.upsample={syn.upsample!r}: expected one of "
+                             f"{layers.UPSAMPLE_CHOICES}.")
   start, stop = config.rgal.triplet_layers
   if not 0 <= start < stop:
     raise errors.ConfigError(
@@ -141,7 +145,8 @@ def build_nets(config, teacher: nn.Module, teacher_vars, mesh) -> dict[str, Any]
               generator=CmiGenerator(
                   nz=syn.nz, ngf=syn.ngf, img_size=size,
                   conv_dtype=conv_compute_dtype(config.dtype),
-                  upsample_phases=upsample_phases_for(mesh.devices.flat[0].platform)),
+                  upsample_phases=layers.resolve_upsample(syn.get("upsample", "auto"),
+                                                          mesh.devices.flat[0].platform)),
               gen_tx=optax.adam(syn.lr, b1=syn.beta1, b2=syn.beta2),
               tx=optim.momentum_transform(config.optim.momentum),
               pairs=dfkd_steps.stage_pairs(student, teacher), triplet_layers=triplet_layers)

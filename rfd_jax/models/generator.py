@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rfd_jax.models import batch_norm
-from rfd_jax.models.layers import Conv, UpsampleConv, conv_compute_dtype, upsample_phases_for
+from rfd_jax.models.layers import Conv, UpsampleConv, conv_compute_dtype, resolve_upsample
 
 Z_DIM = 1000
 
@@ -82,14 +82,16 @@ class Generator(nn.Module):
     return bn(1e-5, "bn_out", affine=False)(jnp.tanh(x))
 
 
-def generator_for(image_size: int, dtype: str = "float32",
+def generator_for(image_size: int, dtype: str = "float32", upsample: str = "auto",
                   platform: str | None = None) -> Generator:
   """The generator variant of spec §2.3 for square images of side `image_size`; its convolutions
   run in `dtype` (config.dtype, "float32" or "bfloat16": see `Generator.conv_dtype`), its
-  upsampling blocks as suits `platform` (the devices' "cpu", "gpu", "tpu"; default: JAX's default
-  backend; `layers.upsample_phases_for`)."""
+  upsampling blocks by `upsample` (config.inversion.upsample: "auto", "phases", "repeat") on
+  `platform` (the devices' "cpu", "gpu", "tpu"; default: JAX's default backend), see
+  `layers.resolve_upsample`."""
   platform = jax.default_backend() if platform is None else platform
-  kw = {"conv_dtype": conv_compute_dtype(dtype), "upsample_phases": upsample_phases_for(platform)}
+  kw = {"conv_dtype": conv_compute_dtype(dtype),
+        "upsample_phases": resolve_upsample(upsample, platform)}
   if image_size == 224:
     return Generator(init_size=7, init_channels=64, block_channels=(64,) * 5, **kw)
   if image_size == 64:

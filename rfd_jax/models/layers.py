@@ -66,14 +66,21 @@ def upsample2x_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return y.reshape(batch, 2 * height, 2 * width, features)
 
 
-def upsample_phases_for(platform: str) -> bool:
-  """Whether `UpsampleConv` computes by phases on this platform ("cpu", "gpu", "tpu"): on CPU only.
+UPSAMPLE_CHOICES = ("auto", "phases", "repeat")
+
+
+def resolve_upsample(choice: str, platform: str) -> bool:
+  """config.inversion.upsample / config.synthesis.upsample → `UpsampleConv.phases`: "phases",
+  "repeat" (the ×4 upsampled input), or "auto": phases on CPU only ("cpu", "gpu", "tpu": the
+  devices' platform).
 
   XLA:CPU runs the four phase convolutions about twice as fast as the upsampled one (the
   inversion iteration 1.02× → 1.25× PyTorch, bench/RESULTS.md). For one H100 the compiler
-  counts more kernels and more bytes with phases (inversion 371 → 422 kernels, 4.15 → 4.65 GB per
-  iteration), so accelerators keep the upsampled convolution."""
-  return platform == "cpu"
+  counts more kernels with phases (inversion 371 → 422 per iteration), so "auto" keeps the
+  upsampled convolution on accelerators."""
+  if choice not in UPSAMPLE_CHOICES:
+    raise ValueError(f"upsample={choice!r}: expected one of {UPSAMPLE_CHOICES}")
+  return choice == "phases" or (choice == "auto" and platform == "cpu")
 
 
 class UpsampleConv(nn.Module):
@@ -81,7 +88,7 @@ class UpsampleConv(nn.Module):
   `interpolate(scale_factor=2)` → `Conv2d(k=3, p=1)`).
 
   `phases`: computed by `upsample2x_conv3x3` (True) or as written, on the ×4 upsampled input
-  (False); the same function either way (`upsample_phases_for` picks per platform). Parameters
+  (False); the same function either way (`resolve_upsample` picks). Parameters
   are those of the `Conv` it replaces, created in the same order with the same names ("kernel"
   (3, 3, Ci, Co), "bias" (Co,)), so initialisation and checkpoints do not depend on `phases`.
   `dtype`: what the convolution computes in (None: the input's); `out_dtype` as in `Conv`.

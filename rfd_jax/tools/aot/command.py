@@ -68,11 +68,15 @@ def select_cpu_backend() -> None:
 
 
 def cpu_twin(config):
-  """The config with the loops a GPU resolves ("auto" → scan with device-resident data; dfkd's
-  synthesis scanned), so that XLA:CPU compiles the same functions (its "auto" picks host loops)."""
+  """The config with the loops and generator upsampling a GPU resolves ("auto" → scan with
+  device-resident data; dfkd's synthesis scanned; upsample "repeat"), so that XLA:CPU compiles the
+  same functions (its "auto" picks host loops and phase convolutions)."""
   twin = config.copy_and_resolve_references()
   job = config_validation.job_of(twin)
   with twin.unlocked():
+    for section in ("inversion", "synthesis"):
+      if section in twin and twin[section].get("upsample", "auto") == "auto":
+        twin[section].upsample = "repeat"
     if job == "dfkd" and twin.synthesis.get("loop", "auto") == "auto":
       twin.synthesis.loop = "scan"
     if job != "dfcil":
