@@ -2,7 +2,6 @@
 makes, XLA's scan-body-once counting it relies on, the projection's arithmetic, HLO parsing, target
 errors. The compiles for TPU and GPU themselves: tests/aot_compile_test.py (needs the extras)."""
 
-import functools
 import math
 import subprocess
 import sys
