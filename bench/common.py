@@ -14,7 +14,7 @@ import numpy as np
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
   """--image_size, --batch_size, --steps, --dtype (alias --conv_dtype), --gen_conv_dtype,
-  --peak_gflops."""
+  --upsample, --peak_gflops."""
   parser.add_argument("--image_size", type=int, default=32)
   parser.add_argument("--batch_size", type=int, default=128)
   parser.add_argument("--steps", type=int, default=10, help="timed steps after one warm-up step")
@@ -24,6 +24,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                       "in (--conv_dtype: its name before config.model.conv_dtype was removed)")
   parser.add_argument("--gen_conv_dtype", default=None, choices=("float32", "bfloat16"),
                       help="the generator's convolutions alone (default: --dtype, as in training)")
+  parser.add_argument("--upsample", default="auto", choices=("auto", "phases", "repeat"),
+                      help="config.inversion.upsample: how the generator computes its upsample → "
+                      "conv3×3 blocks (auto: phases on CPU, repeat on GPU/TPU)")
   parser.add_argument("--peak_gflops", type=float, default=0.0,
                       help="the device's peak GFLOP/s, to print the achieved fraction")
 

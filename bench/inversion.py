@@ -40,7 +40,7 @@ def main():
   teacher = build_model(config.model, (10,) * 10, dtype=args.dtype)
   teacher_vars = teacher.init(jax.random.key(0), jnp.zeros((2, size, size, 3)), train=False)
   teacher_vars = {"params": teacher_vars["params"], "batch_stats": teacher_vars["batch_stats"]}
-  generator = generator_for(size, args.gen_conv_dtype)
+  generator = generator_for(size, args.gen_conv_dtype, upsample=args.upsample)
   tx = optax.adam(config.inversion.lr)
   gen_state = inversion.create_generator_state(generator=generator, rng=jax.random.key(1), tx=tx)
   step = jax.jit(functools.partial(

@@ -48,7 +48,7 @@ def main():
     raise SystemExit(f"error: --method={args.method} has no {args.phase} distillation loss")
   size, batch = args.image_size, args.batch_size
   model = build_model(config.model, (10,) * 10, dtype=args.dtype)
-  generator = generator_for(size, args.gen_conv_dtype)
+  generator = generator_for(size, args.gen_conv_dtype, upsample=args.upsample)
   tx = optim.momentum_transform(config.optim.momentum)
   aux = {} if learner.init_aux is None else learner.init_aux(jax.random.key(3),
                                                               model.num_features)
