@@ -5,7 +5,8 @@ BatchNorm (rfd_jax.models.batch_norm), in one process.
       [--targets cpu,h100] [--image_size 32] [--batch_size 128]
 
 For each workload (bench/step.py's RFD main step, bench/inversion.py's iteration; same shapes) and
-each `batch_norm.ONE_PASS` setting it lowers the jitted step and compiles it for:
+BatchNorm (flax's own, `common.use_flax_batch_norm`, then ours) it lowers the jitted step and
+compiles it for:
   cpu   XLA:CPU on one device: GFLOP and GB accessed per step (cost_analysis). These are the
         figures `rfd_jax.tools.aot` uses for GPU targets (XLA's GPU compiler reports no costs).
   h100  the CUDA plugin's compiler for one H100 (rfd_jax.tools.aot.targets, deviceless): kernels
@@ -21,7 +22,6 @@ import time
 import jax
 
 from bench import common
-from rfd_jax.models import batch_norm
 
 
 class _Captured(Exception):
@@ -75,7 +75,7 @@ def main():
     gpu = aot_targets.load("h100")
   for workload in args.workloads.split(","):
     for one_pass in (False, True):
-      batch_norm.ONE_PASS = one_pass
+      common.use_flax_batch_norm(not one_pass)
       fn, fn_args = capture(workload, args.image_size, args.batch_size)
       label = f"{workload} {'one-pass BN' if one_pass else 'flax BN    '}"
       if "cpu" in targets:

@@ -1,7 +1,7 @@
 """One BatchNorm layer, forward + backward, jitted: flax against one-pass variants of the
 statistics (separate sums, variadic reduce, dots, two-stage sums). Issue #29; not run by the test
 suite. python -m bench.bn_micro [N,H,W,C]"""
-import time, functools, sys
+import time, sys
 import numpy as np, jax, jax.numpy as jnp, flax.linen as nn
 from jax import lax
 

@@ -88,3 +88,28 @@ def report(title: str, *, per_step: float, cpu_per_step: float, images: int, ste
   print(f"{1000 * per_step:9.1f} ms/step (median of {steps})  {images / per_step:8.1f} images/s  "
         f"compile {compile_s:.1f} s  {flops / 1e9:.2f} GFLOP/step  {gflops:.1f} GFLOP/s{fraction}  "
         f"cpu {cpu_per_step:.2f} s/step  peak RSS {peak_rss_mb():.0f} MiB{device_text}")
+
+
+_OUR_BATCH_NORMS: dict = {}
+
+
+def use_flax_batch_norm(enabled: bool) -> None:
+  """Models built after this call get flax's own BatchNorm (enabled: the BatchNorm classes the
+  models construct, `batch_norm.BatchNorm` and `resnet.BatchNorm`, replaced by subclasses with
+  `one_pass=False`: issue #29's "before") or ours (not enabled). For bench drivers comparing the
+  two in one process; it patches those two module attributes."""
+  from rfd_jax.models import batch_norm, resnet  # pylint: disable=g-import-not-at-top
+  if not _OUR_BATCH_NORMS:
+    _OUR_BATCH_NORMS.update(batch_norm=batch_norm.BatchNorm, resnet=resnet.BatchNorm)
+  ours = _OUR_BATCH_NORMS
+  if not enabled:
+    batch_norm.BatchNorm, resnet.BatchNorm = ours["batch_norm"], ours["resnet"]
+    return
+
+  class FlaxBatchNorm(ours["batch_norm"]):
+    one_pass: bool = False
+
+  class FlaxResnetBatchNorm(ours["resnet"]):
+    one_pass: bool = False
+
+  batch_norm.BatchNorm, resnet.BatchNorm = FlaxBatchNorm, FlaxResnetBatchNorm

@@ -168,15 +168,14 @@ def test_scan_resolves_on_accelerator_platforms_only():
 def test_the_gpu_counts_twin_upsamples_as_the_gpu_does():
   """GPU programs get XLA:CPU's byte counts from a CPU twin of the config: its generator must be
   the GPU's ("auto" resolves to the upsampled convolution there, to phases on CPU)."""
-  from rfd_jax.tools.aot import command  # pylint: disable=g-import-not-at-top
   config = _scan_config()
-  twin = command.cpu_twin(config)
+  twin = run_calls.cpu_twin(config)
   assert (config.inversion.upsample, twin.inversion.upsample) == ("auto", "repeat")
   cpu = parallel.make_mesh(jax.devices("cpu")[:1])
   assert not dfcil_run.parts_of(twin, cpu).generator.upsample_phases
   assert dfcil_run.parts_of(config, cpu).generator.upsample_phases
   config.inversion.upsample = "phases"
-  assert command.cpu_twin(config).inversion.upsample == "phases"
+  assert run_calls.cpu_twin(config).inversion.upsample == "phases"
 
 
 def _tool(*flags):

@@ -14,8 +14,8 @@ reduction at all (d mean/dx = 1/M, d var/dx = 2(x − μ)/M).
 
 Shapes: x (..., C), statistics over every axis but the last; M = x.size / C.
 
-`ONE_PASS` (default True) is read when a model is traced: False gives flax's own BatchNorm and
-two-pass input statistics, the reference the float64 tests compare against (tests/batch_norm_test.py).
+`BatchNorm(one_pass=False)` is flax's own BatchNorm (and `resnet.BatchNorm`'s input statistics
+two-pass): the reference the float64 tests compare against (tests/batch_norm_test.py).
 """
 
 from __future__ import annotations
@@ -27,9 +27,6 @@ from flax.linen import dtypes
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-
-ONE_PASS = True
 
 
 def _stat_dtype(x: jax.Array):
@@ -139,14 +136,17 @@ class BatchNorm(nn.BatchNorm):
   """nn.BatchNorm whose training mode is `batch_norm_train` (one pass each way); same variables
   ("params": scale, bias; "batch_stats": mean, var), running averages and outputs up to the order
   of float sums. Evaluation mode (running statistics) is nn.BatchNorm's own. Supports what the
-  models use: feature axis -1, no axis_name, no mask, fast variance."""
+  models use: feature axis -1, no axis_name, no mask, fast variance.
+
+  one_pass: False gives nn.BatchNorm's training mode as it is (the tests' reference)."""
+  one_pass: bool = True
 
   @nn.compact
   def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
     running = nn.merge_param("use_running_average", self.use_running_average,
                              use_running_average)
-    if (not ONE_PASS or running or self.axis not in (-1, x.ndim - 1) or self.axis_name is not None
-        or mask is not None or not self.use_fast_variance or not self.force_float32_reductions):
+    if (not self.one_pass or running or self.axis not in (-1, x.ndim - 1)
+        or self.axis_name is not None or mask is not None or not self.use_fast_variance or not self.force_float32_reductions):
       return super().__call__(x, use_running_average, mask=mask)
     features = x.shape[-1]
     ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32),

@@ -87,7 +87,7 @@ class BatchNorm(batch_norm.BatchNorm):
 
   def __call__(self, x, use_running_average=None, **kwargs):
     if self.is_mutable_collection("bn_stats"):
-      if batch_norm.ONE_PASS:
+      if self.one_pass:
         mean, var = batch_norm.moments(x)
       else:
         axes = tuple(range(x.ndim - 1))

@@ -67,29 +67,6 @@ def select_cpu_backend() -> None:
   jax.config.update("jax_platforms", "cpu")
 
 
-def cpu_twin(config):
-  """The config with the loops and generator upsampling a GPU resolves ("auto" → scan with
-  device-resident data; dfkd's synthesis scanned; upsample "repeat"), so that XLA:CPU compiles the
-  same functions (its "auto" picks host loops and phase convolutions)."""
-  twin = config.copy_and_resolve_references()
-  job = config_validation.job_of(twin)
-  with twin.unlocked():
-    for section in ("inversion", "synthesis"):
-      if section in twin and twin[section].get("upsample", "auto") == "auto":
-        twin[section].upsample = "repeat"
-    if job == "dfkd" and twin.synthesis.get("loop", "auto") == "auto":
-      twin.synthesis.loop = "scan"
-    if job != "dfcil":
-      return twin
-    if twin.optim.get("loop", "auto") == "auto" and twin.data.get("device_resident", True):
-      from rfd_jax.tools.aot import run_calls  # pylint: disable=g-import-not-at-top
-      lazy = twin.data.dataset in run_calls.LAZY_DATASETS
-      twin.optim.loop = "host" if lazy else "scan"
-    if twin.inversion.get("loop", "auto") == "auto":
-      twin.inversion.loop = "scan"
-  return twin
-
-
 def job_calls(config, mesh):
   """(plan, calls, facts) of the config's job built over `mesh`: facts "num_tasks", "runs",
   "resident_bytes" (the device-resident train set on every device, 0 if host-fed)."""
@@ -131,7 +108,8 @@ def run_tool(config, target_name: str, out: str | None, cache_dir: str | None) -
   the exit status (0 fits, 1 does not)."""
   import jax  # pylint: disable=g-import-not-at-top
   from rfd_jax.engine import parallel  # pylint: disable=g-import-not-at-top
-  from rfd_jax.tools.aot import compiler, reporting  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from rfd_jax.tools.aot import compiler, reporting, run_calls
   target = targets.load(target_name)
   job = config_validation.job_of(config)
   mesh = parallel.job_mesh(batch_size=config.data.batch_size,
@@ -139,7 +117,8 @@ def run_tool(config, target_name: str, out: str | None, cache_dir: str | None) -
   plan, calls, facts = job_calls(config, mesh)
   twins = {}
   if target.chip.kind == "gpu":
-    _, cpu_calls, _ = job_calls(cpu_twin(config), parallel.make_mesh(jax.devices("cpu")[:1]))
+    _, cpu_calls, _ = job_calls(run_calls.cpu_twin(config),
+                                parallel.make_mesh(jax.devices("cpu")[:1]))
     twins = {c.name: c for c in cpu_calls}
   resident_bytes = facts["resident_bytes"]
   reports = []

@@ -174,3 +174,25 @@ def calls(run: dfcil_run.Run, arrays: dict[str, Any]) -> list[Call]:
                                 sharding=run.run_sharding), scalar(jnp.int32)),
           segment.num_epochs, "epoch end")
   return list(found.values())
+
+
+def cpu_twin(config):
+  """The config with the loops and generator upsampling a GPU resolves ("auto" → scan with
+  device-resident data; dfkd's synthesis scanned; upsample "repeat"), so that XLA:CPU compiles the
+  same functions (its "auto" picks host loops and phase convolutions)."""
+  twin = config.copy_and_resolve_references()
+  job = config_validation.job_of(twin)
+  with twin.unlocked():
+    for section in ("inversion", "synthesis"):
+      if section in twin and twin[section].get("upsample", "auto") == "auto":
+        twin[section].upsample = "repeat"
+    if job == "dfkd" and twin.synthesis.get("loop", "auto") == "auto":
+      twin.synthesis.loop = "scan"
+    if job != "dfcil":
+      return twin
+    if twin.optim.get("loop", "auto") == "auto" and twin.data.get("device_resident", True):
+      lazy = twin.data.dataset in LAZY_DATASETS
+      twin.optim.loop = "host" if lazy else "scan"
+    if twin.inversion.get("loop", "auto") == "auto":
+      twin.inversion.loop = "scan"
+  return twin
