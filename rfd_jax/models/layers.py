@@ -75,9 +75,9 @@ def resolve_upsample(choice: str, platform: str) -> bool:
   devices' platform).
 
   XLA:CPU runs the four phase convolutions about twice as fast as the upsampled one (the
-  inversion iteration 1.02× → 1.25× PyTorch, bench/RESULTS.md). For one H100 the compiler
-  counts more kernels with phases (inversion 371 → 422 per iteration), so "auto" keeps the
-  upsampled convolution on accelerators."""
+  inversion iteration 0.89× → 1.37× PyTorch back to back, bench/RESULTS.md). For one H100 and a
+  v5e-8 the compilers count more kernels and bytes with phases (H100 inversion 371 → 422 kernels
+  per iteration), so "auto" keeps the upsampled convolution on accelerators."""
   if choice not in UPSAMPLE_CHOICES:
     raise ValueError(f"upsample={choice!r}: expected one of {UPSAMPLE_CHOICES}")
   return choice == "phases" or (choice == "auto" and platform == "cpu")
