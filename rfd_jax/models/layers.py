@@ -43,8 +43,9 @@ def upsample2x_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """A 3×3 convolution (zero padding 1) of x upsampled ×2 by nearest neighbour (every pixel
   repeated in a 2×2 block), computed without the upsampled input.
 
-  x: (B, H, W, Ci); kernel: (3, 3, Ci, Co) HWIO. Returns (B, 2H, 2W, Co) in the dtype of the
-  convolution. Each of the four output phases (a, b) (rows 2i + a, columns 2j + b) is a 2×2
+  x: (B, H, W, Ci); kernel: (3, 3, Ci, Co) HWIO. The convolutions compute in x's dtype (the
+  phase kernels are summed in the kernel's, then cast); returns (B, 2H, 2W, Co). Each of the
+  four output phases (a, b) (rows 2i + a, columns 2j + b) is a 2×2
   convolution of x with taps summed from the 3×3 kernel, so the layer does 4/9 of the multiply-adds
   of the upsampled convolution and never stores the ×4 upsampled input (nor, in the backward
   pass, its transposed copy). Same function; float sums are only regrouped (kernel taps added
@@ -57,7 +58,7 @@ def upsample2x_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
     for b in range(2):
       phase_kernel = jnp.einsum("pu,qv,uvio->pqio", taps[a], taps[b], kernel)
       cols.append(jax.lax.conv_general_dilated(
-          x, phase_kernel, window_strides=(1, 1),
+          x, phase_kernel.astype(x.dtype), window_strides=(1, 1),
           padding=(_PHASE_PADDING[a], _PHASE_PADDING[b]),
           dimension_numbers=("NHWC", "HWIO", "NHWC")))
     rows.append(jnp.stack(cols, axis=3))  # (B, H, W, 2, Co): columns 2j, 2j + 1
@@ -110,13 +111,14 @@ class UpsampleConv(nn.Module):
     bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     dtype = self.dtype or x.dtype
-    x, kernel = x.astype(dtype), kernel.astype(dtype)
-    if self.phases:
+    x = x.astype(dtype)
+    if self.phases:  # taps summed in the parameters' dtype, then cast
       y = upsample2x_conv3x3(x, kernel)
     else:
       y = jax.lax.conv_general_dilated(
-          jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2), kernel, window_strides=(1, 1),
-          padding=((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+          jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2), kernel.astype(dtype),
+          window_strides=(1, 1), padding=((1, 1), (1, 1)),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if bias is not None:
       y = y + bias.astype(dtype)
     return y if self.out_dtype is None else y.astype(self.out_dtype)
