@@ -11,6 +11,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from rfd_jax.models import layers
+
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
   """--image_size, --batch_size, --steps, --dtype (alias --conv_dtype), --gen_conv_dtype,
@@ -24,7 +26,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                       "in (--conv_dtype: its name before config.model.conv_dtype was removed)")
   parser.add_argument("--gen_conv_dtype", default=None, choices=("float32", "bfloat16"),
                       help="the generator's convolutions alone (default: --dtype, as in training)")
-  parser.add_argument("--upsample", default="auto", choices=("auto", "phases", "repeat"),
+  parser.add_argument("--upsample", default="auto", choices=layers.UPSAMPLE_CHOICES,
                       help="config.inversion.upsample: how the generator computes its upsample → "
                       "conv3×3 blocks (auto: phases on CPU, repeat on GPU/TPU)")
   parser.add_argument("--peak_gflops", type=float, default=0.0,

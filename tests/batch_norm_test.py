@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bench import common
 from rfd_jax.engine import optim
 from rfd_jax.engine.state import trainable_mask
 from rfd_jax.jobs import steps
@@ -35,21 +36,11 @@ def assert_close(actual, expected, rtol=RTOL, what=""):
 
 
 @pytest.fixture(name="one_pass")
-def _one_pass(monkeypatch):
-  """one_pass(False): the models built from then on get flax's own BatchNorm (the BatchNorm
-  classes they construct replaced by subclasses with `one_pass=False`); one_pass(True): ours."""
-  ours = {"batch_norm": batch_norm.BatchNorm, "resnet": resnet.BatchNorm}
-
-  class FlaxBatchNorm(ours["batch_norm"]):
-    one_pass: bool = False
-
-  class FlaxResnetBatchNorm(ours["resnet"]):
-    one_pass: bool = False
-
-  def use(value: bool):
-    monkeypatch.setattr(batch_norm, "BatchNorm", ours["batch_norm"] if value else FlaxBatchNorm)
-    monkeypatch.setattr(resnet, "BatchNorm", ours["resnet"] if value else FlaxResnetBatchNorm)
-  return use
+def _one_pass():
+  """one_pass(False): the models built from then on get flax's own BatchNorm
+  (bench.common.use_flax_batch_norm); one_pass(True): ours, also restored after the test."""
+  yield lambda value: common.use_flax_batch_norm(not value)
+  common.use_flax_batch_norm(False)
 
 
 @pytest.mark.parametrize("shape", [(8, 5, 6, 3), (16, 4), (4, 3, 3, 2, 5)])

@@ -6,6 +6,7 @@ from rfd_jax.methods import tasks
 from rfd_jax.data import datasets, image_folders
 from rfd_jax.engine import errors, saved_config
 from rfd_jax.jobs import group
+from rfd_jax.models import layers
 
 METHODS = ("rfd", "rdfcil", "abd", "deepinversion", "finetune", "joint")
 GENERATOR_POLICIES = ("auto", "fresh", "reuse")
@@ -108,7 +109,7 @@ def validate(config) -> tasks.TaskSpec:
   _require(inv.lr > 0, f"config.inversion.lr={inv.lr} must be > 0.")
   _require(inv.loop in ("auto", "scan", "host"),
            f"config.inversion.loop={inv.loop!r}: expected 'auto', 'scan' or 'host'.")
-  _require(inv.get("upsample", "auto") in ("auto", "phases", "repeat"),
+  _require(inv.get("upsample", "auto") in layers.UPSAMPLE_CHOICES,
            f"config.inversion.upsample={inv.get('upsample')!r}: expected 'auto', 'phases' or "
            "'repeat'.")
   _require(inv.generator in GENERATOR_POLICIES,

@@ -146,7 +146,8 @@ class BatchNorm(nn.BatchNorm):
     running = nn.merge_param("use_running_average", self.use_running_average,
                              use_running_average)
     if (not self.one_pass or running or self.axis not in (-1, x.ndim - 1)
-        or self.axis_name is not None or mask is not None or not self.use_fast_variance or not self.force_float32_reductions):
+        or self.axis_name is not None or mask is not None or not self.use_fast_variance
+        or not self.force_float32_reductions):
       return super().__call__(x, use_running_average, mask=mask)
     features = x.shape[-1]
     ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32),
